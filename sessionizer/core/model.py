@@ -1,0 +1,117 @@
+"""Plain values shared by the engine and its edges: output topics, counts, classes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Output topics, as small ints so the hot path compares ints, not strings.
+EVENTS = 0
+SESSIONS = 1
+DEAD_LETTERS = 2
+TOPIC_NAMES = ("sessionized-events", "sessions", "dead-letters")
+
+# (topic, key, value): the edge serializes ``value`` once and sends it.
+Output = tuple[int, Any, dict[str, Any]]
+
+# Event kinds. Lifecycle kinds are contiguous so ``LAUNCH <= k <= EXIT`` tests them.
+ACTIVITY = 0
+SCREEN_VIEW = 1
+LAUNCH = 2
+FOREGROUND = 3
+BACKGROUND = 4
+EXIT = 5
+SESSION_START = 6
+SESSION_END = 7
+ATTRIBUTE = 8
+OPT_OUT = 9
+_TRANSITION = -1
+
+EVENT_KINDS: dict[str, int] = {
+    "screen_view": SCREEN_VIEW,
+    "session_start": SESSION_START,
+    "session_end": SESSION_END,
+    "session_attribute_change": ATTRIBUTE,
+    "opt_out": OPT_OUT,
+    "application_state_transition": _TRANSITION,
+}
+TRANSITION_KINDS: dict[Any, int] = {
+    "application_initialized": LAUNCH,
+    "application_foreground": FOREGROUND,
+    "application_background": BACKGROUND,
+    "application_exit": EXIT,
+}
+TRANSITION = _TRANSITION
+
+END_REASONS = ("timeout", "idle", "relaunch", "exit", "manual", "opt_out", "end_of_input")
+DEAD_LETTER_REASONS = (
+    "invalid_json",
+    "not_an_object",
+    "too_large",
+    "missing_identity",
+    "bad_timestamp",
+    "bad_event",
+    "bad_opt_out",
+    "bad_session_attribute",
+)
+
+
+class Counts:
+    """The §7.4 conservation counts."""
+
+    __slots__ = (
+        "dead_by_reason",
+        "events_control",
+        "events_dead_lettered",
+        "events_forwarded",
+        "events_in",
+        "events_late",
+        "events_opted_out",
+        "records_dead_lettered",
+        "records_in",
+        "records_opted_out",
+        "sessions_ended",
+        "sessions_revised",
+        "sessions_started",
+    )
+
+    def __init__(self) -> None:
+        self.records_in = 0
+        self.records_dead_lettered = 0
+        # Whole records of an opted-out key too malformed to split into events.
+        self.records_opted_out = 0
+        self.events_in = 0
+        self.events_forwarded = 0
+        self.events_control = 0
+        self.events_opted_out = 0
+        self.events_dead_lettered = 0
+        self.events_late = 0
+        self.sessions_started = 0
+        self.sessions_revised = 0
+        self.sessions_ended: dict[str, int] = dict.fromkeys(END_REASONS, 0)
+        self.dead_by_reason: dict[str, int] = dict.fromkeys(DEAD_LETTER_REASONS, 0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "records_in": self.records_in,
+            "records_dead_lettered": self.records_dead_lettered,
+            "records_opted_out": self.records_opted_out,
+            "events_in": self.events_in,
+            "events_forwarded": self.events_forwarded,
+            "events_control": self.events_control,
+            "events_opted_out": self.events_opted_out,
+            "events_dead_lettered": self.events_dead_lettered,
+            "events_late": self.events_late,
+            "sessions_started": self.sessions_started,
+            "sessions_ended": dict(self.sessions_ended),
+            "sessions_revised": self.sessions_revised,
+            "dead_letters": dict(self.dead_by_reason),
+        }
+
+    def balanced(self) -> bool:
+        """Conservation (§7.4): every decoded event is accounted for exactly once."""
+        return self.events_in == (
+            self.events_forwarded
+            + self.events_control
+            + self.events_opted_out
+            + self.events_dead_lettered
+        )

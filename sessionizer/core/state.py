@@ -1,0 +1,183 @@
+"""Per-key state: small ``__slots__`` objects, snapshot to and from plain lists.
+
+A snapshot is a JSON-compatible list so the edge can store it with the one
+orjson wrapper; the core itself never serializes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Session.status
+OPEN = 0
+EXPIRED = 1  # closed by the watermark; R21 may still reopen it
+CLOSED = 2  # final: ended by an event, or followed by a later session
+
+# Session.lc: the latest effective lifecycle event (R3-R5)
+LC_NONE = 0
+LC_FG = 1  # launch or foreground
+LC_BG = 2
+
+SNAPSHOT_VERSION = 1
+
+
+class Session:
+    __slots__ = (
+        "attrs",
+        "bg_since",
+        "bg_total",
+        "deadline",
+        "emitted",
+        "events",
+        "ident",
+        "last_ts",
+        "lc",
+        "mpid",
+        "mpids",
+        "number",
+        "prev_uuid",
+        "reason",
+        "screens",
+        "sid",
+        "start",
+        "status",
+        "uuid",
+    )
+
+    def __init__(
+        self,
+        uuid: str,
+        sid: int,
+        number: int,
+        start: int,
+        deadline: int,
+        mpid: Any,
+        ident: dict[str, Any],
+        prev_uuid: str | None,
+    ) -> None:
+        self.uuid = uuid
+        self.sid = sid
+        self.number = number
+        self.start = start
+        self.last_ts = start  # largest ts of a forwarded event; the session's end (R9)
+        self.deadline = deadline
+        self.reason: str | None = None
+        self.lc = LC_NONE
+        self.bg_since = -1  # start of the pending background, -1 when in foreground
+        self.bg_total = 0
+        self.events = 0
+        self.screens = 0
+        # lower-case name -> [first spelling, value] (R15); None while empty
+        self.attrs: dict[str, list[Any]] | None = None
+        self.mpid = mpid
+        self.mpids: list[Any] = [] if mpid is None else [mpid]
+        self.ident = ident  # batch identity of the latest record that fed the session
+        self.prev_uuid = prev_uuid
+        self.emitted = 0  # session_end emissions so far; the next one's revision
+        self.status = OPEN
+
+    def foreground_ms(self) -> int:
+        end = self.last_ts
+        bg = self.bg_total + (end - self.bg_since if self.bg_since >= 0 else 0)
+        fg = end - self.start - bg
+        return fg if fg > 0 else 0
+
+    def attributes(self) -> dict[str, Any]:
+        if not self.attrs:
+            return {}
+        return {name: value for name, value in self.attrs.values()}
+
+    def snapshot(self) -> list[Any]:
+        return [
+            self.uuid,
+            self.sid,
+            self.number,
+            self.start,
+            self.last_ts,
+            self.deadline,
+            self.reason,
+            self.lc,
+            self.bg_since,
+            self.bg_total,
+            self.events,
+            self.screens,
+            list(self.attrs.values()) if self.attrs else None,
+            self.mpid,
+            self.mpids,
+            self.ident,
+            self.prev_uuid,
+            self.emitted,
+            self.status,
+        ]
+
+    @classmethod
+    def restore(cls, v: list[Any]) -> Session:
+        s = cls.__new__(cls)
+        (
+            s.uuid,
+            s.sid,
+            s.number,
+            s.start,
+            s.last_ts,
+            s.deadline,
+            s.reason,
+            s.lc,
+            s.bg_since,
+            s.bg_total,
+            s.events,
+            s.screens,
+            attrs,
+            s.mpid,
+            s.mpids,
+            s.ident,
+            s.prev_uuid,
+            s.emitted,
+            s.status,
+        ) = v
+        s.attrs = {str(a[0]).lower(): [a[0], a[1]] for a in attrs} if attrs else None
+        return s
+
+
+class KeyState:
+    __slots__ = ("activity", "app", "counter", "device", "hdue", "key", "last", "open", "opted")
+
+    def __init__(self, key: str, app: str, device: str) -> None:
+        self.key = key
+        self.app = app
+        self.device = device
+        # The latest session while it may still grow: open, or expired but reopenable.
+        self.open: Session | None = None
+        # The last final session, kept for R24 until the next session closes.
+        self.last: Session | None = None
+        self.counter = 0  # sessions started (R11)
+        self.opted = False  # the key's own last opt_out event said so (R17)
+        self.activity = 0  # largest event ts seen, for state_ttl
+        self.hdue = _NEVER  # due time of this key's live entry in the deadline index
+
+    def snapshot(self) -> list[Any]:
+        return [
+            SNAPSHOT_VERSION,
+            self.app,
+            self.device,
+            self.counter,
+            self.opted,
+            self.activity,
+            self.open.snapshot() if self.open is not None else None,
+            self.last.snapshot() if self.last is not None else None,
+        ]
+
+    @classmethod
+    def restore(cls, key: str, v: list[Any]) -> KeyState:
+        if not v or v[0] != SNAPSHOT_VERSION:
+            raise ValueError(f"unknown state snapshot version for key {key!r}")
+        st = cls(key, v[1], v[2])
+        st.counter = v[3]
+        st.opted = v[4]
+        st.activity = v[5]
+        st.open = Session.restore(v[6]) if v[6] is not None else None
+        st.last = Session.restore(v[7]) if v[7] is not None else None
+        return st
+
+
+_NEVER = 1 << 62
+NEVER = _NEVER
