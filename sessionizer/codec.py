@@ -6,8 +6,7 @@ from typing import Any
 
 import orjson
 
-# Non-str dict keys can only come from our own values (never from parsed input).
-_OPTIONS = orjson.OPT_NON_STR_KEYS
+_OPTIONS = 0
 
 JSONDecodeError = orjson.JSONDecodeError
 

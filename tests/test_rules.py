@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from sessionizer.core.config import AppOverrides, EngineConfig
-from sessionizer.core.ids import session_id, session_uuid
+from sessionizer.core.ids import NAMESPACE, session_id, session_uuid
 from sessionizer.testing import (
     MIN,
     SEC,
@@ -284,6 +285,7 @@ def test_r12_deterministic_ids_and_fnv_test_vector() -> None:
     u = session_uuid(APP, D, 1, T0)
     assert u == u.upper() and u == session_uuid(APP, D, 1, T0)
     assert u != session_uuid(APP, D, 2, T0)
+    assert u == str(uuid.uuid5(NAMESPACE, f"{APP}\x1f{D}\x1f1\x1f{T0}")).upper()
     res = run([batch(D, launch(T0))])
     (s,) = by_number(res)
     assert s["session_uuid"] == u and s["session_id"] == session_id(u)

@@ -284,9 +284,13 @@ class Engine:
             batch_ts = timestamp
         max_ts = now_ms + self.config.max_future_skew_ms
         rec = _Record(self, st, rules, obj, single, device, ident_obj, mpid)
-        wm = self.watermark
         kinds = EVENT_KINDS
         counts.events_in += len(events)
+        hi = 0  # largest valid ts of the record: the watermark and the key's activity
+        fast = 0  # events taken by the fast path, counted once at the end
+        idle_ms = rules.idle_timeout_ms
+        timeout_ms = rules.timeout_ms
+        s = st.open
 
         for ev in events:
             if opted and (type(ev) is not dict or ev.get("event_type") != "opt_out"):
@@ -300,11 +304,11 @@ class Engine:
             if type(et) is not str:
                 rec.dead(ev, src, value, "bad_event", "event_type must be a string")
                 continue
-            if data is None:
+            if type(data) is not dict:
+                if data is not None:
+                    rec.dead(ev, src, value, "bad_event", "data must be an object")
+                    continue
                 data = ev["data"] = {}
-            elif type(data) is not dict:
-                rec.dead(ev, src, value, "bad_event", "data must be an object")
-                continue
             kind = kinds.get(et, 0)
             if kind == TRANSITION:
                 kind = TRANSITION_KINDS.get(data.get("application_transition_type"), 0)
@@ -317,6 +321,33 @@ class Engine:
             if ts is not None and (ts < MIN_TS or ts > max_ts):
                 ts = None
 
+            if (
+                kind <= SCREEN_VIEW
+                and ts is not None
+                and s is not None
+                and s.last_ts <= ts < s.deadline
+                and s.status == OPEN
+            ):
+                # Fast path: an in-order activity event continuing the open session
+                # (R3-R5, R9, R10); the same effect as the general path below.
+                if rec.part_session is not s:
+                    rec.feed(s)
+                n = s.events = s.events + 1
+                if kind:
+                    s.screens += 1
+                data["session_uuid"] = s.uuid
+                data["session_id"] = s.sid
+                data["session_start_unixtime_ms"] = s.start
+                data["event_num"] = n
+                rec.part.append(ev)
+                if ts > s.last_ts:
+                    s.last_ts = ts
+                    s.deadline = ts + (idle_ms if s.lc == LC_FG else timeout_ms)
+                    if ts > hi:
+                        hi = ts
+                fast += 1
+                continue
+
             if kind == OPT_OUT:
                 flag = data.get("is_opted_out")
                 if type(flag) is not bool:
@@ -326,8 +357,8 @@ class Engine:
                         rec.dead(ev, src, value, "bad_opt_out", "is_opted_out must be a boolean")
                     continue
                 counts.events_control += 1
-                if ts is not None and ts > wm:
-                    wm = self.watermark = ts
+                if ts is not None and ts > hi:
+                    hi = ts
                 if flag:
                     if not st.opted:
                         st.opted = True
@@ -338,6 +369,7 @@ class Engine:
                 elif st.opted:
                     st.opted = False
                     opted = controlled
+                s = st.open
                 continue
             if ts is None:
                 rec.dead(ev, src, value, "bad_timestamp", "timestamp missing or out of range")
@@ -350,12 +382,16 @@ class Engine:
                     continue
             else:
                 attr = None
-            if ts > wm:
-                wm = self.watermark = ts
-            if ts > st.activity:
-                st.activity = ts
+            if ts > hi:
+                hi = ts
             rec.event(ev, data, kind, ts, attr, src, value)
+            s = st.open
 
+        counts.events_forwarded += fast
+        if hi > self.watermark:
+            self.watermark = hi
+        if hi > st.activity:
+            st.activity = hi
         rec.finish()
         self._schedule(st)
 
@@ -649,15 +685,18 @@ class _Record:
         data["session_start_unixtime_ms"] = s.start
         data["event_num"] = s.events
         if self.part_session is not s:
-            self.flush()
-            self.part_session = s
+            self.feed(s)
         self.part.append(ev)
-        if s.ident is not self.ident:
-            s.ident = self.ident
-        mpid = self.mpid
-        if mpid is not None and (not s.mpids or s.mpids[-1] != mpid) and mpid not in s.mpids:
-            s.mpids.append(mpid)
         self.engine.counts.events_forwarded += 1
+
+    def feed(self, s: Session) -> None:
+        """This record starts feeding events to ``s``: a new output part (R25)."""
+        self.flush()
+        self.part_session = s
+        s.ident = self.ident
+        mpid = self.mpid
+        if mpid is not None and mpid not in s.mpids:
+            s.mpids.append(mpid)
 
     def _touch(self, s: Session, ts: int) -> None:
         """A forwarded in-order event: moves the session's end and deadline (R4, R5, R9)."""
