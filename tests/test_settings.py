@@ -1,0 +1,875 @@
+"""Settings (SPEC §8, R8): layering, validation, one-line errors, secrets, docs."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sessionizer.core.config import DAY_MS, HOUR_MS, MINUTE_MS, AppOverrides, ConfigError
+from sessionizer.settings import (
+    Secret,
+    Settings,
+    describe_settings,
+    load_settings,
+    parse_duration_ms,
+    parse_size_bytes,
+    render_markdown,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+PASSWORD = "hunter2-Sup3rS3cret"
+
+
+def write(tmp_path: Path, text: str, name: str = "sessionizer.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def error(*args: object, **kwargs: object) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_settings(*args, **kwargs)  # type: ignore[arg-type]
+    err = info.value
+    message = str(err)
+    assert "\n" not in message and "\r" not in message, message
+    assert message.startswith("invalid setting "), message
+    return err
+
+
+# --------------------------------------------------------------------------- defaults
+
+
+def test_defaults_without_file_or_env() -> None:
+    s = load_settings(env={})
+    assert s == Settings()
+    assert s.broker_url == "kafka://127.0.0.1:9092"
+    assert s.broker_hosts == ("127.0.0.1:9092",)
+    assert s.topics.raw_events == "raw-events"
+    assert s.topics.sessionized_events == "sessionized-events"
+    assert s.topics.sessions == "sessions"
+    assert s.topics.dead_letters == "dead-letters"
+    assert s.topics.opt_out_control == "opt-out-control"
+    assert (s.partitions, s.replication_factor) == (8, 1)
+    assert s.idle_timeout_ms == 10_000
+    assert (s.store, s.processing_guarantee) == ("memory", "at_least_once")
+    assert (s.web_host, s.web_port) == ("127.0.0.1", 6066)
+    assert s.data_dir == Path(".data")
+    assert s.broker_bin is None
+    assert (s.batch_size, s.batch_within_ms) == (1000, 100)
+    assert s.security.protocol == "PLAINTEXT"
+    assert s.config_file is None
+    e = s.engine
+    assert e.grace_ms == 2 * MINUTE_MS
+    assert e.state_ttl_ms == 30 * DAY_MS
+    assert e.max_session_attributes == 100
+    assert e.max_record_bytes == 1024 * 1024
+    assert e.max_future_skew_ms == 24 * HOUR_MS
+    assert e.apps == {}
+
+
+def test_r8_default_timeout_is_30_minutes_and_idle_4x() -> None:
+    rules = load_settings(env={}).engine.rules_for("any.app")
+    assert rules.timeout_ms == 30 * MINUTE_MS
+    assert rules.idle_timeout_ms == 4 * 30 * MINUTE_MS
+    assert rules.resume_on_launch is False
+
+
+def test_settings_are_frozen() -> None:
+    s = load_settings(env={})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.web_port = 1  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.topics.raw_events = "x"  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- file
+
+
+FULL_FILE = """
+broker_url = "kafka://kafka-1:9092,kafka-2:9093"
+partitions = 12
+replication_factor = 3
+idle_timeout = "30s"
+store = "rocksdb"
+processing_guarantee = "exactly_once"
+web_port = 8080
+web_host = "0.0.0.0"
+data_dir = "/var/lib/sessionizer"
+broker_bin = "/opt/broker/bin/broker"
+batch_size = 500
+batch_within = 250
+
+[topics]
+raw_events = "mp.raw"
+sessionized_events = "mp.sessionized"
+sessions = "mp.sessions"
+dead_letters = "mp.dlq"
+opt_out_control = "mp.opt_out"
+
+[session]
+timeout = "15m"
+foreground_idle_timeout = "2h"
+resume_on_launch = true
+grace = "30s"
+state_ttl = "7d"
+max_session_attributes = 20
+max_record_bytes = "512KiB"
+max_future_skew = "1h"
+"""
+
+
+def test_file_sets_every_setting(tmp_path: Path) -> None:
+    path = write(tmp_path, FULL_FILE)
+    s = load_settings(path, env={})
+    assert s.config_file == path
+    assert s.broker_url == "kafka://kafka-1:9092,kafka-2:9093"
+    assert s.broker_hosts == ("kafka-1:9092", "kafka-2:9093")
+    assert s.topics.raw_events == "mp.raw"
+    assert s.topics.sessionized_events == "mp.sessionized"
+    assert s.topics.sessions == "mp.sessions"
+    assert s.topics.dead_letters == "mp.dlq"
+    assert s.topics.opt_out_control == "mp.opt_out"
+    assert (s.partitions, s.replication_factor) == (12, 3)
+    assert s.idle_timeout_ms == 30_000
+    assert (s.store, s.processing_guarantee) == ("rocksdb", "exactly_once")
+    assert (s.web_host, s.web_port) == ("0.0.0.0", 8080)
+    assert s.data_dir == Path("/var/lib/sessionizer")
+    assert s.broker_bin == Path("/opt/broker/bin/broker")
+    assert (s.batch_size, s.batch_within_ms) == (500, 250)
+    e = s.engine
+    assert e.timeout_ms == 15 * MINUTE_MS
+    assert e.foreground_idle_timeout_ms == 2 * HOUR_MS
+    assert e.resume_on_launch is True
+    assert e.grace_ms == 30_000
+    assert e.state_ttl_ms == 7 * DAY_MS
+    assert e.max_session_attributes == 20
+    assert e.max_record_bytes == 512 * 1024
+    assert e.max_future_skew_ms == HOUR_MS
+
+
+def test_config_file_from_sessionizer_config(tmp_path: Path) -> None:
+    path = write(tmp_path, "partitions = 3\n")
+    s = load_settings(env={"SESSIONIZER_CONFIG": str(path)})
+    assert s.partitions == 3
+    assert s.config_file == path
+
+
+def test_explicit_config_file_wins_over_sessionizer_config(tmp_path: Path) -> None:
+    a = write(tmp_path, "partitions = 3\n", "a.toml")
+    b = write(tmp_path, "partitions = 4\n", "b.toml")
+    assert load_settings(b, env={"SESSIONIZER_CONFIG": str(a)}).partitions == 4
+
+
+def test_empty_sessionizer_config_means_no_file() -> None:
+    assert load_settings(env={"SESSIONIZER_CONFIG": ""}) == Settings()
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, "")
+    assert dataclasses.replace(load_settings(path, env={}), config_file=None) == Settings()
+
+
+# --------------------------------------------------------------------------- layering
+
+
+def test_env_overrides_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        'broker_url = "a:1"\nweb_port = 7000\n[topics]\nraw_events = "from-file"\n'
+        '[session]\ntimeout = "15m"\ngrace = "1m"\n',
+    )
+    env = {
+        "SESSIONIZER_WEB_PORT": "7001",
+        "SESSIONIZER_TOPIC_RAW_EVENTS": "from-env",
+        "SESSIONIZER_TIMEOUT": "20m",
+    }
+    s = load_settings(path, env=env)
+    assert s.web_port == 7001
+    assert s.topics.raw_events == "from-env"
+    assert s.engine.timeout_ms == 20 * MINUTE_MS
+    # Untouched by env: the file's value stays.
+    assert s.engine.grace_ms == MINUTE_MS
+    assert s.broker_hosts == ("a:1",)
+
+
+def test_command_line_overrides_env_and_file(tmp_path: Path) -> None:
+    path = write(tmp_path, 'web_port = 7000\ndata_dir = "file-dir"\n')
+    env = {"SESSIONIZER_WEB_PORT": "7001", "SESSIONIZER_BROKER_URL": "env:1"}
+    s = load_settings(path, env=env, web_port=7002, broker_url="kafka://cli:2", data_dir=None)
+    assert s.web_port == 7002
+    assert s.broker_url == "kafka://cli:2"
+    # None means "flag not given".
+    assert s.data_dir == Path("file-dir")
+
+
+def test_command_line_accepts_any_flat_setting_name() -> None:
+    s = load_settings(env={}, timeout="5m", topic_sessions="s2", store="rocksdb")
+    assert s.engine.timeout_ms == 5 * MINUTE_MS
+    assert s.topics.sessions == "s2"
+    assert s.store == "rocksdb"
+
+
+def test_unknown_override_keyword_is_a_programming_error() -> None:
+    with pytest.raises(TypeError, match="web_prot"):
+        load_settings(env={}, web_prot=1)
+
+
+def test_bad_command_line_value_names_the_command_line() -> None:
+    err = error(env={}, web_port="http")
+    assert (
+        str(err)
+        == 'invalid setting web_port (command line): must be an integer 0-65535, got "http"'
+    )
+
+
+def test_empty_env_unsets_an_optional_file_value(tmp_path: Path) -> None:
+    path = write(tmp_path, 'broker_bin = "/opt/b"\n[session]\nforeground_idle_timeout = "1h"\n')
+    env = {"SESSIONIZER_BROKER_BIN": "", "SESSIONIZER_FOREGROUND_IDLE_TIMEOUT": ""}
+    s = load_settings(path, env=env)
+    assert s.broker_bin is None
+    assert s.engine.foreground_idle_timeout_ms is None
+
+
+def test_env_booleans_and_choices_are_case_insensitive() -> None:
+    env = {
+        "SESSIONIZER_RESUME_ON_LAUNCH": "Yes",
+        "SESSIONIZER_STORE": "RocksDB",
+        "SESSIONIZER_PROCESSING_GUARANTEE": "EXACTLY_ONCE",
+    }
+    s = load_settings(env=env)
+    assert s.engine.resume_on_launch is True
+    assert s.store == "rocksdb"
+    assert s.processing_guarantee == "exactly_once"
+
+
+# --------------------------------------------------------------------------- per-app (R8)
+
+APPS_FILE = """
+[session]
+timeout = "30m"
+
+[apps."com.example.web"]
+timeout = "10m"
+resume_on_launch = true
+
+[apps."com.example.game"]
+foreground_idle_timeout = "4h"
+
+[apps."com.example.both"]
+timeout = "5m"
+foreground_idle_timeout = "7m"
+"""
+
+
+def test_r8_per_app_overrides_resolve_through_rules_for(tmp_path: Path) -> None:
+    engine = load_settings(write(tmp_path, APPS_FILE), env={}).engine
+    web = engine.rules_for("com.example.web")
+    assert (web.timeout_ms, web.idle_timeout_ms, web.resume_on_launch) == (
+        10 * MINUTE_MS,
+        40 * MINUTE_MS,  # only the timeout overridden: 4x of the app's timeout
+        True,
+    )
+    game = engine.rules_for("com.example.game")
+    assert (game.timeout_ms, game.idle_timeout_ms, game.resume_on_launch) == (
+        30 * MINUTE_MS,
+        4 * HOUR_MS,
+        False,
+    )
+    both = engine.rules_for("com.example.both")
+    assert (both.timeout_ms, both.idle_timeout_ms) == (5 * MINUTE_MS, 7 * MINUTE_MS)
+    other = engine.rules_for("com.example.other")
+    assert (other.timeout_ms, other.idle_timeout_ms) == (30 * MINUTE_MS, 120 * MINUTE_MS)
+
+
+def test_r8_per_app_overrides_from_env_json() -> None:
+    env = {
+        "SESSIONIZER_APPS": '{"com.example.web": {"timeout": "10m", "resume_on_launch": true},'
+        ' "com.example.game": {"foreground_idle_timeout": 14400000}}'
+    }
+    engine = load_settings(env=env).engine
+    assert engine.apps == {
+        "com.example.game": AppOverrides(foreground_idle_timeout_ms=4 * HOUR_MS),
+        "com.example.web": AppOverrides(timeout_ms=10 * MINUTE_MS, resume_on_launch=True),
+    }
+    assert engine.rules_for("com.example.game").idle_timeout_ms == 4 * HOUR_MS
+
+
+def test_r8_env_apps_win_over_file_field_by_field(tmp_path: Path) -> None:
+    path = write(tmp_path, APPS_FILE)
+    env = {
+        "SESSIONIZER_APPS": '{"com.example.web": {"timeout": "20m"}, "new.app": {"timeout": 60000}}'
+    }
+    engine = load_settings(path, env=env).engine
+    web = engine.rules_for("com.example.web")
+    assert web.timeout_ms == 20 * MINUTE_MS
+    assert web.resume_on_launch is True  # the file's field survives
+    assert engine.rules_for("new.app").timeout_ms == MINUTE_MS
+    assert engine.rules_for("com.example.game").idle_timeout_ms == 4 * HOUR_MS
+
+
+def test_r8_global_foreground_idle_timeout(tmp_path: Path) -> None:
+    engine = load_settings(env={"SESSIONIZER_FOREGROUND_IDLE_TIMEOUT": "3h"}).engine
+    assert engine.rules_for("x").idle_timeout_ms == 3 * HOUR_MS
+
+
+@pytest.mark.parametrize(
+    ("env", "setting"),
+    [
+        ({"SESSIONIZER_TIMEOUT": "0"}, "session.timeout (SESSIONIZER_TIMEOUT)"),
+        ({"SESSIONIZER_TIMEOUT": "-5"}, "session.timeout (SESSIONIZER_TIMEOUT)"),
+        ({"SESSIONIZER_TIMEOUT": "0m"}, "session.timeout (SESSIONIZER_TIMEOUT)"),
+        (
+            {"SESSIONIZER_FOREGROUND_IDLE_TIMEOUT": "0s"},
+            "session.foreground_idle_timeout (SESSIONIZER_FOREGROUND_IDLE_TIMEOUT)",
+        ),
+        ({"SESSIONIZER_APPS": '{"a.b": {"timeout": 0}}'}, 'apps."a.b".timeout (SESSIONIZER_APPS)'),
+        (
+            {"SESSIONIZER_APPS": '{"a.b": {"foreground_idle_timeout": "-1m"}}'},
+            'apps."a.b".foreground_idle_timeout (SESSIONIZER_APPS)',
+        ),
+    ],
+)
+def test_r8_non_positive_timeouts_are_config_errors(env: dict[str, str], setting: str) -> None:
+    err = error(env=env)
+    assert err.setting == setting
+    assert "must be a positive duration" in err.problem
+
+
+def test_r8_non_positive_app_timeout_in_file(tmp_path: Path) -> None:
+    path = write(tmp_path, '[apps."com.example.web"]\ntimeout = -5\n')
+    err = error(path, env={})
+    assert str(err) == (
+        f'invalid setting apps."com.example.web".timeout (in {path}): '
+        'must be a positive duration such as "30m", got -5'
+    )
+
+
+def test_the_example_error_line() -> None:
+    err = error(env={"SESSIONIZER_TIMEOUT": "-5"})
+    assert str(err) == (
+        "invalid setting session.timeout (SESSIONIZER_TIMEOUT): "
+        'must be a positive duration such as "30m", got "-5"'
+    )
+
+
+# --------------------------------------------------------------------------- bad values
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "name", "problem"),
+    [
+        ("BROKER_URL", "http://h:1", "broker_url", "must be"),
+        ("BROKER_URL", "kafka://h", "broker_url", "must be"),
+        ("BROKER_URL", "h:1,,h:2", "broker_url", "must be"),
+        ("BROKER_URL", "h:0", "broker_url", "port must be 1-65535"),
+        ("BROKER_URL", "h:70000", "broker_url", "port must be 1-65535"),
+        ("BROKER_URL", "bad host:1", "broker_url", "must be"),
+        ("BROKER_URL", "[nope]:1", "broker_url", "must be"),
+        ("BROKER_URL", "", "broker_url", "must be"),
+        ("TOPIC_RAW_EVENTS", "raw events", "topics.raw_events", "Kafka topic name"),
+        ("TOPIC_SESSIONS", "..", "topics.sessions", "Kafka topic name"),
+        ("TOPIC_DEAD_LETTERS", "x" * 250, "topics.dead_letters", "Kafka topic name"),
+        ("TOPIC_OPT_OUT_CONTROL", "", "topics.opt_out_control", "Kafka topic name"),
+        ("PARTITIONS", "0", "partitions", "integer >= 1"),
+        ("PARTITIONS", "eight", "partitions", "integer >= 1"),
+        ("PARTITIONS", "8.0", "partitions", "integer >= 1"),
+        ("REPLICATION_FACTOR", "-1", "replication_factor", "integer >= 1"),
+        ("TIMEOUT", "30 minutes", "session.timeout", "positive duration"),
+        ("TIMEOUT", "1.0005s", "session.timeout", "positive duration"),
+        ("TIMEOUT", "1.5", "session.timeout", "positive duration"),
+        ("RESUME_ON_LAUNCH", "maybe", "session.resume_on_launch", "true or false"),
+        ("GRACE", "-1s", "session.grace", "duration of 0 or more"),
+        ("STATE_TTL", "0d", "session.state_ttl", "positive duration"),
+        ("MAX_SESSION_ATTRIBUTES", "0", "session.max_session_attributes", "integer >= 1"),
+        ("MAX_RECORD_BYTES", "1MB", "session.max_record_bytes", "positive size"),
+        ("MAX_RECORD_BYTES", "0", "session.max_record_bytes", "positive size"),
+        ("MAX_FUTURE_SKEW", "soon", "session.max_future_skew", "duration of 0 or more"),
+        ("IDLE_TIMEOUT", "0", "idle_timeout", "positive duration"),
+        ("STORE", "redis", "store", "one of memory, rocksdb"),
+        ("PROCESSING_GUARANTEE", "exactly-twice", "processing_guarantee", "one of"),
+        ("WEB_PORT", "65536", "web_port", "integer 0-65535"),
+        ("WEB_PORT", "-1", "web_port", "integer 0-65535"),
+        ("WEB_HOST", "local host", "web_host", "host name"),
+        ("WEB_HOST", "", "web_host", "host name"),
+        ("DATA_DIR", "", "data_dir", "non-empty path"),
+        ("BATCH_SIZE", "0", "batch_size", "integer >= 1"),
+        ("BATCH_WITHIN", "0ms", "batch_within", "positive duration"),
+        ("SECURITY_PROTOCOL", "TLS", "security_protocol", "one of PLAINTEXT"),
+        ("SASL_MECHANISM", "GSSAPI", "sasl_mechanism", "one of PLAIN"),
+        ("SSL_CAFILE", "/no/such/ca.pem", "ssl_cafile", "file not found"),
+    ],
+)
+def test_bad_env_value_is_one_line_naming_the_setting(
+    var: str, value: str, name: str, problem: str
+) -> None:
+    env_var = "SESSIONIZER_" + var
+    err = error(env={env_var: value})
+    assert err.setting == f"{name} ({env_var})"
+    assert problem in err.problem
+    assert str(err).startswith(f"invalid setting {name} ({env_var}): ")
+
+
+@pytest.mark.parametrize(
+    ("toml", "name", "problem"),
+    [
+        ("partitions = true", "partitions", "got true"),
+        ("partitions = 1.5", "partitions", "got 1.5"),
+        ('partitions = "many"', "partitions", 'got "many"'),
+        ("web_port = 99999", "web_port", "got 99999"),
+        ("broker_url = 9092", "broker_url", "got 9092"),
+        ("broker_url = ['a:1']", "broker_url", "got an array"),
+        ("store = 1", "store", "one of memory, rocksdb"),
+        ("[session]\ntimeout = true", "session.timeout", "got true"),
+        ("[session]\ntimeout = 1.5", "session.timeout", "got 1.5"),
+        ('[session]\nresume_on_launch = "perhaps"', "session.resume_on_launch", "true or false"),
+        ("[session]\nmax_record_bytes = -1", "session.max_record_bytes", "got -1"),
+        ("[topics]\nsessions = 5", "topics.sessions", "Kafka topic name"),
+        ("session = 5", "session", "must be a table [session]"),
+        ("topics = 'x'", "topics", "must be a table [topics]"),
+        ("apps = 3", "apps", "must be a table of apps"),
+        ("[apps]\nweb = 3", 'apps."web"', "must be a table of"),
+        ('[apps."a.b"]\nresume_on_launch = "si"', 'apps."a.b".resume_on_launch', "true or false"),
+    ],
+)
+def test_bad_file_value_names_the_setting_and_file(
+    tmp_path: Path, toml: str, name: str, problem: str
+) -> None:
+    path = write(tmp_path, toml + "\n")
+    err = error(path, env={})
+    assert err.setting == f"{name} (in {path})"
+    assert problem in err.problem
+
+
+def test_values_with_newlines_stay_on_one_line() -> None:
+    err = error(env={"SESSIONIZER_STORE": "mem\nory\r\u2028"})
+    assert '"mem\\nory\\r\\u2028"' in str(err)
+
+
+def test_long_values_are_cut_short() -> None:
+    err = error(env={"SESSIONIZER_STORE": "x" * 5000})
+    assert len(str(err)) < 200
+
+
+def test_duplicate_topics_are_an_error() -> None:
+    err = error(env={"SESSIONIZER_TOPIC_SESSIONIZED_EVENTS": "raw-events"})
+    assert str(err) == (
+        "invalid setting topics.sessionized_events (SESSIONIZER_TOPIC_SESSIONIZED_EVENTS): "
+        'must differ from topics.raw_events (both are "raw-events")'
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("{not json", "not valid JSON"),
+        ('["a.b"]', "must be a JSON object"),
+        ('{"a.b": 5}', "must be a table of"),
+        ('{"": {"timeout": "1m"}}', "must not be empty"),
+    ],
+)
+def test_bad_sessionizer_apps(value: str, problem: str) -> None:
+    err = error(env={"SESSIONIZER_APPS": value})
+    assert err.setting.endswith("(SESSIONIZER_APPS)")
+    assert problem in err.problem
+
+
+# --------------------------------------------------------------------------- unknown keys
+
+
+@pytest.mark.parametrize(
+    ("toml", "name", "hint"),
+    [
+        ("partitons = 8", "partitons", "did you mean partitions?"),
+        ("[session]\ntimout = '5m'", "session.timout", "did you mean session.timeout?"),
+        ("timeout = '5m'", "timeout", "did you mean session.timeout?"),
+        ("[topics]\nraw_event = 'r'", "topics.raw_event", "did you mean topics.raw_events?"),
+        ("[sesion]\ntimeout = '5m'", "sesion", "did you mean session?"),
+        ("zzz = 1", "zzz", ""),
+        ('"odd key" = 1', '"odd key"', ""),
+    ],
+)
+def test_unknown_file_key_is_an_error_naming_it(
+    tmp_path: Path, toml: str, name: str, hint: str
+) -> None:
+    path = write(tmp_path, toml + "\n")
+    err = error(path, env={})
+    assert err.setting == f"{name} (in {path})"
+    assert err.problem.startswith("unknown setting")
+    assert hint in err.problem
+
+
+def test_unknown_per_app_key(tmp_path: Path) -> None:
+    path = write(tmp_path, '[apps."a.b"]\ntimout = "5m"\n')
+    err = error(path, env={})
+    assert err.setting == f'apps."a.b".timout (in {path})'
+    assert "did you mean timeout?" in err.problem
+
+
+def test_unquoted_dotted_app_name_gets_a_hint(tmp_path: Path) -> None:
+    path = write(tmp_path, '[apps.com.example.app]\ntimeout = "5m"\n')
+    err = error(path, env={})
+    assert 'quote app names that contain dots: [apps."com.example.app"]' in str(err)
+
+
+def test_unknown_per_app_key_in_env_json() -> None:
+    err = error(env={"SESSIONIZER_APPS": '{"a.b": {"grace": "1m"}}'})
+    assert err.setting == 'apps."a.b".grace (SESSIONIZER_APPS)'
+
+
+def test_unknown_env_var_is_an_error_with_a_suggestion() -> None:
+    err = error(env={"SESSIONIZER_TIMOUT": "5m"})
+    assert str(err) == (
+        "invalid setting SESSIONIZER_TIMOUT: unknown environment variable; "
+        "did you mean SESSIONIZER_TIMEOUT?"
+    )
+    assert err.setting == "SESSIONIZER_TIMOUT"
+
+
+def test_env_vars_that_are_not_settings_are_allowed() -> None:
+    env = {
+        "SESSIONIZER_CONFIG": "",
+        "SESSIONIZER_TEST_BROKER": "whatever",
+        "SESSIONIZERX": "1",
+        "PATH": "/bin",
+        "sessionizer_timeout": "-5",  # env names are case-sensitive; not ours
+    }
+    assert load_settings(env=env) == Settings()
+
+
+# --------------------------------------------------------------------------- the file itself
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.toml"
+    err = error(path, env={})
+    assert (
+        str(err)
+        == f'invalid setting config file "{path}": cannot read it: No such file or directory'
+    )
+
+
+def test_missing_config_file_from_env(tmp_path: Path) -> None:
+    path = tmp_path / "nope.toml"
+    err = error(env={"SESSIONIZER_CONFIG": str(path)})
+    assert str(path) in str(err)
+
+
+def test_config_file_is_a_directory(tmp_path: Path) -> None:
+    err = error(tmp_path, env={})
+    assert str(tmp_path) in str(err) and "cannot read it" in str(err)
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    path = write(tmp_path, 'partitions = 8\nbroker_url = "unterminated\n')
+    err = error(path, env={})
+    assert err.setting == f'config file "{path}"'
+    assert err.problem.startswith("not valid TOML")
+    assert "line 2" in err.problem
+
+
+def test_duplicate_toml_key_is_invalid_toml(tmp_path: Path) -> None:
+    err = error(write(tmp_path, "partitions = 8\npartitions = 9\n"), env={})
+    assert "not valid TOML" in err.problem
+
+
+def test_config_file_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('web_host = "caf\xe9"\n'.encode("latin-1"))
+    err = error(path, env={})
+    assert err.problem == "not UTF-8 text"
+
+
+# --------------------------------------------------------------------------- security
+
+
+def test_secret_never_shows_itself() -> None:
+    secret = Secret(PASSWORD)
+    assert repr(secret) == "Secret('***')"
+    assert str(secret) == "***"
+    assert f"{secret}" == "***"
+    assert secret.reveal() == PASSWORD
+    assert secret == Secret(PASSWORD)
+    assert secret != Secret("other")
+
+
+SASL_ENV = {
+    "SESSIONIZER_SECURITY_PROTOCOL": "sasl_ssl",
+    "SESSIONIZER_SASL_MECHANISM": "scram-sha-512",
+    "SESSIONIZER_SASL_USERNAME": "svc-sessionizer",
+    "SESSIONIZER_SASL_PASSWORD": PASSWORD,
+}
+
+
+def test_sasl_settings(tmp_path: Path) -> None:
+    s = load_settings(env=SASL_ENV)
+    sec = s.security
+    assert sec.protocol == "SASL_SSL"
+    assert sec.sasl_mechanism == "SCRAM-SHA-512"
+    assert sec.sasl_username == "svc-sessionizer"
+    assert sec.sasl_password is not None and sec.sasl_password.reveal() == PASSWORD
+    assert sec.uses_sasl and sec.uses_ssl
+    assert PASSWORD not in repr(s)
+    assert PASSWORD not in str(s)
+    assert "Secret('***')" in repr(s)
+
+
+def test_password_from_file_is_hidden_too(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f'security_protocol = "SASL_PLAINTEXT"\nsasl_mechanism = "PLAIN"\n'
+        f'sasl_username = "u"\nsasl_password = "{PASSWORD}"\n',
+    )
+    s = load_settings(path, env={})
+    assert s.security.sasl_password == Secret(PASSWORD)
+    assert PASSWORD not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("env", "setting", "problem"),
+    [
+        (
+            {**SASL_ENV, "SESSIONIZER_SASL_MECHANISM": ""},
+            "sasl_mechanism (SESSIONIZER_SASL_MECHANISM)",
+            "required when security_protocol is SASL_SSL",
+        ),
+        (
+            {k: v for k, v in SASL_ENV.items() if k != "SESSIONIZER_SASL_USERNAME"},
+            "sasl_username (SESSIONIZER_SASL_USERNAME)",
+            "required when",
+        ),
+        (
+            {k: v for k, v in SASL_ENV.items() if k != "SESSIONIZER_SASL_PASSWORD"},
+            "sasl_password (SESSIONIZER_SASL_PASSWORD)",
+            "required when",
+        ),
+        (
+            {**SASL_ENV, "SESSIONIZER_SECURITY_PROTOCOL": "PLAINTEXT"},
+            "sasl_mechanism (SESSIONIZER_SASL_MECHANISM)",
+            "only used with SASL_PLAINTEXT or SASL_SSL, but security_protocol is PLAINTEXT",
+        ),
+        (
+            {"SESSIONIZER_SASL_PASSWORD": PASSWORD},
+            "sasl_password (SESSIONIZER_SASL_PASSWORD)",
+            "only used with SASL_PLAINTEXT or SASL_SSL",
+        ),
+        (
+            {**SASL_ENV, "SESSIONIZER_SASL_MECHANISM": PASSWORD},
+            "sasl_mechanism (SESSIONIZER_SASL_MECHANISM)",
+            "must be one of",
+        ),
+    ],
+)
+def test_sasl_combinations(env: dict[str, str], setting: str, problem: str) -> None:
+    err = error(env=env)
+    assert err.setting == setting
+    assert problem in err.problem
+
+
+def test_secrets_never_appear_in_errors(tmp_path: Path) -> None:
+    errors = [
+        error(env={"SESSIONIZER_SASL_PASSWORD": PASSWORD}),
+        error(env={**SASL_ENV, "SESSIONIZER_SASL_USERNAME": ""}),
+        error(env={**SASL_ENV, "SESSIONIZER_SECURITY_PROTOCOL": "SSL"}),
+        error(env={**SASL_ENV, "SESSIONIZER_SASL_PASSWORD": ""}),
+        error(write(tmp_path, "sasl_password = 12345678\n", "int.toml"), env={}),
+        error(write(tmp_path, f'sasl_pasword = "{PASSWORD}"\n', "typo.toml"), env={}),
+        error(env={**SASL_ENV, "SESSIONIZER_SASL_PASWORD": PASSWORD}),
+    ]
+    for err in errors:
+        assert PASSWORD not in str(err) and PASSWORD not in repr(err)
+        assert "12345678" not in str(err)
+    assert errors[4].problem == "must be a non-empty string"
+
+
+def test_ssl_files(tmp_path: Path) -> None:
+    ca, cert, key = (tmp_path / n for n in ("ca.pem", "cert.pem", "key.pem"))
+    for f in (ca, cert, key):
+        f.write_text("-----BEGIN-----\n")
+    env = {
+        "SESSIONIZER_SECURITY_PROTOCOL": "SSL",
+        "SESSIONIZER_SSL_CAFILE": str(ca),
+        "SESSIONIZER_SSL_CERTFILE": str(cert),
+        "SESSIONIZER_SSL_KEYFILE": str(key),
+    }
+    sec = load_settings(env=env).security
+    assert (sec.ssl_cafile, sec.ssl_certfile, sec.ssl_keyfile) == (ca, cert, key)
+    assert sec.uses_ssl and not sec.uses_sasl
+
+    err = error(env={**env, "SESSIONIZER_SSL_CERTFILE": ""})
+    assert err.setting == "ssl_certfile (SESSIONIZER_SSL_CERTFILE)"
+    assert err.problem == "required when ssl_keyfile is set"
+
+    err = error(env={**env, "SESSIONIZER_SECURITY_PROTOCOL": "PLAINTEXT"})
+    assert err.setting == "ssl_cafile (SESSIONIZER_SSL_CAFILE)"
+    assert "only used with SSL or SASL_SSL" in err.problem
+
+    err = error(env={**env, "SESSIONIZER_SSL_KEYFILE": str(tmp_path / "gone.pem")})
+    assert err.setting == "ssl_keyfile (SESSIONIZER_SSL_KEYFILE)"
+    assert err.problem == f'file not found: "{tmp_path / "gone.pem"}"'
+
+
+def test_ssl_without_files_uses_system_cas() -> None:
+    sec = load_settings(env={"SESSIONIZER_SECURITY_PROTOCOL": "SSL"}).security
+    assert sec.protocol == "SSL" and sec.ssl_cafile is None
+
+
+# --------------------------------------------------------------------------- formats
+
+
+@pytest.mark.parametrize(
+    ("raw", "ms"),
+    [
+        (0, 0),
+        (1500, 1500),
+        ("1500", 1500),
+        ("250ms", 250),
+        ("10s", 10_000),
+        ("30m", 30 * MINUTE_MS),
+        ("2h", 2 * HOUR_MS),
+        ("30d", 30 * DAY_MS),
+        ("1.5h", 90 * MINUTE_MS),
+        ("0.5s", 500),
+        (" 30 M ", 30 * MINUTE_MS),
+        ("10S", 10_000),
+    ],
+)
+def test_durations(raw: object, ms: int) -> None:
+    assert parse_duration_ms(raw) == ms
+
+
+@pytest.mark.parametrize(
+    "raw", ["", "m", "-5", "-5m", "5w", "1.5", "0.0001s", "5 m s", "1e3", True, 1.5, None, "٣m"]
+)
+def test_not_durations(raw: object) -> None:
+    assert parse_duration_ms(raw) is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "size"),
+    [
+        (1, 1),
+        ("1048576", 1048576),
+        ("100B", 100),
+        ("512KiB", 512 * 1024),
+        ("1MiB", 1024 * 1024),
+        ("1mib", 1024 * 1024),
+        ("2GiB", 2 * 1024**3),
+        (" 64 KiB ", 64 * 1024),
+    ],
+)
+def test_sizes(raw: object, size: int) -> None:
+    assert parse_size_bytes(raw) == size
+
+
+@pytest.mark.parametrize("raw", ["", "1MB", "1.5MiB", "-1", "KiB", True, 1.0, None])
+def test_not_sizes(raw: object) -> None:
+    assert parse_size_bytes(raw) is None
+
+
+@pytest.mark.parametrize(
+    ("url", "hosts"),
+    [
+        ("kafka://127.0.0.1:9092", ("127.0.0.1:9092",)),
+        ("KAFKA://broker:9092", ("broker:9092",)),
+        ("localhost:9092", ("localhost:9092",)),
+        ("kafka://a:1,b.example.com:2", ("a:1", "b.example.com:2")),
+        (" a:1 , b:2 ", ("a:1", "b:2")),
+        ("kafka_1:9092", ("kafka_1:9092",)),
+        ("[::1]:9092", ("[::1]:9092",)),
+        ("a:09092", ("a:9092",)),
+    ],
+)
+def test_broker_url_forms(url: str, hosts: tuple[str, ...]) -> None:
+    s = load_settings(env={"SESSIONIZER_BROKER_URL": url})
+    assert s.broker_hosts == hosts
+    assert s.broker_url == "kafka://" + ",".join(hosts)
+
+
+# --------------------------------------------------------------------------- docs
+
+
+def test_describe_settings_covers_every_setting() -> None:
+    docs = describe_settings()
+    names = [d.name for d in docs]
+    assert len(names) == len(set(names))
+    for expected in [
+        "broker_url",
+        "topics.raw_events",
+        "topics.opt_out_control",
+        "partitions",
+        "replication_factor",
+        "session.timeout",
+        "session.foreground_idle_timeout",
+        "session.resume_on_launch",
+        "session.grace",
+        "session.state_ttl",
+        "session.max_session_attributes",
+        "session.max_record_bytes",
+        "session.max_future_skew",
+        'apps."<app>".timeout',
+        'apps."<app>".foreground_idle_timeout',
+        'apps."<app>".resume_on_launch',
+        "idle_timeout",
+        "store",
+        "processing_guarantee",
+        "web_port",
+        "web_host",
+        "data_dir",
+        "broker_bin",
+        "batch_size",
+        "batch_within",
+        "security_protocol",
+        "sasl_mechanism",
+        "sasl_username",
+        "sasl_password",
+        "ssl_cafile",
+        "ssl_certfile",
+        "ssl_keyfile",
+    ]:
+        assert expected in names
+    assert all(d.description and d.type and d.default for d in docs)
+    env_names = {d.env for d in docs if not d.name.startswith("apps.")}
+    assert len(env_names) == len(docs) - 3
+    assert "SESSIONIZER_TIMEOUT" in env_names
+    assert "SESSIONIZER_TOPIC_RAW_EVENTS" in env_names
+
+
+def test_every_documented_env_var_is_accepted() -> None:
+    for doc in describe_settings():
+        if doc.env == "SESSIONIZER_APPS":
+            continue
+        # An empty value is either accepted (optional) or a value error, never "unknown".
+        try:
+            load_settings(env={doc.env: ""})
+        except ConfigError as err:
+            assert "unknown" not in err.problem
+
+
+def test_markdown_example_file_loads(tmp_path: Path) -> None:
+    text = render_markdown()
+    example = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    s = load_settings(write(tmp_path, example), env={})
+    assert s.engine.rules_for("com.example.web").resume_on_launch is True
+
+
+def test_docs_configuration_md_is_current() -> None:
+    path = ROOT / "docs" / "configuration.md"
+    assert path.read_text(encoding="utf-8") == render_markdown(), (
+        "regenerate: python -m sessionizer.settings --markdown > docs/configuration.md"
+    )
+
+
+def test_module_prints_markdown() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "sessionizer.settings", "--markdown"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    assert out.stdout == render_markdown()
+    assert "| `session.timeout` | `SESSIONIZER_TIMEOUT` |" in out.stdout
