@@ -50,3 +50,40 @@ def process_file(
     _engine, counts = process_files(list(inputs), out_dir, settings.engine, keep_open=keep_open)
     sys.stdout.buffer.write(codec.dumps_line(counts.as_dict()))
     sys.stdout.flush()
+
+
+@main.command("worker")
+@click.option("--broker", "broker_url", default=None, help="Kafka URL, e.g. kafka://host:9092.")
+@click.option("--web-port", type=int, default=None, help="HTTP port for /health and /metrics.")
+@click.option("--data-dir", default=None, help="Where table state lives (RocksDB store).")
+@click.option("--config", "config", default=None, help="TOML settings file.")
+@click.option("--app-id", default=None, help="Worker group id (default: sessionizer).")
+@click.option("--loglevel", default="warning", show_default=True)
+def worker(
+    broker_url: str | None,
+    web_port: int | None,
+    data_dir: str | None,
+    config: str | None,
+    app_id: str | None,
+    loglevel: str,
+) -> None:
+    """Run the streaming worker (Faust) against a Kafka broker."""
+    import asyncio
+
+    from .stream.kafka import ensure_topics
+    from .stream.worker import build_app
+
+    settings = _settings(
+        config, broker_url=broker_url, web_port=web_port, data_dir=data_dir, app_id=app_id
+    )
+    try:
+        created = asyncio.run(ensure_topics(settings))
+    except Exception as exc:
+        click.echo(f"sessionizer: cannot reach the broker {settings.broker_url}: {exc}", err=True)
+        sys.exit(1)
+    if created:
+        click.echo(f"created topics: {', '.join(created)}", err=True)
+    import faust
+
+    app = build_app(settings)
+    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -1,0 +1,167 @@
+"""Plain aiokafka helpers: connection options, topic creation, a control-topic reader."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from .. import codec
+
+log = logging.getLogger(__name__)
+
+
+def client_options(settings: Any) -> dict[str, Any]:
+    """aiokafka connection options (bootstrap + security) from settings."""
+    opts: dict[str, Any] = {"bootstrap_servers": ",".join(settings.broker_hosts)}
+    sec = getattr(settings, "security", None)
+    if sec is not None and sec.protocol != "PLAINTEXT":
+        opts["security_protocol"] = sec.protocol
+        if sec.protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            opts["ssl_context"] = create_ssl_context(
+                cafile=str(sec.ssl_cafile) if sec.ssl_cafile else None,
+                certfile=str(sec.ssl_certfile) if sec.ssl_certfile else None,
+                keyfile=str(sec.ssl_keyfile) if sec.ssl_keyfile else None,
+            )
+        if sec.protocol.startswith("SASL"):
+            opts["sasl_mechanism"] = sec.sasl_mechanism
+            opts["sasl_plain_username"] = sec.sasl_username
+            opts["sasl_plain_password"] = (
+                sec.sasl_password.reveal() if sec.sasl_password is not None else None
+            )
+    return opts
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    compacted: bool = False
+
+
+def topic_specs(settings: Any) -> list[TopicSpec]:
+    t = settings.topics
+    n = settings.partitions
+    return [
+        TopicSpec(t.raw_events, n),
+        TopicSpec(t.sessionized_events, n),
+        # Keyed by session_uuid: compaction keeps the latest revision of each session.
+        TopicSpec(t.sessions, n, compacted=True),
+        TopicSpec(t.dead_letters, n),
+        TopicSpec(t.opt_out_control, n, compacted=True),
+    ]
+
+
+async def ensure_topics(
+    settings: Any, specs: Iterable[TopicSpec] | None = None, *, timeout_s: float = 30.0
+) -> list[str]:
+    """Creates the topics that are missing; returns the names it created."""
+    specs = list(specs if specs is not None else topic_specs(settings))
+    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=10_000)
+    await asyncio.wait_for(admin.start(), timeout_s)
+    created: list[str] = []
+    try:
+        existing = set(await admin.list_topics())
+        new = [
+            NewTopic(
+                s.name,
+                s.partitions,
+                settings.replication_factor,
+                topic_configs={"cleanup.policy": "compact"} if s.compacted else {},
+            )
+            for s in specs
+            if s.name not in existing
+        ]
+        if new:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker won the race
+                await admin.create_topics(new)
+            created = [t.name for t in new]
+    finally:
+        await admin.close()
+    return created
+
+
+class ControlReader:
+    """R19: every worker reads the whole compacted opt-out-control topic (a global table).
+
+    A group-less consumer from the beginning; ``control`` is the dict the engines
+    share, so an entry applies to every record processed after it is read.
+    """
+
+    def __init__(self, settings: Any, control: dict[str, bool]) -> None:
+        self.settings = settings
+        self.control = control
+        self.ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        topic = self.settings.topics.opt_out_control
+        c = AIOKafkaConsumer(
+            **client_options(self.settings),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await c.start()
+        parts = c.partitions_for_topic(topic)
+        for _ in range(50):
+            if parts:
+                break
+            await asyncio.sleep(0.1)
+            await c._client.force_metadata_update()
+            parts = c.partitions_for_topic(topic)
+        tps = [TopicPartition(topic, p) for p in sorted(parts or ())]
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        ends = await c.end_offsets(tps) if tps else {}
+        self._consumer = c
+        self._task = asyncio.create_task(self._run(ends))
+
+    async def _run(self, ends: dict[TopicPartition, int]) -> None:
+        c = self._consumer
+        assert c is not None
+        pending = {tp: off for tp, off in ends.items() if off > 0}
+        if not pending:
+            self.ready.set()
+        while True:
+            batches = await c.getmany(timeout_ms=500, max_records=1000)
+            for tp, msgs in batches.items():
+                for m in msgs:
+                    self.apply(m.key, m.value)
+                    if tp in pending and m.offset + 1 >= pending[tp]:
+                        del pending[tp]
+            if not pending and not self.ready.is_set():
+                self.ready.set()
+
+    def apply(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return
+        name = key.decode("utf-8", "replace")
+        if value is None:
+            self.control.pop(name, None)
+            return
+        try:
+            flag = codec.loads(value).get("opted_out")
+        except Exception:
+            flag = None
+        if type(flag) is bool:
+            self.control[name] = flag
+        else:
+            log.warning("ignoring malformed opt-out-control entry for %r", name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()

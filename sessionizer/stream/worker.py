@@ -1,0 +1,273 @@
+"""The Faust worker: one engine per source partition, state in a changelog table.
+
+Crash consistency ("offsets in the state", DESIGN.md): after a batch's outputs
+are acknowledged by the broker, the touched keys' snapshots and a per-partition
+marker "applied through source offset X" go to the table's changelog, and only
+then are the source records acknowledged to Faust (which commits them). After
+a crash the recovered state may be ahead of the committed offset, never
+behind; records at or below the marker are skipped, so nothing is applied
+twice. Outputs are at-least-once and duplicates are byte-identical (R0, R12).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+from faust.types import EventT
+
+from .. import codec
+from ..core.engine import Engine
+from ..core.model import DEAD_LETTERS
+from .kafka import ControlReader
+
+log = logging.getLogger("sessionizer.worker")
+
+MARKER = b"\x00marker"
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _record_ts_ms(ts: float | None) -> int | None:
+    # Faust hands record timestamps over as float seconds; back to integer ms.
+    return None if ts is None else round(ts * 1000)
+
+
+class PartitionRunner:
+    """The engine of one source partition and what the worker knows about it."""
+
+    __slots__ = ("applied", "engine", "last_rx_wall", "lock", "partition", "wm_at_rx")
+
+    def __init__(self, partition: int, engine: Engine, applied: int) -> None:
+        self.partition = partition
+        self.engine = engine
+        self.applied = applied  # highest source offset whose effects are in the state
+        self.lock = asyncio.Lock()
+        self.last_rx_wall = wall_ms()
+        self.wm_at_rx = engine.watermark
+
+
+class Pipeline:
+    """Wires the pure engine to Faust: batches in, outputs and state out."""
+
+    def __init__(self, app: faust.App, settings: Any, table: Any, source: Any) -> None:
+        self.app = app
+        self.settings = settings
+        self.table = table
+        self.source = source
+        t = settings.topics
+        self.out_topics = (t.sessionized_events, t.sessions, t.dead_letters)
+        self.control: dict[str, bool] = {}
+        self.control_reader = ControlReader(settings, self.control)
+        self.runners: dict[int, PartitionRunner] = {}
+        self.live = True  # R22 wall-clock advancement; replay turns it off
+        self.batches = 0
+        self.last_batch_ms = 0.0
+        self.shutdown_task: asyncio.Future[None] | None = None
+
+    # ------------------------------------------------------------ state
+
+    def _key(self, partition: int, key: str) -> bytes:
+        return f"{partition}:{key}".encode()
+
+    def _new_engine(self) -> Engine:
+        eng = Engine(self.settings.engine, loads=codec.loads, dumps=codec.dumps, track_dirty=True)
+        eng.control = self.control
+        return eng
+
+    def runner(self, partition: int) -> PartitionRunner:
+        r = self.runners.get(partition)
+        if r is None:
+            r = self.runners[partition] = self._rebuild(partition)
+        return r
+
+    def _rebuild(self, partition: int) -> PartitionRunner:
+        """The deadline index and engine of a partition, from the recovered table."""
+        eng = self._new_engine()
+        prefix = f"{partition}:".encode()
+        applied = -1
+        data = self.table.data
+        n = 0
+        for k, v in list(data.items()):
+            if not k.startswith(prefix) or v is None:
+                continue
+            name = k[len(prefix) :]
+            if name == MARKER:
+                marker = codec.loads(v)
+                applied = marker["offset"]
+                eng.watermark = marker["watermark"]
+            else:
+                eng.restore_key(name.decode(), codec.loads(v))
+                n += 1
+        log.info(
+            "partition %d: restored %d keys, applied through offset %d, watermark %d",
+            partition,
+            n,
+            applied,
+            eng.watermark,
+        )
+        return PartitionRunner(partition, eng, applied)
+
+    def drop(self, partitions: Sequence[int]) -> None:
+        for p in partitions:
+            self.runners.pop(p, None)
+
+    # ------------------------------------------------------------ batches
+
+    async def process(self, events: Sequence[EventT]) -> None:
+        if not events:
+            return
+        started = time.perf_counter()
+        p = events[0].message.partition
+        r = self.runner(p)
+        async with r.lock:
+            eng = r.engine
+            now = wall_ms()
+            applied = r.applied
+            process = eng.process_record
+            for ev in events:
+                m = ev.message
+                if m.offset <= applied:
+                    continue  # already in the recovered state
+                process(m.value, m.key, m.topic, p, m.offset, _record_ts_ms(m.timestamp), now)
+                applied = m.offset
+            r.applied = applied
+            r.last_rx_wall = now
+            r.wm_at_rx = eng.watermark
+            eng.expire()
+            await self._publish(r)
+        self.batches += 1
+        self.last_batch_ms = (time.perf_counter() - started) * 1000
+
+    async def tick(self) -> None:
+        """R22: a partition idle for idle_timeout moves its watermark by wall-clock time."""
+        if not self.live:
+            return
+        now = wall_ms()
+        idle = self.settings.idle_timeout_ms
+        for r in list(self.runners.values()):
+            if r.wm_at_rx <= 0 or now - r.last_rx_wall < idle:
+                continue
+            async with r.lock:
+                target = r.wm_at_rx + (now - r.last_rx_wall)
+                if target > r.engine.watermark:
+                    r.engine.advance_watermark(target)
+                    r.engine.expire()
+                    await self._publish(r)
+
+    async def _publish(self, r: PartitionRunner) -> None:
+        eng = r.engine
+        out = eng.take_output()
+        producer = self.app.producer
+        send = producer.send
+        topics = self.out_topics
+        dumps = codec.dumps
+        futures = []
+        for topic, key, value in out:
+            # Dead letters keep the source record's key bytes; other keys are text.
+            k = key if topic == DEAD_LETTERS or key is None else key.encode()
+            futures.append(await send(topics[topic], k, dumps(value), None, None, None))
+        if futures:
+            await asyncio.gather(*futures)
+        # Outputs are acknowledged: now the state may say they were applied.
+        dirty = eng.take_dirty()
+        p = r.partition
+        changelog = self.table.changelog_topic.get_topic_name()
+        data = self.table.data
+        state_futs = []
+        for key in dirty:
+            tkey = self._key(p, key)
+            snap = eng.snapshot_key(key)
+            value = None if snap is None else dumps(snap)
+            if value is None:
+                data.pop(tkey, None)
+            else:
+                data[tkey] = value
+            state_futs.append(await send(changelog, tkey, value, p, None, None))
+        marker = dumps({"offset": r.applied, "watermark": eng.watermark})
+        mkey = self._key(p, "\x00marker")
+        data[mkey] = marker
+        state_futs.append(await send(changelog, mkey, marker, p, None, None))
+        await asyncio.gather(*state_futs)
+
+
+def build_app(settings: Any, *, web: bool = True) -> faust.App:
+    """The Faust app of the worker; all payloads are bytes we encode with orjson."""
+    try:
+        from ..broker import FAUST_TUNING
+    except ImportError:  # pragma: no cover - until the broker module lands
+        FAUST_TUNING = {}
+
+    store = "memory://" if settings.store == "memory" else "rocksdb://"
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{h}" for h in settings.broker_hosts],
+        store=store,
+        datadir=str(settings.data_dir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        key_serializer="raw",
+        value_serializer="raw",
+        processing_guarantee=settings.processing_guarantee,
+        web_enabled=web,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        consumer_auto_offset_reset="earliest",
+        autodiscover=False,
+        **FAUST_TUNING,
+    )
+    source = app.topic(
+        settings.topics.raw_events,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+    )
+    table = app.Table(
+        "state",
+        default=None,
+        partitions=settings.partitions,
+        key_type=bytes,
+        value_type=bytes,
+    )
+    pipe = Pipeline(app, settings, table, source)
+    app.sessionizer = pipe  # type: ignore[attr-defined]
+    batch_size = settings.batch_size
+    within = settings.batch_within_ms / 1000
+
+    @app.agent(source, isolated_partitions=True, name="sessionize")
+    async def sessionize(stream: Any) -> None:
+        await pipe.control_reader.ready.wait()
+        async for events in stream.take_events(batch_size, within=within):
+            await pipe.process(events)
+
+    @app.timer(interval=1.0)
+    async def idle_partitions() -> None:
+        await pipe.tick()
+
+    @app.task
+    async def start_control_reader() -> None:
+        await pipe.control_reader.start()
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
+        pipe.drop([tp.partition for tp in revoked if tp.topic == source.get_topic_name()])
+
+    @app.on_before_shutdown.connect
+    def on_shutdown(app: faust.App, **kwargs: Any) -> None:
+        pipe.shutdown_task = asyncio.ensure_future(pipe.control_reader.stop())
+
+    # Many long-lived session objects, many short-lived event dicts: full
+    # collections would rescan every session again and again.
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+    return app
