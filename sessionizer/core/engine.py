@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import heapq
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .config import AppRules, EngineConfig
@@ -57,6 +57,11 @@ class DeadLetter(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         self.reason = reason
         self.detail = detail
+
+
+def ident_fields(ident: Sequence[Any]) -> dict[str, Any]:
+    """The batch identity fields (§7.1) present in a record, from their tuple."""
+    return {f: v for f, v in zip(IDENTITY_FIELDS, ident, strict=False) if v is not None}
 
 
 def identity(obj: dict[str, Any]) -> tuple[str, str] | None:
@@ -111,6 +116,22 @@ def check_attribute(data: dict[str, Any], dumps: Dumps) -> tuple[str, int, Any]:
     if t is str and len(value) * 6 + 2 > MAX_ATTR_VALUE and len(dumps(value)) > MAX_ATTR_VALUE:
         raise DeadLetter("bad_session_attribute", f"value longer than {MAX_ATTR_VALUE} characters")
     return name, 0, value
+
+
+def _event_fields(ev: Any, batch_ts: Any) -> tuple[str, dict[str, Any], Any]:
+    """(event_type, data, raw ts) of an event off the common shape, or a dead letter."""
+    if type(ev) is not dict:
+        raise DeadLetter("bad_event", "event is not an object")
+    et = ev.get("event_type")
+    if type(et) is not str:
+        raise DeadLetter("bad_event", "event_type must be a string")
+    data = ev.get("data")
+    if data is None:
+        data = ev["data"] = {}
+    elif type(data) is not dict:
+        raise DeadLetter("bad_event", "data must be an object")
+    ts = data.get("timestamp_unixtime_ms")
+    return et, data, batch_ts if ts is None else ts
 
 
 class Engine:
@@ -277,8 +298,15 @@ class Engine:
         if self.dirty is not None:
             self.dirty.add(skey)
         rules = self.rules(app)
-        ident_obj = {f: obj[f] for f in IDENTITY_FIELDS if f in obj}
         mpid = obj.get("mpid")
+        # IDENTITY_FIELDS as a tuple: cheaper than a dict per record; dict on output.
+        ident_obj = (
+            mpid,
+            obj.get("mp_deviceid"),
+            obj.get("application_info"),
+            obj.get("api_key"),
+            obj.get("environment"),
+        )
         batch_ts = obj.get("timestamp_unixtime_ms")
         if batch_ts is None:
             batch_ts = timestamp
@@ -296,29 +324,25 @@ class Engine:
             if opted and (type(ev) is not dict or ev.get("event_type") != "opt_out"):
                 counts.events_opted_out += 1  # R18: malformed ones too
                 continue
-            if type(ev) is not dict:
-                rec.dead(ev, src, value, "bad_event", "event is not an object")
-                continue
-            et = ev.get("event_type")
-            data = ev.get("data")
-            if type(et) is not str:
-                rec.dead(ev, src, value, "bad_event", "event_type must be a string")
-                continue
-            if type(data) is not dict:
-                if data is not None:
-                    rec.dead(ev, src, value, "bad_event", "data must be an object")
+            try:
+                # The common shape, read with subscripts (cheaper than .get).
+                et = ev["event_type"]
+                data = ev["data"]
+                ts = data["timestamp_unixtime_ms"]
+                if type(et) is not str or type(data) is not dict:
+                    raise TypeError
+            except (KeyError, TypeError):
+                try:
+                    et, data, ts = _event_fields(ev, batch_ts)
+                except DeadLetter as dl:
+                    rec.dead(ev, src, value, dl.reason, dl.detail)
                     continue
-                data = ev["data"] = {}
             kind = kinds.get(et, 0)
             if kind == TRANSITION:
                 kind = TRANSITION_KINDS.get(data.get("application_transition_type"), 0)
-
-            ts = data.get("timestamp_unixtime_ms")
-            if ts is None:
-                ts = batch_ts
             if type(ts) is not int:
                 ts = int(ts) if type(ts) is float and ts.is_integer() else None
-            if ts is not None and (ts < MIN_TS or ts > max_ts):
+            if ts is not None and not MIN_TS <= ts <= max_ts:
                 ts = None
 
             if (
@@ -426,7 +450,7 @@ class Engine:
                 EVENTS,
                 st.device,
                 {
-                    **s.ident,
+                    **ident_fields(s.ident),
                     "event_type": "session_start",
                     "data": {
                         "session_uuid": s.uuid,
@@ -461,7 +485,7 @@ class Engine:
                 EVENTS,
                 st.device,
                 {
-                    **s.ident,
+                    **ident_fields(s.ident),
                     "event_type": "session_end",
                     "data": {
                         "session_uuid": s.uuid,
@@ -585,7 +609,7 @@ class _Record:
         obj: dict[str, Any],
         single: bool,
         device: str,
-        ident: dict[str, Any],
+        ident: tuple[Any, ...],
         mpid: Any,
     ) -> None:
         self.engine = engine
@@ -641,7 +665,8 @@ class _Record:
                 # The engine decoded it, so this cannot happen; stay total anyway.
                 payload = value.decode("utf-8", "replace")
         else:
-            payload = eng.dumps({**self.ident, **ev} if type(ev) is dict else ev).decode("utf-8")
+            bad = {**ident_fields(self.ident), **ev} if type(ev) is dict else ev
+            payload = eng.dumps(bad).decode("utf-8")
         eng.out.append((DEAD_LETTERS, src[0], _dead(reason, detail, src, payload, "utf-8")))
 
     # ------------------------------------------------------------- events

@@ -6,6 +6,7 @@ orjson wrapper; the core itself never serializes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 # Session.status
@@ -52,7 +53,7 @@ class Session:
         start: int,
         deadline: int,
         mpid: Any,
-        ident: dict[str, Any],
+        ident: Sequence[Any],
         prev_uuid: str | None,
     ) -> None:
         self.uuid = uuid

@@ -12,7 +12,6 @@ twice. Outputs are at-least-once and duplicates are byte-identical (R0, R12).
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from faust.types import EventT
 from .. import codec
 from ..core.engine import Engine
 from ..core.model import DEAD_LETTERS
+from ..offline import tune_gc
 from .kafka import ControlReader
 
 log = logging.getLogger("sessionizer.worker")
@@ -266,8 +266,5 @@ def build_app(settings: Any, *, web: bool = True) -> faust.App:
     def on_shutdown(app: faust.App, **kwargs: Any) -> None:
         pipe.shutdown_task = asyncio.ensure_future(pipe.control_reader.stop())
 
-    # Many long-lived session objects, many short-lived event dicts: full
-    # collections would rescan every session again and again.
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
+    tune_gc()
     return app
