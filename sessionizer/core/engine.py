@@ -220,6 +220,8 @@ class Engine:
             s = st.open
             if s is not None and s.status == OPEN:
                 if s.deadline + self.config.grace_ms <= w:
+                    if self.dirty is not None:
+                        self.dirty.add(key)
                     if self.control and self._controlled(st):
                         self._opt_out_close(st, None, None)
                     else:
@@ -240,6 +242,8 @@ class Engine:
                 self._close(st, s, reason, CLOSED)
                 st.open = None
                 st.last = s
+                if self.dirty is not None:
+                    self.dirty.add(st.key)
 
     # ------------------------------------------------------------ records
 

@@ -132,6 +132,9 @@ class Pipeline:
             now = wall_ms()
             applied = r.applied
             process = eng.process_record
+            first = events[0].message.offset
+            if first > applied + 1:
+                log.warning("partition %d: input jumps from offset %d to %d", p, applied, first)
             for ev in events:
                 m = ev.message
                 if m.offset <= applied:
@@ -191,11 +194,15 @@ class Pipeline:
             else:
                 data[tkey] = value
             state_futs.append(await send(changelog, tkey, value, p, None, None))
+        if state_futs:
+            await asyncio.gather(*state_futs)
+        # The marker goes last and alone: recovery reads the changelog up to its
+        # end offset, and some brokers (Tansu) report a batch's base offset + 1
+        # as the end, so a marker sharing a batch could hide the states before it.
         marker = dumps({"offset": r.applied, "watermark": eng.watermark})
         mkey = self._key(p, "\x00marker")
         data[mkey] = marker
-        state_futs.append(await send(changelog, mkey, marker, p, None, None))
-        await asyncio.gather(*state_futs)
+        await (await send(changelog, mkey, marker, p, None, None))
 
 
 def build_app(settings: Any, *, web: bool = True) -> faust.App:
