@@ -1,7 +1,36 @@
 PY ?= .venv/bin/python
+VENV_STAMP := .venv/.installed
 
-.PHONY: bench-core
+.PHONY: install test lint bench-core
+
+# A fresh clone needs nothing but python3: the first target run builds the venv.
+$(VENV_STAMP): pyproject.toml
+	python3 -m venv .venv
+	.venv/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(VENV_STAMP)
+
+install: $(VENV_STAMP)
+
+# The test command of the README and of CI: lint, types, then every test.
+test: $(VENV_STAMP) lint
+	$(PY) -m pytest -q
+
+lint: $(VENV_STAMP)
+	.venv/bin/ruff check sessionizer tests bench
+	.venv/bin/ruff format --check sessionizer tests bench
+	.venv/bin/mypy
+
 
 # Throughput of process-file against an orjson passthrough (target ratio 0.33).
-bench-core:
+bench-core: $(VENV_STAMP)
 	$(PY) bench/bench_core.py
+
+# The worker on a real (embedded) broker against raw aiokafka and naive Faust (target 50k events/s).
+.PHONY: bench-stream
+bench-stream: $(VENV_STAMP)
+	$(PY) bench/bench_stream.py
+
+# The demo: embedded broker, worker, live sample traffic and a live view of the sessions.
+.PHONY: run
+run: $(VENV_STAMP)
+	$(PY) -m sessionizer demo

@@ -87,3 +87,102 @@ def worker(
 
     app = build_app(settings)
     faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
+@main.command("produce")
+@click.argument("file", required=False)
+@click.option(
+    "--generate",
+    "n_events",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Produce the synthetic workload with N events instead of a file.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="At most R records per second (default: as fast as possible).",
+)
+@click.option("--broker", "broker_url", default=None, help="Kafka URL, e.g. kafka://host:9092.")
+@click.option("--config", "config", default=None, help="TOML settings file.")
+@click.option("--devices", type=click.IntRange(min=1), default=None, help="--generate: devices.")
+@click.option("--seed", type=int, default=1, show_default=True, help="--generate: random seed.")
+def produce(
+    file: str | None,
+    n_events: int | None,
+    rate: float | None,
+    broker_url: str | None,
+    config: str | None,
+    devices: int | None,
+    seed: int,
+) -> None:
+    """Produce JSONL records (FILE, - for stdin, .gz accepted) into the raw-events topic."""
+    import os
+
+    from .produce import run
+
+    if (file is None) == (n_events is None):
+        raise click.UsageError("give either FILE or --generate N")
+    if file is not None and file != "-" and not os.path.isfile(file):
+        raise click.UsageError(f"input file not found: {file}")
+    settings = _settings(config, broker_url=broker_url)
+    sys.exit(run(settings, file, n_events, rate=rate, devices=devices, seed=seed))
+
+
+@main.command("demo")
+@click.option(
+    "--broker", "broker_url", default=None, help="Use this Kafka instead of the embedded broker."
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Embedded broker port (default 9092, or a free one when 9092 is busy; 0: any free).",
+)
+@click.option("--config", "config", default=None, help="TOML settings file.")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Stop by itself after this long (default: until Ctrl-C).",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=50.0,
+    show_default=True,
+    help="Live traffic, in events per second (on average).",
+)
+@click.option("--no-view", is_flag=True, help="Print a summary line every few seconds instead.")
+@click.option("--seed", type=int, default=None, help="Random seed of the live traffic.")
+def demo(
+    broker_url: str | None,
+    port: int | None,
+    config: str | None,
+    duration: float | None,
+    rate: float,
+    no_view: bool,
+    seed: int | None,
+) -> None:
+    """Broker, worker and live traffic in one command, with a live view of the sessions."""
+    from .demo import run
+
+    if broker_url is not None and port is not None:
+        raise click.UsageError("--port is for the embedded broker; drop it with --broker")
+    try:
+        code = run(
+            broker_url,
+            port=port,
+            config=config,
+            duration=duration,
+            rate=rate,
+            view=False if no_view else None,
+            seed=seed,
+        )
+    except ConfigError as err:
+        click.echo(f"sessionizer: {err}", err=True)
+        sys.exit(EXIT_CONFIG)
+    sys.exit(code)

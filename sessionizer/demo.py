@@ -1,0 +1,658 @@
+"""``sessionizer demo``: broker, worker, live traffic and a live view of the sessions.
+
+The embedded broker runs in this process's care, the worker as a subprocess in
+its own process group (so a terminal's Ctrl-C reaches only us and we stop
+things in order: traffic, worker, broker). Traffic is workload.py's devices
+replayed against the wall clock, so sessions open and close while you watch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import codec
+from .core.config import MINUTE_MS
+from .workload import _F_FLUSH, _F_LOGIN, _Device, _Generator, _mpid
+
+__all__ = ["DEMO_ENV", "LiveTraffic", "Stats", "run"]
+
+# Demo-friendly timings, used unless the environment or --config sets them.
+DEMO_ENV = {
+    "SESSIONIZER_TIMEOUT": ("2m", "timeout_ms", 30 * MINUTE_MS),
+    "SESSIONIZER_GRACE": ("10s", "grace_ms", 2 * MINUTE_MS),
+    "SESSIONIZER_IDLE_TIMEOUT": ("5s", "idle_timeout_ms", 10_000),
+}
+# workload.py draws its gaps around a 30 min timeout: we replay it this much faster
+# than real time so that the demo's timeout means the same to its devices.
+WORKLOAD_TIMEOUT_MS = 30 * MINUTE_MS
+# Measured on _DemoShapes: events per device per hour of workload time.
+EVENTS_PER_DEVICE_HOUR = 20.0
+STOP_TIMEOUT_S = 10.0
+SUMMARY_EVERY_S = 5.0
+
+
+# --------------------------------------------------------------------------- live traffic
+
+
+class _DemoShapes(_Generator):
+    def _visit_gap(self) -> int:
+        # Visits come back within the hour (a few minutes of demo time), not hours.
+        r = self.rng
+        if r.random() < 0.08:
+            return int(r.uniform(2, 25) * MINUTE_MS)  # back within the timeout
+        return int(r.uniform(35, 75) * MINUTE_MS)
+
+
+class LiveTraffic:
+    """workload.py's devices, each event stamped with the wall-clock time it happens at.
+
+    Workload time runs ``speed`` times faster than the wall clock. Each device
+    buffers its events and uploads a batch when the SDK would (background, exit,
+    batch full or upload timer), at the wall-clock time of that moment.
+    """
+
+    UPLOAD_MS = 2 * MINUTE_MS  # workload time; the SDKs' 10 min would hide events for long
+
+    def __init__(
+        self,
+        devices: int,
+        *,
+        speed: float,
+        seed: int | None = None,
+        apps: int = 3,
+        bad_rate: float = 0.005,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.speed = speed
+        self.clock = clock
+        self.bad_rate = bad_rate
+        self._g = g = _DemoShapes(0, devices, apps, seed if seed is not None else time.time_ns(), 0)
+        self._wall0 = int(clock() * 1000)
+        self._heap: list[tuple[int, int, int]] = []
+        self._seq = itertools.count()
+        for i, d in enumerate(g.devices):
+            # Start each device somewhere in a visit cycle (~1 h) and skip what came before
+            # time 0: some devices are mid-visit, so traffic is steady from the first second.
+            d.gen = (g._web if d.web else g._mobile)(d, -int(g.rng.uniform(0, 60 * MINUTE_MS)))
+            d.upload_ms = min(d.upload_ms, self.UPLOAD_MS)
+            d.next = next(d.gen)
+            while d.next[0] < 0:
+                d.next = next(d.gen)
+            self._push(d.next[0], i)
+
+    @property
+    def devices(self) -> int:
+        return len(self._g.devices)
+
+    def wall_ms(self, t: int) -> int:
+        return self._wall0 + int(t / self.speed)
+
+    def _push(self, t: int, i: int) -> None:
+        heapq.heappush(self._heap, (t, next(self._seq), i))
+
+    async def records(self) -> AsyncIterator[bytes]:
+        """Record values, each when its time comes; never ends."""
+        while True:
+            t, _, i = self._heap[0]
+            delay = self.wall_ms(t) / 1000 - self.clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            heapq.heappop(self._heap)
+            for rec in self._advance(self._g.devices[i], t):
+                yield rec
+            d = self._g.devices[i]
+            assert d.next is not None
+            wake = d.next[0]
+            if d.flush_due and d.flush_due < wake:
+                wake = d.flush_due
+            self._push(wake, i)
+
+    def _advance(self, d: _Device, t: int) -> Iterator[bytes]:
+        step = d.next
+        assert step is not None
+        if d.flush_due and t == d.flush_due and t < step[0]:
+            yield self._upload(d, t)  # the upload timer fired
+            return
+        ts, ev, flag = step
+        ev["data"]["timestamp_unixtime_ms"] = self.wall_ms(ts)
+        if not d.buf:
+            d.flush_due = ts + d.upload_ms
+        d.buf.append(ev)
+        if flag == _F_LOGIN:
+            yield self._upload(d, ts)
+            d.mpid = _mpid(self._g.rng)
+        elif flag == _F_FLUSH or len(d.buf) >= d.target:
+            yield self._upload(d, ts)
+        d.next = next(d.gen)
+
+    def _upload(self, d: _Device, t: int) -> bytes:
+        g = self._g
+        rec = g._record(d, self.wall_ms(t))
+        raw = g._corrupt(rec) if g.rng.random() < self.bad_rate else None
+        return raw if raw is not None else codec.dumps(rec)
+
+
+def devices_for_rate(events_per_s: float, speed: float) -> int:
+    per_device = EVENTS_PER_DEVICE_HOUR / 3600 * speed
+    return max(1, round(events_per_s / per_device))
+
+
+# --------------------------------------------------------------------------- what comes out
+
+
+class _Rate:
+    """Events per second over the last few seconds, from a running total."""
+
+    def __init__(self, window_s: float = 5.0) -> None:
+        self.window_s = window_s
+        self.samples: deque[tuple[float, int]] = deque()
+
+    def sample(self, now: float, total: int) -> float:
+        s = self.samples
+        s.append((now, total))
+        while len(s) > 2 and now - s[1][0] >= self.window_s:
+            s.popleft()
+        t0, n0 = s[0]
+        return (total - n0) / (now - t0) if now > t0 else 0.0
+
+
+@dataclass
+class Stats:
+    """Everything the view shows, updated from the producer and the output topics."""
+
+    started: float = field(default_factory=time.monotonic)
+    records_in: int = 0
+    events_in: int = 0
+    events_out: int = 0
+    sessions_started: int = 0
+    revised: int = 0
+    worker: str = "starting"
+    ended_by_reason: Counter[str] = field(default_factory=Counter)
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    open: dict[str, dict[str, Any]] = field(default_factory=dict)
+    recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=10))
+    rate_in: _Rate = field(default_factory=_Rate)
+    rate_out: _Rate = field(default_factory=_Rate)
+
+    @property
+    def ended(self) -> int:
+        return sum(self.ended_by_reason.values())
+
+    def on_produced(self, records: int, events: int) -> None:
+        self.records_in, self.events_in = records, events
+
+    def on_output(self, kind: str, value: bytes | None) -> None:
+        if self.worker == "starting":
+            self.worker = "running"
+        if value is None:
+            return
+        try:
+            obj = codec.loads(value)
+        except codec.JSONDecodeError:
+            return
+        if type(obj) is not dict:
+            return
+        if kind == "events":
+            evs = obj.get("events")
+            if type(evs) is list:
+                self.events_out += len(evs)
+            elif obj.get("event_type") not in ("session_start", "session_end"):
+                self.events_out += 1  # synthesized session events are not traffic
+        elif kind == "sessions":
+            self._on_session(obj)
+        else:
+            self.dead_letters[str(obj.get("reason"))] += 1
+
+    def _on_session(self, rec: dict[str, Any]) -> None:
+        uuid = rec.get("session_uuid")
+        if not isinstance(uuid, str):
+            return
+        if rec.get("record") == "session_start":
+            self.sessions_started += 1
+            self.open[uuid] = rec
+        elif rec.get("record") == "session_end":
+            self.open.pop(uuid, None)
+            if rec.get("revision"):
+                self.revised += 1
+            else:
+                self.ended_by_reason[str(rec.get("end_reason"))] += 1
+            self.recent.appendleft(rec)
+
+    def rates(self, now: float) -> tuple[float, float]:
+        return self.rate_in.sample(now, self.events_in), self.rate_out.sample(now, self.events_out)
+
+    def summary(self) -> str:
+        reasons = " ".join(f"{k}={v}" for k, v in sorted(self.ended_by_reason.items()))
+        dead = " ".join(f"{k}={v}" for k, v in sorted(self.dead_letters.items()))
+        return (
+            f"{self.events_in:,} events in, {self.events_out:,} out; "
+            f"{self.sessions_started} sessions started, {len(self.open)} open, "
+            f"{self.ended} ended{f' ({reasons})' if reasons else ''}, {self.revised} revised; "
+            f"{sum(self.dead_letters.values())} dead letters{f' ({dead})' if dead else ''}"
+        )
+
+    def line(self, now: float) -> str:
+        r_in, r_out = self.rates(now)
+        return (
+            f"[{_clock(now - self.started)}] worker {self.worker}, "
+            f"{r_in:,.0f} events/s in, {r_out:,.0f} out; {self.summary()}"
+        )
+
+
+def _clock(secs: float) -> str:
+    m, s = divmod(int(secs), 60)
+    return f"{m}:{s:02d}"
+
+
+def _dur(ms: Any) -> str:
+    if not isinstance(ms, int):
+        return "-"
+    m, s = divmod(ms // 1000, 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def _attrs(attrs: Any) -> str:
+    if not isinstance(attrs, dict) or not attrs:
+        return ""
+    return ", ".join(f"{k}={v}" for k, v in attrs.items())
+
+
+def _start_ms(rec: dict[str, Any]) -> int:
+    ms = rec.get("start_unixtime_ms")
+    return ms if isinstance(ms, int) else 0
+
+
+def _hhmmss(ms: Any) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ms / 1000)) if isinstance(ms, int) else "-"
+
+
+def render(stats: Stats, now: float, broker: str, height: int = 40) -> Any:
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    r_in, r_out = stats.rates(now)
+    worker = stats.worker + (" (it takes a while to join)" if stats.worker == "starting" else "")
+    dead = ", ".join(f"{k} {v}" for k, v in stats.dead_letters.most_common()) or "none"
+    head = (
+        f"broker [bold]{broker}[/] · worker [bold]{worker}[/] · up {_clock(now - stats.started)}"
+        " · [dim]Ctrl-C stops[/]\n"
+        f"in [bold green]{r_in:,.0f}[/] events/s ({stats.events_in:,}) · "
+        f"out [bold green]{r_out:,.0f}[/] events/s ({stats.events_out:,}) · "
+        f"sessions [bold]{len(stats.open)}[/] open, [bold]{stats.ended}[/] ended, "
+        f"{stats.revised} revised · dead letters {dead}"
+    )
+    # Panel, two tables' chrome and the footer take 15 lines; rows share the rest.
+    rows = max(2, height - 15)
+    n_open = min(6, rows * 2 // 5)
+    n_ended = min(10, rows - n_open)
+    opened = Table(title=f"Open sessions: {len(stats.open)} (most recent)", expand=True)
+    for col, width in (("started", 8), ("device", 13), ("app", 12), ("#", 3), ("mpid", 20)):
+        opened.add_column(col, no_wrap=True, min_width=width)
+    newest = heapq.nlargest(n_open, stats.open.values(), key=_start_ms)
+    for rec in newest:
+        opened.add_row(
+            _hhmmss(rec.get("start_unixtime_ms")),
+            Text(str(rec.get("device"))[:13]),
+            Text(str(rec.get("app"))),
+            str(rec.get("session_number")),
+            str(rec.get("mpid")),
+        )
+    ended = Table(title="Recently ended sessions", expand=True)
+    for col, width in (("ended", 8), ("device", 13), ("app", 12), ("reason", 8)):
+        ended.add_column(col, no_wrap=True, min_width=width)
+    ended.add_column("duration", no_wrap=True, min_width=8, justify="right")
+    ended.add_column("events", no_wrap=True, min_width=6, justify="right")
+    # The one column that gives way on narrow terminals.
+    ended.add_column("attributes", no_wrap=True, overflow="ellipsis", ratio=1)
+    for rec in itertools.islice(stats.recent, n_ended):
+        reason = str(rec.get("end_reason"))
+        if rec.get("revision"):
+            reason += f" (rev {rec['revision']})"
+        ended.add_row(
+            _hhmmss(rec.get("end_unixtime_ms")),
+            Text(str(rec.get("device"))[:13]),
+            Text(str(rec.get("app"))),
+            reason,
+            _dur(rec.get("session_duration_ms")),
+            str(rec.get("event_count")),
+            Text(_attrs(rec.get("session_attributes"))),  # user data: no markup
+        )
+    reasons = ", ".join(f"{k} {v}" for k, v in stats.ended_by_reason.most_common())
+    return Group(
+        Panel(head, title="sessionizer demo", border_style="blue"),
+        opened,
+        ended,
+        f"ended by reason: {reasons or '-'}",
+    )
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_busy(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    # Linux: the worker gets SIGTERM if the demo itself is killed (SIGKILL, crash).
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Worker:
+    """The worker subprocess, in its own process group."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, log_path: Path) -> None:
+        self.proc = proc
+        self.log_path = log_path
+
+    @classmethod
+    async def start(cls, args: list[str], env: dict[str, str], log_path: Path) -> Worker:
+        with open(log_path, "wb") as log:
+            proc = await asyncio.create_subprocess_exec(
+                *args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        return cls(proc, log_path)
+
+    def _signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+
+    async def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
+        if self.proc.returncode is None:
+            self._signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout)
+            except asyncio.TimeoutError:
+                self._signal(signal.SIGKILL)
+                await self.proc.wait()
+        # Anything it left in its group goes too.
+        self._signal(signal.SIGKILL)
+        return self.proc.returncode or 0
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class OutputReader:
+    """A group-less consumer of the three output topics, from their end at start-up."""
+
+    def __init__(self, settings: Any, stats: Stats) -> None:
+        t = settings.topics
+        self.kinds = {t.sessionized_events: "events", t.sessions: "sessions"}
+        self.kinds[t.dead_letters] = "dead"
+        self.settings = settings
+        self.stats = stats
+        self.consumer: Any = None
+
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        from .stream.kafka import client_options
+
+        c = AIOKafkaConsumer(**client_options(self.settings), enable_auto_commit=False)
+        await c.start()
+        self.consumer = c
+        tps = []
+        for topic in self.kinds:
+            parts = c.partitions_for_topic(topic)
+            for _ in range(50):
+                if parts:
+                    break
+                await asyncio.sleep(0.1)
+                await c._client.force_metadata_update()
+                parts = c.partitions_for_topic(topic)
+            tps += [TopicPartition(topic, p) for p in sorted(parts or ())]
+        c.assign(tps)
+        # Only this run's outputs: an existing broker may hold older ones.
+        for tp, offset in (await c.end_offsets(tps)).items():
+            c.seek(tp, offset)
+
+    async def run(self) -> None:
+        on_output = self.stats.on_output
+        kinds = self.kinds
+        while True:
+            batches = await self.consumer.getmany(timeout_ms=250, max_records=5000)
+            for tp, msgs in batches.items():
+                kind = kinds[tp.topic]
+                for m in msgs:
+                    on_output(kind, m.value)
+
+    async def stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+
+
+# --------------------------------------------------------------------------- the demo
+
+
+@dataclass
+class Options:
+    duration: float | None = None
+    rate: float = 50.0
+    view: bool = True
+    seed: int | None = None
+    config: str | None = None
+
+
+def demo_env(config: str | None, base: dict[str, str]) -> dict[str, str]:
+    """``base`` plus the demo's timings where neither it nor the config file sets them."""
+    from .settings import load_settings
+
+    env = dict(base)
+    current = load_settings(config, env=env)
+    for var, (value, attr, default) in DEMO_ENV.items():
+        holder = current if attr == "idle_timeout_ms" else current.engine
+        if var not in env and getattr(holder, attr) == default:
+            env[var] = value
+    return env
+
+
+async def _every(secs: float, fn: Callable[[], None], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), secs)
+        fn()
+
+
+async def run_demo(settings: Any, env: dict[str, str], opts: Options, data_dir: Path) -> int:
+    """Worker, traffic and view until ``opts.duration``, SIGINT or SIGTERM; the exit code."""
+    from .stream.kafka import ensure_topics
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    stats = Stats()
+    await ensure_topics(settings)
+    reader = OutputReader(settings, stats)
+    await reader.start()
+    args = [sys.executable, "-m", "sessionizer", "worker", "--broker", settings.broker_url]
+    args += ["--app-id", settings.app_id, "--web-port", str(free_port())]
+    if opts.config:
+        args += ["--config", opts.config]
+    worker = await Worker.start(args, env, data_dir / "worker.log")
+    try:
+        failure = await _supervise(settings, opts, stats, reader, worker, stop)
+    finally:
+        print("demo: stopping the worker...", flush=True)
+        worker_rc = await worker.stop()
+        await reader.stop()
+    if failure:
+        print(f"demo: {failure}", file=sys.stderr)
+        if failure.startswith("worker"):
+            print(f"demo: worker exited with {worker_rc}; its log ends with:", file=sys.stderr)
+            print(worker.log_tail(), file=sys.stderr)
+    print(f"demo: ran {_clock(time.monotonic() - stats.started)}; {stats.summary()}", flush=True)
+    return 1 if failure else 0
+
+
+async def _supervise(
+    settings: Any,
+    opts: Options,
+    stats: Stats,
+    reader: OutputReader,
+    worker: Worker,
+    stop: asyncio.Event,
+) -> str:
+    """Runs traffic and view until told to stop; what failed, or "" for a normal stop."""
+    from .produce import produce_records
+
+    speed = WORKLOAD_TIMEOUT_MS / settings.engine.timeout_ms
+    traffic = LiveTraffic(devices_for_rate(opts.rate, speed), speed=speed, seed=opts.seed)
+    broker = ",".join(settings.broker_hosts)
+    print(
+        f"demo: broker {broker}, worker pid {worker.proc.pid} (app id {settings.app_id}, "
+        f"log {worker.log_path}), {traffic.devices} devices, "
+        f"session timeout {settings.engine.timeout_ms / 1000:g} s",
+        flush=True,
+    )
+    producer = produce_records(
+        settings, traffic.records(), progress=stats.on_produced, create_topics=False
+    )
+    tasks = {
+        "producer": asyncio.create_task(producer),
+        "output reader": asyncio.create_task(reader.run()),
+        "worker": asyncio.create_task(worker.proc.wait()),
+    }
+    live: Any = None
+    if opts.view:
+        from rich.live import Live
+
+        live = Live(render(stats, time.monotonic(), broker), refresh_per_second=4)
+        live.start()
+
+        def tick() -> None:
+            live.update(render(stats, time.monotonic(), broker, live.console.height))
+    else:
+
+        def tick() -> None:
+            print(stats.line(time.monotonic()), flush=True)
+
+    ticker = asyncio.create_task(_every(0.5 if live else SUMMARY_EVERY_S, tick, stop))
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait(
+            [*tasks.values(), stopper], timeout=opts.duration, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        stop.set()
+        for task in (*tasks.values(), ticker, stopper):
+            task.cancel()
+        await asyncio.gather(*tasks.values(), ticker, stopper, return_exceptions=True)
+        if live is not None:
+            tick()
+            live.stop()
+    for name, task in tasks.items():
+        if task.done() and not task.cancelled():
+            exc = task.exception()
+            return f"{name} stopped unexpectedly" + (f": {exc!r}" if exc else "")
+    return ""
+
+
+def run(
+    broker_url: str | None,
+    *,
+    port: int | None = None,
+    config: str | None = None,
+    duration: float | None = None,
+    rate: float = 50.0,
+    view: bool | None = None,
+    seed: int | None = None,
+) -> int:
+    """The ``demo`` command: returns the exit code."""
+    if view is None:
+        view = sys.stdout.isatty()
+    opts = Options(duration=duration, rate=rate, view=view, seed=seed, config=config)
+    # SIGTERM before the event loop runs must unwind too (and stop the broker).
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return _run(broker_url, port, opts)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def _run(broker_url: str | None, port: int | None, opts: Options) -> int:
+    from aiokafka.errors import KafkaError
+
+    from .broker import BrokerError, BrokerUnavailable, EmbeddedBroker
+    from .settings import load_settings
+
+    with (
+        tempfile.TemporaryDirectory(prefix="sessionizer-demo-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
+        env = demo_env(opts.config, dict(os.environ))
+        env["SESSIONIZER_DATA_DIR"] = tmp
+        env.setdefault("SESSIONIZER_APP_ID", f"sessionizer-demo-{os.getpid()}-{int(time.time())}")
+        if broker_url is None:
+            if port is None:
+                port = 0 if port_busy(9092) else 9092
+            broker = EmbeddedBroker("127.0.0.1", port)
+            # Registered before start(): an interrupt while it waits for readiness
+            # must still stop the process it spawned.
+            stack.callback(broker.stop)
+            try:
+                broker.start()
+            except (BrokerError, BrokerUnavailable) as err:
+                print(f"sessionizer: {err}", file=sys.stderr)
+                return 1
+            broker_url = broker.url
+        settings = load_settings(opts.config, env=env, broker_url=broker_url)
+        try:
+            return asyncio.run(run_demo(settings, env, opts, Path(tmp)))
+        except (KafkaError, OSError, asyncio.TimeoutError) as err:
+            print(f"sessionizer: cannot use the broker {broker_url}: {err}", file=sys.stderr)
+            return 1
+        finally:
+            # Already stopping: a second Ctrl-C must not cut the broker's shutdown short.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
