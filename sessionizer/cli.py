@@ -52,6 +52,17 @@ def process_file(
     sys.stdout.flush()
 
 
+@main.command("broker")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address.")
+@click.option("--port", type=int, default=9092, show_default=True)
+@click.option("--binary", default=None, help="Tansu binary (default: SESSIONIZER_BROKER_BIN).")
+def broker(host: str, port: int, binary: str | None) -> None:
+    """Run the embedded development broker (memory only) until Ctrl-C."""
+    from .broker import run_broker
+
+    sys.exit(run_broker(host, port, binary))
+
+
 @main.command("worker")
 @click.option("--broker", "broker_url", default=None, help="Kafka URL, e.g. kafka://host:9092.")
 @click.option("--web-port", type=int, default=None, help="HTTP port for /health and /metrics.")
