@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import faust
@@ -40,15 +40,45 @@ def _record_ts_ms(ts: float | None) -> int | None:
     return None if ts is None else round(ts * 1000)
 
 
+ORIGIN_HEADER = "sessionizer-origin"
+
+
+def _origin(headers: Any) -> tuple[int, int, int | None] | None:
+    """(raw partition, raw offset, raw timestamp ms) that the router put in the headers."""
+    pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
+    for name, value in pairs:
+        if name == ORIGIN_HEADER:
+            q, off, ts = value.decode().split(":")
+            return int(q), int(off), int(ts) if ts else None
+    return None
+
+
+def device_key(value: bytes) -> bytes | None:
+    """The device a raw record belongs to (§1.2), or None when it has none."""
+    from ..core.engine import identity
+
+    try:
+        obj = codec.loads(value)
+    except Exception:
+        return None
+    ident = identity(obj) if type(obj) is dict else None
+    return None if ident is None else ident[1].encode()
+
+
 class PartitionRunner:
     """The engine of one source partition and what the worker knows about it."""
 
-    __slots__ = ("applied", "engine", "last_rx_wall", "lock", "partition", "wm_at_rx")
+    __slots__ = ("applied", "engine", "last_rx_wall", "lock", "partition", "src", "wm_at_rx")
 
-    def __init__(self, partition: int, engine: Engine, applied: int) -> None:
+    def __init__(
+        self, partition: int, engine: Engine, applied: int, src: dict[int, int] | None = None
+    ) -> None:
         self.partition = partition
         self.engine = engine
         self.applied = applied  # highest source offset whose effects are in the state
+        # Repartitioned input: raw partition -> highest raw offset applied, so a
+        # router that re-sends after a crash cannot apply a record twice.
+        self.src: dict[int, int] = src or {}
         self.lock = asyncio.Lock()
         self.last_rx_wall = wall_ms()
         self.wm_at_rx = engine.watermark
@@ -68,6 +98,8 @@ class Pipeline:
         self.control_reader = ControlReader(settings, self.control)
         self.runners: dict[int, PartitionRunner] = {}
         self.live = True  # R22 wall-clock advancement; replay turns it off
+        self.repartitioned = bool(settings.repartition)
+        self.raw_topic = settings.topics.raw_events
         self.batches = 0
         self.last_batch_ms = 0.0
         self.shutdown_task: asyncio.Future[None] | None = None
@@ -93,6 +125,7 @@ class Pipeline:
         eng = self._new_engine()
         prefix = f"{partition}:".encode()
         applied = -1
+        src: dict[int, int] = {}
         data = self.table.data
         n = 0
         for k, v in list(data.items()):
@@ -103,6 +136,7 @@ class Pipeline:
                 marker = codec.loads(v)
                 applied = marker["offset"]
                 eng.watermark = marker["watermark"]
+                src = {int(q): o for q, o in marker.get("src", {}).items()}
             else:
                 eng.restore_key(name.decode(), codec.loads(v))
                 n += 1
@@ -113,7 +147,7 @@ class Pipeline:
             applied,
             eng.watermark,
         )
-        return PartitionRunner(partition, eng, applied)
+        return PartitionRunner(partition, eng, applied, src)
 
     def drop(self, partitions: Sequence[int]) -> None:
         for p in partitions:
@@ -139,8 +173,17 @@ class Pipeline:
                 m = ev.message
                 if m.offset <= applied:
                     continue  # already in the recovered state
-                process(m.value, m.key, m.topic, p, m.offset, _record_ts_ms(m.timestamp), now)
                 applied = m.offset
+                if self.repartitioned:
+                    origin = _origin(m.headers)
+                    if origin is not None:
+                        q, off, ts = origin
+                        if off <= r.src.get(q, -1):
+                            continue  # the router sent it twice
+                        r.src[q] = off
+                        process(m.value, m.key, self.raw_topic, q, off, ts, now)
+                        continue
+                process(m.value, m.key, m.topic, p, m.offset, _record_ts_ms(m.timestamp), now)
             r.applied = applied
             r.last_rx_wall = now
             r.wm_at_rx = eng.watermark
@@ -199,7 +242,10 @@ class Pipeline:
         # The marker goes last and alone: recovery reads the changelog up to its
         # end offset, and some brokers (Tansu) report a batch's base offset + 1
         # as the end, so a marker sharing a batch could hide the states before it.
-        marker = dumps({"offset": r.applied, "watermark": eng.watermark})
+        marker_value: dict[str, Any] = {"offset": r.applied, "watermark": eng.watermark}
+        if r.src:
+            marker_value["src"] = {str(q): o for q, o in r.src.items()}
+        marker = dumps(marker_value)
         mkey = self._key(p, "\x00marker")
         data[mkey] = marker
         await (await send(changelog, mkey, marker, p, None, None))
@@ -251,7 +297,39 @@ def build_app(settings: Any, *, web: bool = True) -> faust.App:
     batch_size = settings.batch_size
     within = settings.batch_within_ms / 1000
 
-    @app.agent(source, isolated_partitions=True, name="sessionize")
+    engine_input = source
+    if settings.repartition:
+        # Re-key by device so that one device's records meet in one partition and
+        # one engine; the origin header keeps dead letters and dedupe exact.
+        engine_input = app.topic(
+            f"{settings.app_id}-repartition",
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.partitions,
+            internal=True,
+        )
+
+        @app.agent(source, name="repartition")
+        async def repartition(stream: Any) -> None:
+            producer = app.producer
+            target = engine_input.get_topic_name()
+            async for events in stream.take_events(batch_size, within=within):
+                futures = []
+                for ev in events:
+                    m = ev.message
+                    ts = _record_ts_ms(m.timestamp)
+                    origin = f"{m.partition}:{m.offset}:{'' if ts is None else ts}".encode()
+                    key = device_key(m.value) or m.key
+                    futures.append(
+                        await producer.send(
+                            target, key, m.value, None, m.timestamp, [(ORIGIN_HEADER, origin)]
+                        )
+                    )
+                await asyncio.gather(*futures)
+
+    @app.agent(engine_input, isolated_partitions=True, name="sessionize")
     async def sessionize(stream: Any) -> None:
         await pipe.control_reader.ready.wait()
         async for events in stream.take_events(batch_size, within=within):
@@ -267,7 +345,8 @@ def build_app(settings: Any, *, web: bool = True) -> faust.App:
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
-        pipe.drop([tp.partition for tp in revoked if tp.topic == source.get_topic_name()])
+        name = engine_input.get_topic_name()
+        pipe.drop([tp.partition for tp in revoked if tp.topic == name])
 
     @app.on_before_shutdown.connect
     def on_shutdown(app: faust.App, **kwargs: Any) -> None:

@@ -145,13 +145,14 @@ async def read_all(
     until: Any,
     timeout: float = 120.0,
     raise_on_timeout: bool = True,
-) -> dict[str, list[tuple[bytes | None, Any]]]:
+    raw: bool = False,
+) -> dict[str, list[Any]]:
     """Reads topics from the beginning until ``until(result)`` holds or timeout."""
     c = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
     )
     await c.start()
-    out: dict[str, list[tuple[bytes | None, Any]]] = {t: [] for t in topics}
+    out: dict[str, list[Any]] = {t: [] for t in topics}
     try:
         tps = []
         for t in topics:
@@ -169,7 +170,10 @@ async def read_all(
         while time.monotonic() < deadline:
             batch = await c.getmany(timeout_ms=300)
             for tp, msgs in batch.items():
-                out[tp.topic].extend((m.key, codec.loads(m.value)) for m in msgs)
+                if raw:  # (partition, key, value bytes), e.g. for an internal topic
+                    out[tp.topic].extend((tp.partition, m.key, m.value) for m in msgs)
+                else:
+                    out[tp.topic].extend((m.key, codec.loads(m.value)) for m in msgs)
             if until(out):
                 return out
         if not raise_on_timeout:

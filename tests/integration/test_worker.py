@@ -244,3 +244,64 @@ async def test_two_workers_share_partitions_and_one_takes_over(broker: Any, tmp_
     finally:
         a.kill()
         b.terminate()
+
+
+async def test_repartition_when_records_are_not_keyed_by_device(
+    broker: Any, tmp_path: Path
+) -> None:
+    from aiokafka.partitioner import DefaultPartitioner
+
+    names = _names()
+    recs = _workload(seed=14)
+    w = WorkerProc(
+        broker.bootstrap,
+        names,
+        tmp_path,
+        partitions=PARTITIONS,
+        env={"SESSIONIZER_REPARTITION": "true"},
+    )
+    w.start()
+    try:
+        await w.wait_ready()
+        # Keys that say nothing about the device: a device's records scatter
+        # over the raw partitions, and the worker must bring them together.
+        counter = iter(range(10**9))
+        await produce(
+            broker.bootstrap,
+            names.topics["raw_events"],
+            recs,
+            key_fn=lambda v: str(next(counter)).encode(),
+        )
+        # A clock device for every engine partition, chosen by the partitioner.
+        part = DefaultPartitioner()
+        clocks: dict[int, bytes] = {}
+        i = 0
+        while len(clocks) < PARTITIONS:
+            dev = f"clock-{i}"
+            p = part(dev.encode(), list(range(PARTITIONS)), list(range(PARTITIONS)))
+            clocks.setdefault(
+                p, codec.dumps(batch(dev, custom(_max_ts(recs) + 24 * 60 * MIN), app=CLOCK_APP))
+            )
+            i += 1
+        await produce(broker.bootstrap, names.topics["raw_events"], list(clocks.values()))
+        internal = f"{names.app_id}-repartition"
+        total = len(recs) + len(clocks)
+        seen = await read_all(
+            broker.bootstrap,
+            [internal],
+            until=lambda o: len(o[internal]) >= total,
+            timeout=120,
+            raw=True,
+        )
+        by_partition: dict[int, list[bytes]] = {}
+        for p, _key, value in seen[internal]:
+            by_partition.setdefault(p, []).append(value)
+        devices: dict[bytes, set[int]] = {}
+        for p, key, _value in seen[internal]:
+            devices.setdefault(key, set()).add(p)
+        assert all(len(ps) == 1 for ps in devices.values())
+        # The engines saw each device's records in the internal topic's order.
+        order = [v for p in sorted(by_partition) for v in by_partition[p]]
+        await _run_and_compare(broker.bootstrap, names, order)
+    finally:
+        assert w.terminate() == 0, w.log()[-3000:]
