@@ -217,31 +217,39 @@ class Engine:
             if st is None or st.hdue != due:
                 continue  # stale entry: the key was rescheduled or forgotten
             st.hdue = NEVER
+            real = self._due(st)
+            if real is None:
+                continue
+            if real > due:
+                # The deadline moved on since this entry was pushed. Re-queue it, so
+                # keys always close in order of their real due time (restores agree).
+                st.hdue = real
+                heapq.heappush(heap, (real, key))
+                continue
             s = st.open
             if s is not None and s.status == OPEN:
-                if s.deadline + self.config.grace_ms <= w:
-                    if self.dirty is not None:
-                        self.dirty.add(key)
-                    if self.control and self._controlled(st):
-                        self._opt_out_close(st, None, None)
-                    else:
-                        self._close(st, s, self._deadline_reason(st, s), EXPIRED)
-            elif not st.opted and st.activity + self.config.state_ttl_ms <= w:
-                del keys[key]
-                if self.dirty is not None:
-                    self.dirty.add(key)
-                continue
-            self._schedule(st)
+                if self.control and self._controlled(st):
+                    self._opt_out_close(st, None, None)
+                else:
+                    self._close(st, s, self._deadline_reason(st, s), EXPIRED)
+            else:
+                del keys[key]  # state_ttl (§2)
+            if self.dirty is not None:
+                self.dirty.add(key)
+            if key in keys:
+                self._schedule(st)
 
     def close_all(self, reason: str = "end_of_input") -> None:
         """§9: end of a bounded input closes what the watermark has not."""
         self.expire()
         for st in list(self.keys.values()):
             s = st.open
-            if s is not None and s.status == OPEN:
+            if s is not None and self.control and self._controlled(st):
+                self._opt_out_close(st, None, None)
+            elif s is not None and s.status == OPEN:
                 self._close(st, s, reason, CLOSED)
                 st.open = None
-                st.last = s
+                st.retire(s)
                 if self.dirty is not None:
                     self.dirty.add(st.key)
 
@@ -283,6 +291,8 @@ class Engine:
         controlled = bool(self.control) and self._controlled_key(app, device, skey)
         opted = controlled or (st is not None and st.opted)
         if controlled and st is not None and (st.open is not None or st.last is not None):
+            # A console opt-out takes effect at the key's first record after it is
+            # known: its session, open or provisionally closed, ends as opt_out (R19).
             self._opt_out_close(st, None, None)
 
         events = obj.get("events")
@@ -435,15 +445,18 @@ class Engine:
     def _deadline_reason(self, st: KeyState, s: Session) -> str:
         return "idle" if s.lc == LC_FG else "timeout"
 
-    def _schedule(self, st: KeyState) -> None:
+    def _due(self, st: KeyState) -> int | None:
+        """When the deadline index must look at the key next; None: never (R18)."""
         s = st.open
         if s is not None and s.status == OPEN:
-            due = s.deadline + self.config.grace_ms
-        elif st.opted:
-            return  # R18: the flag is never forgotten while set
-        else:
-            due = st.activity + self.config.state_ttl_ms
-        if due < st.hdue:
+            return s.deadline + self.config.grace_ms
+        if st.opted:
+            return None  # the flag is never forgotten while set
+        return st.activity + self.config.state_ttl_ms
+
+    def _schedule(self, st: KeyState) -> None:
+        due = self._due(st)
+        if due is not None and due < st.hdue:
             st.hdue = due
             heapq.heappush(self.heap, (due, st.key))
 
@@ -533,16 +546,26 @@ class Engine:
                 self._emit_end(st, s)
 
     def _opt_out_close(self, st: KeyState, ts: int | None, rec: _Record | None) -> None:
-        """R17/R18: end the open session at its last event, then forget all but flag+counter."""
+        """R17/R18: end the open session at its last event, then forget all but
+        the flag, the counter and where the key's sessions end (so no later
+        session can overlap them, R9).
+
+        ``ts`` is the opt-out's time; None when unusable, taken as in order
+        (privacy first: a broken timestamp must not keep a user tracked).
+        """
         self._flush_pending()
         s = st.open
         if s is not None:
             if ts is not None and ts >= s.deadline:
                 if s.status == OPEN:
                     self._close(st, s, self._deadline_reason(st, s), CLOSED)
-            elif s.status == OPEN or ts is not None:
-                # An expired session is reopened only by the key's own event (R21).
+            else:
+                # Open, or expired and reopened by this opt-out (R21).
                 self._close(st, s, "opt_out", CLOSED)
+            if s.last_ts > st.floor:
+                st.floor = s.last_ts
+        if st.last is not None and st.last.last_ts > st.floor:
+            st.floor = st.last.last_ts
         st.open = None
         st.last = None
         if self.dirty is not None:
@@ -703,7 +726,7 @@ class _Record:
         s.deadline = deadline
         self.engine._close(st, s, reason, CLOSED)
         st.open = None
-        st.last = s
+        st.retire(s)
 
     def _forward(self, s: Session, ev: dict[str, Any], data: dict[str, Any], kind: int) -> None:
         s.events += 1
@@ -754,12 +777,12 @@ class _Record:
                 eng._close(st, s, eng._deadline_reason(st, s), CLOSED)
             s.status = CLOSED
             st.open = None
-            st.last = s
+            st.retire(s)
             s = None
 
         if s is None:
             last = st.last
-            if last is not None and ts < last.deadline:
+            if (last is not None and ts < last.deadline) or ts < st.floor:
                 self._out_of_order(ev, data, kind, ts, attr, src, value)
                 return
             if kind == SESSION_END:
@@ -877,7 +900,9 @@ class _Record:
         timeout = self.rules.timeout_ms
         last = st.last
         target: Session | None = None
-        if last is not None and last.start - timeout <= ts < last.deadline:
+        if ts < st.floor:
+            pass  # before a session no longer kept: belongs to none (R9)
+        elif last is not None and last.start - timeout <= ts < last.deadline:
             target = last
         elif st.open is not None and ts >= st.open.start - timeout:
             target = st.open

@@ -140,7 +140,18 @@ class Session:
 
 
 class KeyState:
-    __slots__ = ("activity", "app", "counter", "device", "hdue", "key", "last", "open", "opted")
+    __slots__ = (
+        "activity",
+        "app",
+        "counter",
+        "device",
+        "floor",
+        "hdue",
+        "key",
+        "last",
+        "open",
+        "opted",
+    )
 
     def __init__(self, key: str, app: str, device: str) -> None:
         self.key = key
@@ -153,7 +164,17 @@ class KeyState:
         self.counter = 0  # sessions started (R11)
         self.opted = False  # the key's own last opt_out event said so (R17)
         self.activity = 0  # largest event ts seen, for state_ttl
+        # End of the latest session no longer kept: nothing may start or be
+        # attributed before it, so a key's sessions never overlap (R9).
+        self.floor = 0
         self.hdue = _NEVER  # due time of this key's live entry in the deadline index
+
+    def retire(self, s: Session) -> None:
+        """``s`` becomes the last closed session; the one before it is forgotten."""
+        old = self.last
+        if old is not None and old.last_ts > self.floor:
+            self.floor = old.last_ts
+        self.last = s
 
     def snapshot(self) -> list[Any]:
         return [
@@ -165,6 +186,7 @@ class KeyState:
             self.activity,
             self.open.snapshot() if self.open is not None else None,
             self.last.snapshot() if self.last is not None else None,
+            self.floor,
         ]
 
     @classmethod
@@ -177,6 +199,7 @@ class KeyState:
         st.activity = v[5]
         st.open = Session.restore(v[6]) if v[6] is not None else None
         st.last = Session.restore(v[7]) if v[7] is not None else None
+        st.floor = v[8]
         return st
 
 
