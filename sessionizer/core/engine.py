@@ -325,7 +325,7 @@ class Engine:
         if batch_ts is None:
             batch_ts = timestamp
         max_ts = now_ms + self.config.max_future_skew_ms
-        rec = _Record(self, st, rules, obj, single, device, ident_obj, mpid)
+        rec = _Record(self, st, rules, obj, single, device, ident_obj, mpid, src, value)
         kinds = EVENT_KINDS
         counts.events_in += len(events)
         hi = 0  # largest valid ts of the record: the watermark and the key's activity
@@ -349,7 +349,7 @@ class Engine:
                 try:
                     et, data, ts = _event_fields(ev, batch_ts)
                 except DeadLetter as dl:
-                    rec.dead(ev, src, value, dl.reason, dl.detail)
+                    rec.dead(ev, dl.reason, dl.detail)
                     continue
             kind = kinds.get(et, 0)
             if kind == TRANSITION:
@@ -392,7 +392,7 @@ class Engine:
                     if opted:
                         counts.events_opted_out += 1
                     else:
-                        rec.dead(ev, src, value, "bad_opt_out", "is_opted_out must be a boolean")
+                        rec.dead(ev, "bad_opt_out", "is_opted_out must be a boolean")
                     continue
                 counts.events_control += 1
                 if ts is not None and ts > hi:
@@ -410,19 +410,19 @@ class Engine:
                 s = st.open
                 continue
             if ts is None:
-                rec.dead(ev, src, value, "bad_timestamp", "timestamp missing or out of range")
+                rec.dead(ev, "bad_timestamp", "timestamp missing or out of range")
                 continue
             if kind == ATTRIBUTE:
                 try:
                     attr = check_attribute(data, self.dumps)
                 except DeadLetter as dl:
-                    rec.dead(ev, src, value, dl.reason, dl.detail)
+                    rec.dead(ev, dl.reason, dl.detail)
                     continue
             else:
                 attr = None
             if ts > hi:
                 hi = ts
-            rec.event(ev, data, kind, ts, attr, src, value)
+            rec.event(ev, data, kind, ts, attr)
             s = st.open
 
         counts.events_forwarded += fast
@@ -625,7 +625,9 @@ class _Record:
         "part_session",
         "rules",
         "single",
+        "src",
         "st",
+        "value",
     )
 
     def __init__(
@@ -638,8 +640,12 @@ class _Record:
         device: str,
         ident: tuple[Any, ...],
         mpid: Any,
+        src: tuple[Any, str, int, int, int | None],
+        value: bytes,
     ) -> None:
         self.engine = engine
+        self.src = src  # (key, topic, partition, offset, timestamp) for dead letters
+        self.value = value
         self.st = st
         self.rules = rules
         self.obj = obj
@@ -674,23 +680,17 @@ class _Record:
         if self.engine._pending:
             self.engine._flush_pending()
 
-    def dead(
-        self,
-        ev: Any,
-        src: tuple[Any, str, int, int, int | None],
-        value: bytes,
-        reason: str,
-        detail: str,
-    ) -> None:
+    def dead(self, ev: Any, reason: str, detail: str) -> None:
         eng = self.engine
+        src = self.src
         eng.counts.events_dead_lettered += 1
         eng.counts.dead_by_reason[reason] += 1
         if self.single:
             try:
-                payload = value.decode("utf-8")
+                payload = self.value.decode("utf-8")
             except UnicodeDecodeError:
                 # The engine decoded it, so this cannot happen; stay total anyway.
-                payload = value.decode("utf-8", "replace")
+                payload = self.value.decode("utf-8", "replace")
         else:
             bad = {**ident_fields(self.ident), **ev} if type(ev) is dict else ev
             payload = eng.dumps(bad).decode("utf-8")
@@ -764,8 +764,6 @@ class _Record:
         kind: int,
         ts: int,
         attr: tuple[str, int, Any] | None,
-        src: tuple[Any, str, int, int, int | None],
-        value: bytes,
     ) -> None:
         st = self.st
         eng = self.engine
@@ -783,7 +781,7 @@ class _Record:
         if s is None:
             last = st.last
             if (last is not None and ts < last.deadline) or ts < st.floor:
-                self._out_of_order(ev, data, kind, ts, attr, src, value)
+                self._out_of_order(ev, data, kind, ts, attr)
                 return
             if kind == SESSION_END:
                 eng.counts.events_control += 1
@@ -793,12 +791,12 @@ class _Record:
             return
 
         if ts < s.start:
-            self._out_of_order(ev, data, kind, ts, attr, src, value)
+            self._out_of_order(ev, data, kind, ts, attr)
             return
         if kind == SESSION_START:
             eng.counts.events_control += 1  # R7: a session is open, nothing to do
             return
-        if kind == ATTRIBUTE and attr is not None and not self._attr_ok(s, attr, ev, src, value):
+        if kind == ATTRIBUTE and attr is not None and not self._attr_ok(s, attr, ev):
             return
         if s.status == EXPIRED and not (kind == SESSION_END and ts < s.last_ts):
             # R21: the key's next valid event is before the deadline: reopen.
@@ -858,8 +856,6 @@ class _Record:
         s: Session,
         attr: tuple[str, int, Any],
         ev: dict[str, Any],
-        src: tuple[Any, str, int, int, int | None],
-        value: bytes,
     ) -> bool:
         """Checks of R14/R15 that depend on the session's current attributes."""
         name, op, _ = attr
@@ -871,16 +867,14 @@ class _Record:
                 and s.attrs is not None
                 and len(s.attrs) >= (self.engine.config.max_session_attributes)
             ):
-                self.dead(ev, src, value, "bad_session_attribute", "too many session attributes")
+                self.dead(ev, "bad_session_attribute", "too many session attributes")
                 return False
             if op == 2 or op == 0:
                 return True
         elif op == 1:
             v = cur[1]
             if v is not None and (type(v) is bool or not isinstance(v, (int, float))):
-                self.dead(
-                    ev, src, value, "bad_session_attribute", "increment of a non-numeric value"
-                )
+                self.dead(ev, "bad_session_attribute", "increment of a non-numeric value")
                 return False
         return True
 
@@ -891,8 +885,6 @@ class _Record:
         kind: int,
         ts: int,
         attr: tuple[str, int, Any] | None,
-        src: tuple[Any, str, int, int, int | None],
-        value: bytes,
     ) -> None:
         """R24: attribute without lifecycle or control effects, or forward as late."""
         st = self.st
@@ -924,7 +916,7 @@ class _Record:
             eng.counts.events_forwarded += 1
             return
         if kind == ATTRIBUTE:
-            if attr is None or not self._attr_ok(target, attr, ev, src, value):
+            if attr is None or not self._attr_ok(target, attr, ev):
                 return
             eng.counts.events_control += 1
             _set_attr(target, attr)
