@@ -25,6 +25,7 @@ from ..core.engine import Engine
 from ..core.model import DEAD_LETTERS
 from ..offline import tune_gc
 from .kafka import ControlReader
+from .sender import BatchSender
 
 log = logging.getLogger("sessionizer.worker")
 
@@ -103,6 +104,7 @@ class Pipeline:
         self.batches = 0
         self.last_batch_ms = 0.0
         self.shutdown_task: asyncio.Future[None] | None = None
+        self._sender: BatchSender | None = None
 
     # ------------------------------------------------------------ state
 
@@ -208,27 +210,35 @@ class Pipeline:
                     r.engine.expire()
                     await self._publish(r)
 
+    def sender(self) -> BatchSender:
+        if self._sender is None:
+            # Faust's own aiokafka producer: same connection, settings and credentials.
+            self._sender = BatchSender(self.app.producer._ensure_producer())
+        return self._sender
+
     async def _publish(self, r: PartitionRunner) -> None:
         eng = r.engine
-        out = eng.take_output()
-        producer = self.app.producer
-        send = producer.send
         topics = self.out_topics
         dumps = codec.dumps
-        futures = []
-        for topic, key, value in out:
-            # Dead letters keep the source record's key bytes; other keys are text.
-            k = key if topic == DEAD_LETTERS or key is None else key.encode()
-            futures.append(await send(topics[topic], k, dumps(value), None, None, None))
-        if futures:
-            await asyncio.gather(*futures)
+        send = self.sender().send
+        # Dead letters keep the source record's key bytes; other keys are text.
+        await send(
+            [
+                (
+                    topics[topic],
+                    key if topic == DEAD_LETTERS or key is None else key.encode(),
+                    dumps(value),
+                    None,
+                )
+                for topic, key, value in eng.take_output()
+            ]
+        )
         # Outputs are acknowledged: now the state may say they were applied.
-        dirty = eng.take_dirty()
         p = r.partition
         changelog = self.table.changelog_topic.get_topic_name()
         data = self.table.data
-        state_futs = []
-        for key in dirty:
+        state = []
+        for key in eng.take_dirty():
             tkey = self._key(p, key)
             snap = eng.snapshot_key(key)
             value = None if snap is None else dumps(snap)
@@ -236,9 +246,8 @@ class Pipeline:
                 data.pop(tkey, None)
             else:
                 data[tkey] = value
-            state_futs.append(await send(changelog, tkey, value, p, None, None))
-        if state_futs:
-            await asyncio.gather(*state_futs)
+            state.append((changelog, tkey, value, p))
+        await send(state)
         # The marker goes last and alone: recovery reads the changelog up to its
         # end offset, and some brokers (Tansu) report a batch's base offset + 1
         # as the end, so a marker sharing a batch could hide the states before it.
@@ -248,7 +257,7 @@ class Pipeline:
         marker = dumps(marker_value)
         mkey = self._key(p, "\x00marker")
         data[mkey] = marker
-        await (await send(changelog, mkey, marker, p, None, None))
+        await send([(changelog, mkey, marker, p)])
 
 
 def build_app(settings: Any, *, web: bool = True) -> faust.App:
@@ -275,6 +284,10 @@ def build_app(settings: Any, *, web: bool = True) -> faust.App:
         web_host=settings.web_host,
         consumer_auto_offset_reset="earliest",
         autodiscover=False,
+        # Outputs go out as whole batches (BatchSender); room for a batch's worth
+        # per partition, and a short linger for what Faust itself sends.
+        producer_max_batch_size=1 << 20,
+        producer_linger=0.005,
         **FAUST_TUNING,
     )
     source = app.topic(
