@@ -615,3 +615,35 @@ def test_r25_batch_split_at_session_boundaries_keeps_batch_fields() -> None:
     assert [len(b["events"]) for b in batches] == [2, 2]
     u = [{e["data"]["session_uuid"] for e in b["events"]} for b in batches]
     assert len(u[0]) == 1 and len(u[1]) == 1 and u[0] != u[1]
+
+
+def test_r0_replayed_input_after_restore_is_not_applied_twice() -> None:
+    """A restored key skips records at or below the input position it applied."""
+    from sessionizer import codec
+    from sessionizer.core.engine import Engine
+    from sessionizer.testing import NOW, collect
+
+    recs = [codec.dumps(batch(D, launch(T0 + i * MIN), screen(T0 + i * MIN + 1))) for i in range(6)]
+
+    def engine() -> Engine:
+        return Engine(EngineConfig(), loads=codec.loads, dumps=codec.dumps)
+
+    whole = engine()
+    for i, v in enumerate(recs):
+        whole.process_record(v, None, "t", 0, i, None, NOW, i)
+    whole.close_all()
+    # Crash after record 3 was applied; the input is replayed from record 1.
+    first = engine()
+    for i, v in enumerate(recs[:4]):
+        first.process_record(v, None, "t", 0, i, None, NOW, i)
+    restored = engine()
+    for k in first.keys:
+        snap = first.snapshot_key(k)
+        assert snap is not None
+        restored.restore_key(k, codec.loads(codec.dumps(snap)))
+    for i, v in enumerate(recs[1:], start=1):
+        restored.process_record(v, None, "t", 0, i, None, NOW, i)
+    restored.close_all()
+    both = first.take_output() + restored.take_output()
+    assert collect(restored, both).final() == collect(whole, whole.take_output()).final()
+    assert restored.counts.records_in == 2  # records 4 and 5 only

@@ -264,7 +264,11 @@ class Engine:
         offset: int,
         timestamp: int | None,
         now_ms: int,
+        seq: int = -1,
     ) -> None:
+        """Sessionizes one record. ``seq``, when given, is the record's position in
+        this engine's input: a key skips records at or below the last ``seq`` it
+        applied, so replaying input after a restore never applies a record twice."""
         counts = self.counts
         counts.records_in += 1
         src = (key, topic, partition, offset, timestamp)
@@ -288,6 +292,9 @@ class Engine:
         app, device = ident
         skey = app + "/" + device
         st = self.keys.get(skey)
+        if st is not None and 0 <= seq <= st.seq:
+            counts.records_in -= 1  # already applied before the restore: not new input
+            return
         controlled = bool(self.control) and self._controlled_key(app, device, skey)
         opted = controlled or (st is not None and st.opted)
         if controlled and st is not None and (st.open is not None or st.last is not None):
@@ -431,6 +438,8 @@ class Engine:
         if hi > st.activity:
             st.activity = hi
         rec.finish()
+        if seq >= 0:
+            st.seq = seq
         self._schedule(st)
 
     # ------------------------------------------------------------ helpers

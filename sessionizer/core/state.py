@@ -151,6 +151,7 @@ class KeyState:
         "last",
         "open",
         "opted",
+        "seq",
     )
 
     def __init__(self, key: str, app: str, device: str) -> None:
@@ -167,6 +168,7 @@ class KeyState:
         # End of the latest session no longer kept: nothing may start or be
         # attributed before it, so a key's sessions never overlap (R9).
         self.floor = 0
+        self.seq = -1  # input position of the last record applied (Engine.process_record)
         self.hdue = _NEVER  # due time of this key's live entry in the deadline index
 
     def retire(self, s: Session) -> None:
@@ -187,6 +189,7 @@ class KeyState:
             self.open.snapshot() if self.open is not None else None,
             self.last.snapshot() if self.last is not None else None,
             self.floor,
+            self.seq,
         ]
 
     @classmethod
@@ -200,6 +203,7 @@ class KeyState:
         st.open = Session.restore(v[6]) if v[6] is not None else None
         st.last = Session.restore(v[7]) if v[7] is not None else None
         st.floor = v[8]
+        st.seq = v[9]
         return st
 
 

@@ -25,6 +25,7 @@ from ..core.engine import Engine
 from ..core.model import DEAD_LETTERS
 from ..offline import tune_gc
 from .kafka import ControlReader
+from .metrics import Metrics
 from .sender import BatchSender
 
 log = logging.getLogger("sessionizer.worker")
@@ -104,6 +105,7 @@ class Pipeline:
         self.batches = 0
         self.last_batch_ms = 0.0
         self.shutdown_task: asyncio.Future[None] | None = None
+        self.metrics = Metrics()
         self._sender: BatchSender | None = None
 
     # ------------------------------------------------------------ state
@@ -153,7 +155,9 @@ class Pipeline:
 
     def drop(self, partitions: Sequence[int]) -> None:
         for p in partitions:
-            self.runners.pop(p, None)
+            r = self.runners.pop(p, None)
+            if r is not None:
+                self.metrics.retire(r.engine.counts)  # counters never go down
 
     # ------------------------------------------------------------ batches
 
@@ -183,16 +187,19 @@ class Pipeline:
                         if off <= r.src.get(q, -1):
                             continue  # the router sent it twice
                         r.src[q] = off
-                        process(m.value, m.key, self.raw_topic, q, off, ts, now)
+                        process(m.value, m.key, self.raw_topic, q, off, ts, now, m.offset)
                         continue
-                process(m.value, m.key, m.topic, p, m.offset, _record_ts_ms(m.timestamp), now)
+                ts = _record_ts_ms(m.timestamp)
+                process(m.value, m.key, m.topic, p, m.offset, ts, now, m.offset)
             r.applied = applied
             r.last_rx_wall = now
             r.wm_at_rx = eng.watermark
             eng.expire()
             await self._publish(r)
         self.batches += 1
-        self.last_batch_ms = (time.perf_counter() - started) * 1000
+        elapsed = time.perf_counter() - started
+        self.last_batch_ms = elapsed * 1000
+        self.metrics.batch_seconds.observe(elapsed)
 
     async def tick(self) -> None:
         """R22: a partition idle for idle_timeout moves its watermark by wall-clock time."""
@@ -262,10 +269,9 @@ class Pipeline:
 
 def build_app(settings: Any, *, web: bool = True) -> faust.App:
     """The Faust app of the worker; all payloads are bytes we encode with orjson."""
-    try:
-        from ..broker import FAUST_TUNING
-    except ImportError:  # pragma: no cover - until the broker module lands
-        FAUST_TUNING = {}
+    from ..broker import FAUST_TUNING, install_leave_group_fix
+
+    install_leave_group_fix()
 
     store = "memory://" if settings.store == "memory" else "rocksdb://"
     app = faust.App(
@@ -306,6 +312,27 @@ def build_app(settings: Any, *, web: bool = True) -> faust.App:
         value_type=bytes,
     )
     pipe = Pipeline(app, settings, table, source)
+
+    @table.on_recover
+    async def resume_after_markers() -> None:
+        """Resume each recovered partition right after its marker.
+
+        Whatever offset Faust committed may be ahead of the recovered state (and
+        records at or below a key's own last applied position are skipped), so
+        the group's committed offset is set to the marker + 1 before the streams
+        seek to it; nothing is lost and nothing applied twice.
+        """
+        name = engine_input.get_topic_name()
+        offsets = {}
+        for tp in app.consumer.assignment():
+            if tp.topic == name:
+                raw = table.data.get(pipe._key(tp.partition, "\x00marker"))
+                if raw is not None:
+                    offsets[tp] = codec.loads(raw)["offset"] + 1
+        if offsets:
+            # Faust's own commit path to its consumer thread; it commits exactly these.
+            await app.consumer._commit(offsets)
+
     app.sessionizer = pipe  # type: ignore[attr-defined]
     batch_size = settings.batch_size
     within = settings.batch_within_ms / 1000
@@ -365,5 +392,9 @@ def build_app(settings: Any, *, web: bool = True) -> faust.App:
     def on_shutdown(app: faust.App, **kwargs: Any) -> None:
         pipe.shutdown_task = asyncio.ensure_future(pipe.control_reader.stop())
 
+    if web:
+        from .web import register
+
+        register(app, pipe, engine_input.get_topic_name())
     tune_gc()
     return app
