@@ -197,3 +197,118 @@ def demo(
         click.echo(f"sessionizer: {err}", err=True)
         sys.exit(EXIT_CONFIG)
     sys.exit(code)
+
+
+@main.command("tail")
+@click.argument("kind", type=click.Choice(["sessions", "events", "dead-letters"]))
+@click.option("--json", "as_json", is_flag=True, help="Print each raw JSON value, one a line.")
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest record, not now.")
+@click.option("--broker", "broker_url", default=None, help="Kafka URL, e.g. kafka://host:9092.")
+@click.option("--config", "config", default=None, help="TOML settings file.")
+@click.option(
+    "--max",
+    "max_records",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Stop after N records.",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Stop after this long (default: until Ctrl-C).",
+)
+def tail(
+    kind: str,
+    as_json: bool,
+    from_beginning: bool,
+    broker_url: str | None,
+    config: str | None,
+    max_records: int | None,
+    timeout_s: float | None,
+) -> None:
+    """Follow an output topic: sessions, events (sessionized) or dead-letters."""
+    from .tail import run
+
+    settings = _settings(config, broker_url=broker_url)
+    sys.exit(
+        run(
+            settings,
+            kind,
+            as_json=as_json,
+            from_beginning=from_beginning,
+            max_records=max_records,
+            timeout_s=timeout_s,
+        )
+    )
+
+
+@main.command("replay")
+@click.option("--from-beginning", is_flag=True, help="Replay every record of the raw topic.")
+@click.option("--since", "since", default=None, metavar="TIME", help="From this record time.")
+@click.option("--until", "until", default=None, metavar="TIME", help="Up to (not incl.) TIME.")
+@click.option(
+    "--output-prefix",
+    "output_prefix",
+    default=None,
+    metavar="P",
+    help="Write to P + each output topic name (default: backfill.).",
+)
+@click.option("--to-live-topics", is_flag=True, help="Write to the live output topics.")
+@click.option("--keep-open", is_flag=True, help="Leave sessions open at the end.")
+@click.option("--broker", "broker_url", default=None, help="Kafka URL, e.g. kafka://host:9092.")
+@click.option("--config", "config", default=None, help="TOML settings file.")
+def replay(
+    from_beginning: bool,
+    since: str | None,
+    until: str | None,
+    output_prefix: str | None,
+    to_live_topics: bool,
+    keep_open: bool,
+    broker_url: str | None,
+    config: str | None,
+) -> None:
+    """Backfill: the raw topic through the engine into backfill topics.
+
+    TIME is ISO-8601 (2026-01-01T10:00:00Z; UTC when no zone is given) or epoch
+    milliseconds, compared with the records' Kafka timestamps. Reads up to
+    --until or to the end offsets seen at start; prints the counts as one JSON line.
+    """
+    from . import replay as rp
+
+    def usage(message: str) -> None:
+        click.echo(f"sessionizer replay: {message}", err=True)
+        sys.exit(EXIT_CONFIG)
+
+    if from_beginning == (since is not None):
+        usage("give exactly one of --from-beginning and --since TIME")
+    if to_live_topics and output_prefix is not None:
+        usage("--to-live-topics and --output-prefix exclude each other")
+    times: dict[str, int | None] = {"--since": None, "--until": None}
+    for name, text in (("--since", since), ("--until", until)):
+        if text is not None:
+            try:
+                times[name] = rp.parse_time_ms(text)
+            except ValueError as err:
+                usage(f"{name}: {err}")
+    since_ms, until_ms = times["--since"], times["--until"]
+    if since_ms is not None and until_ms is not None and until_ms <= since_ms:
+        usage("--until must be after --since")
+    prefix = "" if to_live_topics else rp.DEFAULT_PREFIX if output_prefix is None else output_prefix
+    settings = _settings(config, broker_url=broker_url)
+    try:
+        rp.check_prefix(settings, prefix)
+    except ValueError as err:
+        usage(f"--output-prefix: {err}")
+    sys.exit(
+        rp.run(
+            settings,
+            since_ms=since_ms,
+            until_ms=until_ms,
+            output_prefix=prefix,
+            keep_open=keep_open,
+        )
+    )

@@ -107,6 +107,16 @@ class Counts:
             "dead_letters": dict(self.dead_by_reason),
         }
 
+    def add(self, other: Counts) -> None:
+        """Adds another engine's counts (several partitions, one report)."""
+        for name in self.__slots__:
+            mine = getattr(self, name)
+            if isinstance(mine, dict):
+                for k, v in getattr(other, name).items():
+                    mine[k] = mine.get(k, 0) + v
+            else:
+                setattr(self, name, mine + getattr(other, name))
+
     def balanced(self) -> bool:
         """Conservation (§7.4): every decoded event is accounted for exactly once."""
         return self.events_in == (

@@ -1,0 +1,658 @@
+"""``sessionizer replay``: backfill from the raw topic with the engine of process-file.
+
+A plain aiokafka consumer (no Faust, no consumer group, nothing committed, so
+the live worker is never disturbed) reads every partition of the raw topic
+from its start offset to the end offset captured when the replay started (or
+to ``--until``), **one partition after another in partition order**, into
+ONE engine, exactly as ``process-file`` treats all its input as one partition.
+By R0 a key's results do not depend on how keys interleave, and this fixed
+order makes two runs byte-identical. Time is event time only (no R22
+wall-clock advancement): expiry runs after every record, and at the end the
+sessions still open close with ``end_of_input`` unless ``keep_open``.
+
+Console opt-outs (R19) apply to replays too: the opt-out-control topic is read
+whole before the first raw record.
+
+Outputs go to ``output_prefix`` + each output topic name (created when
+missing), keyed as the worker keys them; a null-keyed dead letter goes to a
+partition chosen from a hash of its value, so even partitions are the same in
+two runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import re
+import sys
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import murmur2
+
+from . import codec
+from .core.engine import Engine
+from .core.model import DEAD_LETTERS, Counts
+from .produce import producer_options
+from .stream.kafka import ControlReader, TopicSpec, client_options, ensure_topics
+from .stream.sender import BatchSender, Message
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "ReplayError",
+    "check_prefix",
+    "offsets_for_time",
+    "output_topics",
+    "parse_time_ms",
+    "replay",
+    "true_end_offsets",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "backfill."
+FETCH_RECORDS = 2000  # records per getmany
+SEND_CHUNK = 5000  # outputs handed to the producer at once
+STALL_TIMEOUT_S = 60.0  # no record for this long while records are due: give up
+LINE_EVERY_S = 5.0  # progress lines when not on a terminal
+_TOPIC_RE = re.compile(r"[A-Za-z0-9._-]*")
+
+
+class ReplayError(Exception):
+    """A replay that cannot go on; the message is one line for the user."""
+
+
+# --------------------------------------------------------------------------- times
+
+
+def parse_time_ms(text: str) -> int:
+    """``TIME`` of ``--since`` / ``--until``: epoch milliseconds or ISO-8601.
+
+    ``1767225600000``, ``2026-01-01``, ``2026-01-01T10:00``,
+    ``2026-01-01T10:00:00.250Z``, ``2026-01-01T10:00:00+02:00``. A time
+    without a zone is UTC. Raises ValueError when it is neither.
+    """
+    s = text.strip()
+    if re.fullmatch(r"[0-9]{1,16}", s):
+        return int(s)
+    if s[-1:] in ("Z", "z"):
+        s = s[:-1] + "+00:00"
+    try:
+        t = dt.datetime.fromisoformat(s)
+    except ValueError:
+        raise ValueError(
+            f"cannot read {text!r} as a time: give ISO-8601 (2026-01-01T10:00:00Z) "
+            "or epoch milliseconds"
+        ) from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone.utc)
+    return int(t.timestamp() * 1000)
+
+
+# --------------------------------------------------------------------------- topics
+
+
+def output_topics(settings: Any, prefix: str) -> list[str]:
+    """Output topic names in engine order (events, sessions, dead letters)."""
+    t = settings.topics
+    return [prefix + t.sessionized_events, prefix + t.sessions, prefix + t.dead_letters]
+
+
+def check_prefix(settings: Any, prefix: str) -> None:
+    """Raises ValueError when ``prefix`` makes a bad topic name or hits an input topic."""
+    if not _TOPIC_RE.fullmatch(prefix):
+        raise ValueError(f"must be characters of a-z A-Z 0-9 . _ - only, got {prefix!r}")
+    inputs = {settings.topics.raw_events, settings.topics.opt_out_control}
+    for name in output_topics(settings, prefix):
+        if len(name) > 249:
+            raise ValueError(f"makes the topic name {name[:40]}... longer than 249 characters")
+        if name in inputs:
+            raise ValueError(f"would write to the input topic {name}")
+
+
+async def _partitions(
+    consumer: AIOKafkaConsumer, topics: list[str], wait_s: float = 10.0
+) -> dict[str, list[int]]:
+    """Partition ids of each topic, [] for a topic that does not exist.
+
+    Asks for the metadata of all topics: once partitions are assigned, the
+    consumer's own metadata only covers the assigned topics.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        cluster = await consumer._client.fetch_all_metadata()
+        found = {t: sorted(cluster.partitions_for_topic(t) or ()) for t in topics}
+        # A topic that exists without partitions yet is still being created.
+        if all(found[t] or t not in cluster.topics() for t in topics):
+            return found
+        if time.monotonic() >= deadline:
+            return found
+        await asyncio.sleep(0.1)
+
+
+# --------------------------------------------------------------------------- offsets
+
+
+async def _fetch_from(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int, timeout_s: float = 10.0
+) -> list[Any]:
+    """The records of one fetch at ``offset`` (empty when none came in time)."""
+    consumer.seek(tp, offset)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = await consumer.getmany(tp, timeout_ms=500)
+        msgs = got.get(tp)
+        if msgs:
+            return list(msgs)
+    return []
+
+
+async def true_end_offsets(
+    consumer: AIOKafkaConsumer,
+    tps: Iterable[TopicPartition],
+    starts: dict[TopicPartition, int] | None = None,
+) -> dict[TopicPartition, int]:
+    """Each partition's end offset (last offset + 1), correct on the embedded broker too.
+
+    The embedded broker (Tansu) answers ListOffsets(latest) with the base
+    offset of the partition's last record *batch* + 1, not the last offset + 1,
+    so ``end_offsets()`` alone would miss all but the first record of the last
+    batch. When the reported end is above the start, we fetch once at
+    reported - 1: the true end is the highest offset of that fetch + 1. On a
+    real Kafka that is the reported end itself (unless records were appended
+    in the meantime, which then are simply included). The partitions must be
+    assigned to ``consumer``.
+    """
+    tps = list(tps)
+    if not tps:
+        return {}
+    reported = await consumer.end_offsets(tps)
+    if starts is None:
+        starts = await consumer.beginning_offsets(tps)
+    ends: dict[TopicPartition, int] = {}
+    for tp in tps:
+        end = reported[tp]
+        if end > starts[tp]:
+            msgs = await _fetch_from(consumer, tp, end - 1)
+            if msgs:
+                end = max(end, max(m.offset for m in msgs) + 1)
+        ends[tp] = end
+    return ends
+
+
+async def _record_at(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> Any:
+    for m in await _fetch_from(consumer, tp, offset):
+        if m.offset >= offset:
+            return m if m.offset == offset else None
+    return None
+
+
+async def offsets_for_time(
+    consumer: AIOKafkaConsumer,
+    tps: list[TopicPartition],
+    t: int,
+    starts: dict[TopicPartition, int],
+    ends: dict[TopicPartition, int],
+) -> dict[TopicPartition, int | None]:
+    """The first offset whose record timestamp is >= ``t``, per partition, or None: scan.
+
+    Asks the broker (``offsets_for_times``) and checks its answer with two
+    fetches: the record at the answered offset must carry the timestamp the
+    broker named and be at or after ``t``, the record before it before ``t``.
+    The embedded broker (Tansu) fails that check: it answers offset 0 (with a
+    timestamp that is no record's) for any ``t``, and offset 0 with timestamp
+    -1 for a time after every record. A partition whose answer fails is given
+    None, and the replay finds its boundary by scanning record timestamps
+    instead (reading from the partition's start, skipping records until the
+    first one at or after ``t``; stopping at the first one at or after
+    ``--until``), which gives the same offsets as Kafka's time index.
+    """
+    live = [tp for tp in tps if ends[tp] > starts[tp]]
+    out: dict[TopicPartition, int | None] = {tp: starts[tp] for tp in tps if tp not in live}
+    if not live:
+        return out
+    try:
+        answers = await consumer.offsets_for_times(dict.fromkeys(live, t))
+    except Exception as exc:  # an old or partial broker: scan
+        log.info("offsets_for_times failed (%s): scanning timestamps", exc)
+        answers = {}
+    for tp in live:
+        lo, hi = starts[tp], ends[tp]
+        ans = answers.get(tp, ...)
+        found: int | None = None
+        if ans is None:
+            # No record at or after t: the end, if the last record agrees.
+            last = await _record_at(consumer, tp, hi - 1)
+            found = hi if last is not None and last.timestamp < t else None
+        elif ans is not ... and lo <= ans.offset < hi and ans.timestamp >= t:
+            rec = await _record_at(consumer, tp, ans.offset)
+            ok = rec is not None and rec.timestamp == ans.timestamp
+            if ok and ans.offset > lo:
+                prev = await _record_at(consumer, tp, ans.offset - 1)
+                ok = prev is not None and prev.timestamp < t
+            found = ans.offset if ok else None
+        if found is None:
+            log.info("%s: offsets_for_times(%d) unusable: scanning timestamps", tp, t)
+        out[tp] = found
+    return out
+
+
+# --------------------------------------------------------------------------- progress
+
+
+@dataclass
+class _Part:
+    tp: TopicPartition
+    start: int  # first offset read
+    end: int  # first offset not read
+    skip_before: int | None = None  # scan: skip records until one with ts >= this
+    stop_at: int | None = None  # scan: stop at the first record with ts >= this
+    done: int = 0  # records read (skipped ones too)
+
+    @property
+    def total(self) -> int:
+        return self.end - self.start
+
+
+class _Progress:
+    """A rich bar per partition on a terminal (stderr), else a line now and then."""
+
+    def __init__(self, parts: list[_Part], enabled: bool) -> None:
+        self.parts = parts
+        self.enabled = enabled
+        self.bar: Any = None
+        self.tasks: dict[int, Any] = {}
+        self.t0 = time.monotonic()
+        self.last_line = self.t0
+        if enabled and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("[bold]replay[/] {task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]:>9,.0f} records/s"),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            for p in parts:
+                self.tasks[p.tp.partition] = self.bar.add_task(
+                    f"{p.tp.topic}[{p.tp.partition}]", total=p.total or 1, rate=0.0
+                )
+
+    def __enter__(self) -> _Progress:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def update(self, part: _Part, finished: bool = False) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            task = self.tasks[part.tp.partition]
+            if finished:  # the total too: a scan for --until may stop early
+                self.bar.update(task, total=part.total or 1, completed=part.total or 1)
+            else:
+                self.bar.update(task, completed=part.done)
+            self.bar.update(task, rate=self.bar.tasks[task].speed or 0.0)
+            return
+        now = time.monotonic()
+        if finished or now - self.last_line >= LINE_EVERY_S:
+            self.last_line = now
+            print(self.line(part, now), file=sys.stderr, flush=True)
+
+    def line(self, part: _Part, now: float) -> str:
+        secs = max(now - self.t0, 1e-9)
+        done = sum(p.done for p in self.parts)
+        total = sum(p.total for p in self.parts)
+        rate = done / secs
+        eta = f"{(total - done) / rate:,.0f} s" if rate > 0 and done < total else "-"
+        return (
+            f"replay: {part.tp.topic}[{part.tp.partition}] {part.done:,}/{part.total:,}; "
+            f"all {done:,}/{total:,} records, {rate:,.0f} records/s, ETA {eta}"
+        )
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+class _Output:
+    """Hands engine outputs to the producer in chunks, one chunk in flight at a time."""
+
+    def __init__(self, producer: AIOKafkaProducer, topics: list[str]) -> None:
+        self.sender = BatchSender(producer)
+        self.producer = producer
+        self.topics = topics
+        self.buf: list[Message] = []
+        self.inflight: asyncio.Task[None] | None = None
+        self._n: dict[str, int] = {}
+
+    async def prepare(self) -> None:
+        for topic in self.topics:
+            self._n[topic] = len(await self.producer.partitions_for(topic))
+
+    def add(self, outputs: list[Any]) -> None:
+        topics = self.topics
+        dumps = codec.dumps
+        buf = self.buf
+        for idx, key, value in outputs:
+            topic = topics[idx]
+            data = dumps(value)
+            if idx != DEAD_LETTERS and key is not None:
+                buf.append((topic, key.encode(), data, None))
+            elif key is not None:
+                buf.append((topic, key, data, None))  # the source key bytes (§7.3)
+            else:
+                # Not a random partition (the producer's choice): the same in every run.
+                buf.append((topic, None, data, (murmur2(data) & 0x7FFFFFFF) % self._n[topic]))
+
+    async def maybe_send(self) -> None:
+        if len(self.buf) >= SEND_CHUNK:
+            await self.send()
+
+    async def send(self) -> None:
+        """Waits for the previous chunk, then starts this one (order per partition holds)."""
+        await self.wait()
+        if self.buf:
+            chunk, self.buf = self.buf, []
+            self.inflight = asyncio.ensure_future(self.sender.send(chunk))
+
+    async def wait(self) -> None:
+        if self.inflight is not None:
+            task, self.inflight = self.inflight, None
+            await task
+
+    async def flush(self) -> None:
+        await self.send()
+        await self.wait()
+        await self.producer.flush()
+
+    def cancel(self) -> None:
+        if self.inflight is not None:
+            self.inflight.cancel()
+
+
+# --------------------------------------------------------------------------- replay
+
+
+async def _batches(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, end: int
+) -> AsyncIterator[tuple[list[Any], int]]:
+    """Records of ``tp`` in ``[start, end)``, a fetch at a time, with the position after it.
+
+    Ends early when the log itself ends before ``end`` (the fetch high watermark,
+    which the embedded broker reports correctly, e.g. trailing transaction
+    markers on a real Kafka); gives up when no record comes for STALL_TIMEOUT_S.
+    """
+    if end <= start:
+        return
+    consumer.seek(tp, start)
+    position = start
+    last = time.monotonic()
+    while position < end:
+        got = await consumer.getmany(tp, timeout_ms=500, max_records=FETCH_RECORDS)
+        msgs = got.get(tp)
+        if not msgs:
+            hw = consumer.highwater(tp)
+            if hw is not None and await consumer.position(tp) >= hw:
+                return
+            if time.monotonic() - last > STALL_TIMEOUT_S:
+                raise ReplayError(
+                    f"{tp.topic}[{tp.partition}]: no records after offset {position} for "
+                    f"{STALL_TIMEOUT_S:.0f} s, expected up to {end}"
+                )
+            continue
+        last = time.monotonic()
+        position = msgs[-1].offset + 1
+        if position > end:
+            msgs = [m for m in msgs if m.offset < end]
+        yield msgs, position
+
+
+async def _read_control(
+    consumer: AIOKafkaConsumer, settings: Any, partitions: list[int]
+) -> dict[str, bool]:
+    """R19: the whole opt-out-control topic as the engine's control dict."""
+    topic = settings.topics.opt_out_control
+    control: dict[str, bool] = {}
+    tps = [TopicPartition(topic, p) for p in partitions]
+    if not tps:
+        return control
+    reader = ControlReader(settings, control)  # only for its parsing of entries
+    consumer.assign(tps)
+    starts = await consumer.beginning_offsets(tps)
+    ends = await true_end_offsets(consumer, tps, starts)
+    for tp in tps:
+        async for msgs, _position in _batches(consumer, tp, starts[tp], ends[tp]):
+            for m in msgs:
+                reader.apply(m.key, m.value)
+    return control
+
+
+async def _plan(
+    consumer: AIOKafkaConsumer,
+    settings: Any,
+    partitions: list[int],
+    since_ms: int | None,
+    until_ms: int | None,
+) -> list[_Part]:
+    tps = [TopicPartition(settings.topics.raw_events, p) for p in partitions]
+    consumer.assign(tps)
+    starts = await consumer.beginning_offsets(tps)
+    ends = await true_end_offsets(consumer, tps, starts)
+    parts = {tp: _Part(tp, starts[tp], ends[tp]) for tp in tps}
+    if since_ms is not None:
+        for tp, off in (await offsets_for_time(consumer, tps, since_ms, starts, ends)).items():
+            if off is None:
+                parts[tp].skip_before = since_ms
+            else:
+                parts[tp].start = off
+    if until_ms is not None:
+        for tp, off in (await offsets_for_time(consumer, tps, until_ms, starts, ends)).items():
+            if off is None:
+                parts[tp].stop_at = until_ms
+            else:
+                parts[tp].end = max(parts[tp].start, off)
+    return [parts[tp] for tp in tps]
+
+
+async def replay(
+    settings: Any,
+    *,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+    output_prefix: str = DEFAULT_PREFIX,
+    keep_open: bool = False,
+    progress: bool = True,
+    now_ms: int | None = None,
+) -> Counts:
+    """Replay the raw topic into ``output_prefix`` + each output topic; return the counts.
+
+    ``since_ms`` None means from the beginning; records are those from the first
+    offset whose Kafka timestamp is >= ``since_ms`` to the first offset whose
+    timestamp is >= ``until_ms`` (or the end captured at start). ``now_ms`` (the
+    wall clock at start by default) only bounds future event timestamps (§1.3).
+    Raises ReplayError (one line) when the raw topic does not exist.
+    """
+    check_prefix(settings, output_prefix)
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    topics = output_topics(settings, output_prefix)
+    t = settings.topics
+    consumer = AIOKafkaConsumer(
+        **client_options(settings),
+        group_id=None,  # no group, nothing committed: the live worker never notices
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    counts = Counts()
+    try:
+        await consumer.start()
+        found = await _partitions(consumer, [t.raw_events, t.opt_out_control])
+        if not found[t.raw_events]:
+            raise ReplayError(f"topic {t.raw_events} does not exist on {settings.broker_url}")
+        n = settings.partitions
+        await ensure_topics(
+            settings,
+            [
+                TopicSpec(topics[0], n),
+                TopicSpec(topics[1], n, compacted=True),
+                TopicSpec(topics[2], n),
+            ],
+        )
+        producer = AIOKafkaProducer(**{**producer_options(settings), "acks": "all"})
+        try:
+            await producer.start()
+            control = await _read_control(consumer, settings, found[t.opt_out_control])
+            parts = await _plan(consumer, settings, found[t.raw_events], since_ms, until_ms)
+            out = _Output(producer, topics)
+            await out.prepare()
+            try:
+                with _Progress(parts, progress) as bar:
+                    for part in parts:
+                        # One engine per partition, as in the worker: each partition
+                        # has its own watermark (R20), so one partition's time never
+                        # expires another's sessions early.
+                        engine = Engine(settings.engine, loads=codec.loads, dumps=codec.dumps)
+                        engine.control = control
+                        await _replay_partition(consumer, engine, part, out, bar, now)
+                        if keep_open:
+                            engine.expire()
+                        else:
+                            engine.close_all()
+                        out.add(engine.take_output())
+                        counts.add(engine.counts)
+                    await out.flush()
+            finally:
+                out.cancel()  # only after a failure: flush() leaves nothing in flight
+        finally:
+            await producer.stop()
+    finally:
+        await consumer.stop()
+    return counts
+
+
+async def _replay_partition(
+    consumer: AIOKafkaConsumer,
+    engine: Engine,
+    part: _Part,
+    out: _Output,
+    bar: _Progress,
+    now: int,
+) -> None:
+    tp = part.tp
+    if part.end <= part.start:
+        bar.update(part, finished=True)
+        return
+    consumer.assign([tp])
+    process = engine.process_record
+    expire = engine.expire
+    heap = engine.heap
+    skip_before = part.skip_before
+    stop_at = part.stop_at
+    end = part.end
+    topic, partition = tp.topic, tp.partition
+    async with contextlib.aclosing(_batches(consumer, tp, part.start, end)) as batches:
+        async for msgs, position in batches:
+            for m in msgs:
+                ts = m.timestamp if m.timestamp is not None and m.timestamp >= 0 else None
+                if skip_before is not None:
+                    if ts is None or ts < skip_before:
+                        continue
+                    skip_before = None  # Kafka's semantics: from the first record at or after
+                if stop_at is not None and ts is not None and ts >= stop_at:
+                    end = m.offset
+                    break
+                # A null value (tombstone) is an empty record: dead-lettered as invalid_json.
+                value = m.value if m.value is not None else b""
+                process(value, m.key, topic, partition, m.offset, ts, now)
+                if heap and heap[0][0] <= engine.watermark:
+                    expire()
+            part.done = min(position, end) - part.start
+            out.add(engine.take_output())
+            await out.maybe_send()
+            if end < part.end:
+                break
+            bar.update(part)
+    part.end = end
+    part.done = part.total
+    bar.update(part, finished=True)
+
+
+# --------------------------------------------------------------------------- command
+
+
+def summary(counts: Counts, topics: list[str], secs: float) -> str:
+    c = counts.as_dict()
+    ended = ", ".join(f"{k} {v:,}" for k, v in c["sessions_ended"].items() if v)
+    dead = sum(c["dead_letters"].values())
+    rate = c["records_in"] / max(secs, 1e-9)
+    return (
+        f"replayed {c['records_in']:,} records ({c['events_in']:,} events) in {secs:.1f} s "
+        f"({rate:,.0f} records/s): {c['events_forwarded']:,} events forwarded, "
+        f"{c['sessions_started']:,} sessions started, ended: {ended or 'none'}, "
+        f"{c['sessions_revised']:,} revised, {dead:,} dead letters -> {', '.join(topics)}"
+    )
+
+
+def run(
+    settings: Any,
+    *,
+    since_ms: int | None,
+    until_ms: int | None,
+    output_prefix: str,
+    keep_open: bool,
+) -> int:
+    """The ``replay`` command: counts as one JSON line on stdout, a summary on stderr."""
+    from aiokafka.errors import KafkaError
+
+    from .offline import tune_gc
+
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    tune_gc()
+    started = time.monotonic()
+    try:
+        counts = asyncio.run(
+            replay(
+                settings,
+                since_ms=since_ms,
+                until_ms=until_ms,
+                output_prefix=output_prefix,
+                keep_open=keep_open,
+            )
+        )
+    except KeyboardInterrupt:
+        print("sessionizer: interrupted", file=sys.stderr)
+        return 130
+    except ReplayError as exc:
+        print(f"sessionizer: {exc}", file=sys.stderr)
+        return 1
+    except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+        print(
+            f"sessionizer: replay failed on {settings.broker_url}: {exc or type(exc).__name__}",
+            file=sys.stderr,
+        )
+        return 1
+    sys.stdout.buffer.write(codec.dumps_line(counts.as_dict()))
+    sys.stdout.flush()
+    topics = output_topics(settings, output_prefix)
+    print(summary(counts, topics, time.monotonic() - started), file=sys.stderr, flush=True)
+    return 0
