@@ -34,3 +34,15 @@ bench-stream: $(VENV_STAMP)
 .PHONY: run
 run: $(VENV_STAMP)
 	$(PY) -m sessionizer demo
+
+# Validate docker-compose.yml without starting anything (no Docker engine needed):
+# `docker compose` (v2 plugin), else the standalone `docker-compose`, else skip.
+.PHONY: compose-config
+compose-config:
+	@if docker compose version >/dev/null 2>&1; then \
+		docker compose config -q && echo "docker-compose.yml: valid (docker compose)"; \
+	elif command -v docker-compose >/dev/null 2>&1; then \
+		docker-compose config -q && echo "docker-compose.yml: valid (docker-compose)"; \
+	else \
+		echo "compose-config: skipped, no docker compose client here"; \
+	fi
