@@ -113,7 +113,11 @@ def check_attribute(data: dict[str, Any], dumps: Dumps) -> tuple[str, int, Any]:
     if t is dict or t is list:
         raise DeadLetter("bad_session_attribute", "value must be a string, number, bool or null")
     # JSON text can be up to 6x a string's length; measure only when it could be too long.
-    if t is str and len(value) * 6 + 2 > MAX_ATTR_VALUE and len(dumps(value)) > MAX_ATTR_VALUE:
+    if (
+        t is str
+        and len(value) * 6 + 2 > MAX_ATTR_VALUE
+        and len(dumps(value).decode("utf-8")) > MAX_ATTR_VALUE  # characters, not bytes
+    ):
         raise DeadLetter("bad_session_attribute", f"value longer than {MAX_ATTR_VALUE} characters")
     return name, 0, value
 
@@ -358,6 +362,8 @@ class Engine:
                 except DeadLetter as dl:
                     rec.dead(ev, dl.reason, dl.detail)
                     continue
+            if ts is None:
+                ts = batch_ts  # §1.3: a null event time falls back like a missing one
             kind = kinds.get(et, 0)
             if kind == TRANSITION:
                 kind = TRANSITION_KINDS.get(data.get("application_transition_type"), 0)
