@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from harness import Names, WorkerProc, final_sessions, produce, read_all
+from schema_check import validate_output
 
 from sessionizer import codec
 from sessionizer.core.engine import identity
@@ -107,6 +108,9 @@ async def _run_and_compare(
         return got == want and len(out[names.topics["dead_letters"]]) >= len(exp.dead)
 
     out = await read_all(bootstrap, topics, until=done, timeout=timeout, raise_on_timeout=False)
+    for topic in topics:  # every record the worker wrote matches its JSON Schema
+        for _key, value in out[topic]:
+            validate_output(topic, value)
     got = _drop_clock(final_sessions(v for _, v in out[names.topics["sessions"]]))
     assert set(got) == set(want), (
         f"missing {len(set(want) - set(got))}, extra {len(set(got) - set(want))}"

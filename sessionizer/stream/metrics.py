@@ -1,0 +1,189 @@
+"""Prometheus metrics of a worker, read from the engines when scraped.
+
+The §7.4 counts live in each engine's ``Counts`` and only grow; an engine is
+replaced when its partition is reassigned, so the counts of dropped engines are
+kept in ``retired`` and added to the live ones: counters never go down. The
+hot path pays for one histogram observation per batch, nothing per event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from faust.types import TP
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .. import codec
+from ..core.model import Counts
+
+if TYPE_CHECKING:
+    from .worker import Pipeline
+
+PREFIX = "sessionizer_"
+
+HELP = {
+    "records_in": "Input records read.",
+    "records_dead_lettered": "Input records dead-lettered whole (undecodable, no identity).",
+    "records_opted_out": "Malformed records of an opted-out key, dropped.",
+    "events_in": "Decoded input events.",
+    "events_forwarded": "Events forwarded to sessionized-events.",
+    "events_control": "Events consumed as control (session_start/end, attributes, opt_out).",
+    "events_opted_out": "Events dropped because their key opted out.",
+    "events_dead_lettered": "Events dead-lettered.",
+    "events_late": "Events forwarded as late, with null session fields.",
+    "sessions_started": "Sessions started.",
+    "sessions_revised": "Session records emitted again (revision > 0).",
+    "sessions_ended": "Sessions ended, once per session, by end reason.",
+    "dead_letters": "Dead letters by reason.",
+}
+
+BATCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def add_counts(into: dict[str, Any], counts: dict[str, Any]) -> None:
+    """``into += counts`` for ``Counts.as_dict()`` shapes (ints and reason -> int dicts)."""
+    for name, value in counts.items():
+        if isinstance(value, dict):
+            sub = into.setdefault(name, {})
+            for reason, n in value.items():
+                sub[reason] = sub.get(reason, 0) + n
+        else:
+            into[name] = into.get(name, 0) + value
+
+
+@dataclass
+class PartitionStats:
+    partition: int
+    applied: int  # highest source offset in the state, -1 for none
+    watermark: int
+    open_sessions: int | None  # None: no engine yet (nothing processed since assignment)
+    keys: int | None
+    lag: int | None  # None: highwater not known yet
+
+
+class Metrics:
+    """The worker's own registry: engine counts, per-partition gauges, batch latency."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.batch_seconds = Histogram(
+            "sessionizer_batch_seconds",
+            "Processing time of one batch of records, outputs and state writes included.",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.retired: dict[str, Any] = {}
+
+    def retire(self, counts: Counts) -> None:
+        """An engine is dropped (partition revoked): keep what it counted."""
+        add_counts(self.retired, counts.as_dict())
+
+    def watch(self, pipe: Pipeline, topic: str) -> None:
+        """Expose ``pipe``'s engines; ``topic`` is the topic the engines consume."""
+        self.registry.register(_EngineCollector(self, pipe, topic))
+
+    def totals(self, pipe: Pipeline) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        add_counts(out, self.retired)
+        for r in list(pipe.runners.values()):
+            add_counts(out, r.engine.counts.as_dict())
+        return out
+
+
+def partition_stats(pipe: Pipeline, topic: str) -> list[PartitionStats]:
+    """Assigned engine partitions (and any live engine) with offsets, watermark and lag."""
+    from .worker import MARKER
+
+    app = pipe.app
+    try:
+        assigned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic}
+    except Exception:  # no assignment yet
+        assigned = set()
+    runners = dict(pipe.runners)
+    out = []
+    for p in sorted(assigned | set(runners)):
+        r = runners.get(p)
+        if r is not None:
+            eng = r.engine
+            applied, wm = r.applied, eng.watermark
+            open_n: int | None = eng.open_sessions()
+            keys: int | None = len(eng.keys)
+        else:
+            # No batch since the assignment: what the state says was applied.
+            raw = pipe.table.data.get(f"{p}:".encode() + MARKER)
+            marker = codec.loads(raw) if raw is not None else None
+            applied = marker["offset"] if marker else -1
+            wm = marker["watermark"] if marker else 0
+            open_n = keys = None
+        out.append(PartitionStats(p, applied, wm, open_n, keys, _lag(app, topic, p, applied)))
+    return out
+
+
+def _lag(app: Any, topic: str, partition: int, applied: int) -> int | None:
+    # highwater = the offset of the next record; approximate on brokers that
+    # under-report end offsets of multi-record batches (Tansu, docs/broker.md).
+    try:
+        hw = app.consumer.highwater(TP(topic, partition))
+    except Exception:
+        return None
+    if hw is None:
+        return None
+    return max(0, int(hw) - applied - 1)
+
+
+def ready(pipe: Pipeline) -> bool:
+    """Joined the group at least once, not rebalancing, and the opt-out topic read."""
+    app = pipe.app
+    return bool(
+        app.rebalancing_count > 0 and not app.rebalancing and pipe.control_reader.ready.is_set()
+    )
+
+
+class _EngineCollector(Collector):
+    def __init__(self, metrics: Metrics, pipe: Pipeline, topic: str) -> None:
+        self.metrics = metrics
+        self.pipe = pipe
+        self.topic = topic
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # dynamic: collected at scrape time only
+
+    def collect(self) -> Iterator[Metric]:
+        for name, value in self.metrics.totals(self.pipe).items():
+            help_ = HELP.get(name, name.replace("_", " ") + ".")
+            if isinstance(value, dict):
+                fam = CounterMetricFamily(PREFIX + name, help_, labels=["reason"])
+                for reason, n in sorted(value.items()):
+                    fam.add_metric([reason], n)
+            else:
+                fam = CounterMetricFamily(PREFIX + name, help_, value=value)
+            yield fam
+
+        gauges = {
+            "watermark_ms": "Event-time watermark of the partition (ms since the epoch).",
+            "open_sessions": "Open sessions in the partition's engine.",
+            "state_keys": "Session keys held in the partition's engine.",
+            "applied_offset": "Highest source offset whose effects are in the state.",
+            "consumer_lag": "Records behind the highwater (approximate on the embedded broker).",
+        }
+        fams = {
+            n: GaugeMetricFamily(PREFIX + n, h, labels=["partition"]) for n, h in gauges.items()
+        }
+        for s in partition_stats(self.pipe, self.topic):
+            label = [str(s.partition)]
+            fams["watermark_ms"].add_metric(label, s.watermark)
+            fams["applied_offset"].add_metric(label, s.applied)
+            if s.open_sessions is not None:
+                fams["open_sessions"].add_metric(label, s.open_sessions)
+            if s.keys is not None:
+                fams["state_keys"].add_metric(label, s.keys)
+            if s.lag is not None:
+                fams["consumer_lag"].add_metric(label, s.lag)
+        yield from fams.values()
+        yield GaugeMetricFamily(
+            PREFIX + "ready", "1 when the worker is ready (see /health).", value=ready(self.pipe)
+        )

@@ -1,0 +1,172 @@
+"""The worker's HTTP views on Faust's web server: /health, /metrics, /sessions.
+
+``/sessions/{app}/{device}`` is answered by the worker that owns the device's
+partition. Raw records are keyed by device, so that partition is the default
+(murmur2) partitioner's choice for the device bytes, and the engine partition
+``p`` is co-partitioned with partition ``p`` of the ``state`` table's
+changelog: Faust's table metadata (``app.router.table_metadata``) says which
+worker's web server has it. A request is forwarded at most once (``?routed=1``),
+so two workers that briefly disagree about the assignment cannot bounce it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiokafka.partitioner import DefaultPartitioner
+from faust.web import Request, Response, View
+from prometheus_client.exposition import choose_encoder
+from yarl import URL
+
+from .. import codec
+from ..core.state import KeyState, Session
+from .metrics import partition_stats, ready
+
+if TYPE_CHECKING:
+    import faust
+
+    from .worker import Pipeline
+
+STATUS = ("open", "expired", "closed")  # Session.status
+_partitioner = DefaultPartitioner()
+
+
+def register(app: faust.App, pipe: Pipeline, topic: str) -> None:
+    """Adds the views to ``app``'s web server; ``topic`` is the engines' input topic."""
+    pipe.metrics.watch(pipe, topic)
+
+    @app.page("/health")
+    async def health(self: View, request: Request) -> Response:
+        stats = partition_stats(pipe, topic)
+        ok = ready(pipe)
+        body = {
+            "ready": ok,
+            "partitions": [s.partition for s in stats],
+            "lag": sum(s.lag or 0 for s in stats),
+            "rebalancing": bool(app.rebalancing),
+            "control_ready": pipe.control_reader.ready.is_set(),
+            "url": str(app.conf.canonical_url),
+        }
+        return self.json(body, status=200 if ok else 503)
+
+    @app.page("/metrics")
+    async def metrics(self: View, request: Request) -> Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        body = encoder(pipe.metrics.registry)
+        return self.bytes(body, headers={"Content-Type": content_type})
+
+    @app.page("/sessions/{app_name}/{device}")
+    async def sessions(self: View, request: Request, app_name: str, device: str) -> Response:
+        return await _session(self, request, pipe, app_name, device)
+
+
+def device_partition(device: bytes, partitions: int) -> int:
+    """The partition the default partitioner gives a record keyed by ``device``."""
+    return int(_partitioner(device, list(range(partitions)), []))
+
+
+def owner_url(pipe: Pipeline, partition: int) -> str | None:
+    """The web URL of the worker that has ``partition`` of the state table, if known."""
+    table = pipe.table
+    changelog = table.changelog_topic.get_topic_name()
+    try:
+        meta = pipe.app.router.table_metadata(table.name)
+    except Exception:  # no assignment yet
+        return None
+    for url, tps in meta.items():
+        if partition in tps.get(changelog, ()):
+            return str(url)
+    return None
+
+
+async def _session(view: View, request: Request, pipe: Pipeline, app: str, device: str) -> Response:
+    skey = f"{app}/{device}"
+    c = pipe.control
+    if c.get(skey) or c.get(device) or c.get(app + "/*"):
+        return view.json({"opted_out": True})  # R18: nothing else of the key, anywhere
+    p = device_partition(device.encode(), pipe.table.partitions or pipe.settings.partitions)
+    found = _local(pipe, skey, p)
+    if found is None:
+        me = str(pipe.app.conf.canonical_url)
+        owner = owner_url(pipe, p)
+        if owner is not None and owner != me and "routed" not in request.query:
+            return await _forward(view, request, pipe, owner)
+        if owner == me:
+            found = _from_table(pipe, skey, p)
+        elif owner is None and not ready(pipe):
+            return view.error(503, "not ready: partition assignment unknown", partition=p)
+    if found is None:
+        return view.error(404, "unknown session key", key=skey)
+    st, partition, watermark, source = found
+    if st.opted:
+        return view.json({"opted_out": True})
+    return view.json(
+        {
+            "key": skey,
+            "app": st.app,
+            "device": st.device,
+            "opted_out": False,
+            "session_count": st.counter,
+            "open_session": _session_dict(st.open),
+            "last_session": _session_dict(st.last),
+            "partition": partition,
+            "watermark_ms": watermark,
+            "source": source,
+            "served_by": str(pipe.app.conf.canonical_url),
+        }
+    )
+
+
+def _local(pipe: Pipeline, skey: str, p: int) -> tuple[KeyState, int, int | None, str] | None:
+    # The device's partition first; records not keyed by device may sit elsewhere.
+    runners = dict(pipe.runners)
+    order = [p, *(q for q in runners if q != p)]
+    for q in order:
+        r = runners.get(q)
+        st = r.engine.keys.get(skey) if r is not None else None
+        if st is not None and r is not None:
+            return st, q, r.engine.watermark, "engine"
+    return None
+
+
+def _from_table(pipe: Pipeline, skey: str, p: int) -> tuple[KeyState, int, int | None, str] | None:
+    # Owned, but no batch since the assignment: the snapshot in the table.
+    raw = pipe.table.data.get(f"{p}:{skey}".encode())
+    if raw is None:
+        return None
+    return KeyState.restore(skey, codec.loads(raw)), p, None, "table"
+
+
+async def _forward(view: View, request: Request, pipe: Pipeline, owner: str) -> Response:
+    target = URL(owner).with_path(request.rel_url.raw_path, encoded=True).with_query(routed="1")
+    client: Any = pipe.app.http_client
+    try:
+        async with client.get(target) as resp:
+            body = await resp.read()
+            ctype = resp.headers.get("Content-Type", "application/json")
+            return view.bytes(body, status=resp.status, headers={"Content-Type": ctype})
+    except Exception as exc:
+        return view.error(502, f"owner {owner} did not answer: {exc}")
+
+
+def _session_dict(s: Session | None) -> dict[str, Any] | None:
+    if s is None:
+        return None
+    return {
+        "session_uuid": s.uuid,
+        "session_id": s.sid,
+        "session_number": s.number,
+        "status": STATUS[s.status],
+        "start_unixtime_ms": s.start,
+        "end_unixtime_ms": s.last_ts,  # the latest event so far while open (R9)
+        "deadline_unixtime_ms": s.deadline,
+        "end_reason": s.reason,
+        "event_count": s.events,
+        "screen_view_count": s.screens,
+        "foreground_duration_ms": s.foreground_ms(),
+        "session_attributes": s.attributes(),
+        "mpid": s.mpid,
+        "mpids": list(s.mpids),
+        "previous_session_uuid": s.prev_uuid,
+        "revision": s.emitted - 1 if s.emitted else None,  # of the latest session_end record
+    }
