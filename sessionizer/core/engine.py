@@ -162,6 +162,9 @@ class Engine:
         # Keys whose state changed since the last take_dirty(), for the changelog.
         self.dirty: set[str] | None = set() if track_dirty else None
         self._rules: dict[str, AppRules] = {}
+        # Read once per record: plain attributes, not a chain of lookups.
+        self._max_bytes = config.max_record_bytes
+        self._skew = config.max_future_skew_ms
         self._pending: list[tuple[KeyState, Session]] = []
 
     # ----------------------------------------------------------------- API
@@ -276,7 +279,7 @@ class Engine:
         counts = self.counts
         counts.records_in += 1
         src = (key, topic, partition, offset, timestamp)
-        if len(value) > self.config.max_record_bytes:
+        if len(value) > self._max_bytes:
             self._dead_record(
                 src, value, "too_large", f"{len(value)} bytes > {self.config.max_record_bytes}"
             )
@@ -322,7 +325,7 @@ class Engine:
             self.keys[skey] = st
         if self.dirty is not None:
             self.dirty.add(skey)
-        rules = self.rules(app)
+        rules = self._rules.get(app) or self.rules(app)
         mpid = obj.get("mpid")
         # IDENTITY_FIELDS as a tuple: cheaper than a dict per record; dict on output.
         ident_obj = (
@@ -335,7 +338,7 @@ class Engine:
         batch_ts = obj.get("timestamp_unixtime_ms")
         if batch_ts is None:
             batch_ts = timestamp
-        max_ts = now_ms + self.config.max_future_skew_ms
+        max_ts = now_ms + self._skew
         rec = _Record(self, st, rules, obj, single, device, ident_obj, mpid, src, value)
         kinds = EVENT_KINDS
         counts.events_in += len(events)
