@@ -56,10 +56,14 @@ class FileSink:
         ]
 
     def write(self, outputs: list[Output]) -> None:
-        files = self.files
         line = codec.dumps_line
+        # Most outputs are events; one write call per topic per chunk.
+        chunks: tuple[list[bytes], list[bytes], list[bytes]] = ([], [], [])
         for topic, _key, value in outputs:
-            files[topic].write(line(value))
+            chunks[topic].append(line(value))
+        for f, chunk in zip(self.files, chunks, strict=True):
+            if chunk:
+                f.write(b"".join(chunk))
 
     def close(self) -> None:
         for f in self.files:
@@ -95,7 +99,7 @@ def run(
             if heap and heap[0][0] <= engine.watermark:
                 expire()
             # Write while the record's objects are still warm in the CPU cache.
-            if len(engine.out) >= 64:
+            if len(engine.out) >= 8:
                 sink.write(engine.take_output())
     if keep_open:
         engine.expire()
