@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import heapq
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .config import AppRules, EngineConfig
@@ -209,11 +209,6 @@ class Engine:
 
     def open_sessions(self) -> int:
         return sum(1 for st in self.keys.values() if st.open is not None and st.open.status == OPEN)
-
-    def iter_open(self) -> Iterator[tuple[KeyState, Session]]:
-        for st in self.keys.values():
-            if st.open is not None and st.open.status == OPEN:
-                yield st, st.open
 
     def rules(self, app: str) -> AppRules:
         r = self._rules.get(app)
