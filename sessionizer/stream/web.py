@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.partitioner import DefaultPartitioner  # type: ignore[import-untyped]
 from faust.web import Request, Response, View
 from prometheus_client.exposition import choose_encoder
 from yarl import URL

@@ -326,6 +326,10 @@ def build_app(settings: Any, *, web: bool = True) -> faust.App:
         offsets = {}
         for tp in app.consumer.assignment():
             if tp.topic == name:
+                # Build the engine now, not at the first batch: a partition taken
+                # over with no new input must still close sessions as time passes (R22).
+                pipe.drop([tp.partition])  # keeps its counts in the metrics
+                pipe.runner(tp.partition)
                 raw = table.data.get(pipe._key(tp.partition, "\x00marker"))
                 if raw is not None:
                     offsets[tp] = codec.loads(raw)["offset"] + 1

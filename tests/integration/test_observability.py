@@ -1,0 +1,271 @@
+"""The worker's web port: /health, /metrics (Prometheus) and /sessions/{app}/{device}."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from harness import Names, WorkerProc, device_key, produce
+from prometheus_client.parser import text_string_to_metric_families
+
+from sessionizer import codec
+from sessionizer.stream.web import device_partition
+from sessionizer.testing import MIN, T0, batch, custom, launch, opt_out, run, screen, set_attr
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
+
+PARTITIONS = 4
+APP = "com.example.shop"
+
+
+def _names() -> Names:
+    return Names(f"obs-{uuid.uuid4().hex[:8]}")
+
+
+async def _get(port: int, path: str) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as s,
+        s.get(f"http://127.0.0.1:{port}{path}") as r,
+    ):
+        body = await r.text()
+        return r.status, codec.loads(body) if "json" in r.content_type else body
+
+
+async def _until(probe: Any, what: str, timeout: float = 90.0) -> Any:
+    """Polls ``probe()`` until it returns a truthy value, or fails after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = await probe()
+        except aiohttp.ClientError as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"{what} not reached in {timeout}s; last: {last!r}")
+
+
+async def _healthy(port: int, timeout: float = 120.0) -> dict[str, Any]:
+    async def probe() -> Any:
+        status, body = await _get(port, "/health")
+        return body if status == 200 and body["ready"] else None
+
+    return await _until(probe, f"/health on :{port} ready", timeout)  # type: ignore[no-any-return]
+
+
+def _scrape(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def _records() -> tuple[list[bytes], str, str]:
+    dev, gone = "obs-device-1", "obs-device-gone"
+    recs = [
+        batch(dev, launch(T0), screen(T0 + 1000), set_attr(T0 + 2000, "tier", "gold")),
+        batch(dev, screen(T0 + 3000, "Cart"), custom(T0 + 4000)),
+        batch(gone, launch(T0), screen(T0 + 500)),
+        batch(gone, opt_out(T0 + 1000), custom(T0 + 1500)),
+        batch("obs-device-2", custom(T0 + 100), custom(5)),  # bad_timestamp
+        batch(None, custom(T0), mpid=None),  # missing_identity
+    ]
+    return [*(codec.dumps(r) for r in recs), b"{not json"], dev, gone
+
+
+async def test_health_metrics_and_session_lookup(broker: Any, tmp_path: Path) -> None:
+    names = _names()
+    w = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS)
+    w.start()
+    try:
+        await w.wait_ready()
+        health = await _healthy(w.web_port)
+        assert health["partitions"] == list(range(PARTITIONS))
+        assert isinstance(health["lag"], int)
+
+        recs, dev, gone = _records()
+        want = run(recs, keep_open=True)
+        c = want.counts
+        # Expected watermark of each partition: the same engine over its records.
+        by_part: dict[int, list[bytes]] = {}
+        for v in recs:
+            k = device_key(v)
+            if k is not None:
+                by_part.setdefault(device_partition(k, PARTITIONS), []).append(v)
+        wms = {p: run(vs, keep_open=True).engine.watermark for p, vs in by_part.items()}
+        produced_at = time.monotonic()
+        await produce(broker.bootstrap, names.topics["raw_events"], recs)
+
+        async def scraped() -> Any:
+            status, text = await _get(w.web_port, "/metrics")
+            m = _scrape(text) if status == 200 else {}
+            return m if m.get(("sessionizer_records_in_total", ())) == len(recs) else None
+
+        m = await _until(scraped, "all records counted in /metrics")
+        elapsed_ms = (time.monotonic() - produced_at) * 1000
+
+        def val(name: str, **labels: str) -> float:
+            return m[(name, tuple(sorted(labels.items())))]
+
+        assert c.balanced()
+        assert val("sessionizer_events_in_total") == c.events_in == 11
+        assert val("sessionizer_events_forwarded_total") == c.events_forwarded
+        assert val("sessionizer_events_control_total") == c.events_control >= 2
+        assert val("sessionizer_events_opted_out_total") == c.events_opted_out == 1
+        assert val("sessionizer_events_dead_lettered_total") == c.events_dead_lettered
+        assert val("sessionizer_records_dead_lettered_total") == c.records_dead_lettered == 2
+        for reason, n in c.dead_by_reason.items():
+            assert val("sessionizer_dead_letters_total", reason=reason) == n, reason
+        assert val("sessionizer_dead_letters_total", reason="bad_timestamp") == 1
+        assert val("sessionizer_sessions_started_total") == c.sessions_started == 3
+        for reason, n in c.sessions_ended.items():
+            assert val("sessionizer_sessions_ended_total", reason=reason) == n, reason
+        assert val("sessionizer_sessions_ended_total", reason="opt_out") == 1
+        opened = sum(val("sessionizer_open_sessions", partition=str(p)) for p in wms)
+        assert opened == want.engine.open_sessions() == 2
+        for p, wm in wms.items():
+            got = val("sessionizer_watermark_ms", partition=str(p))
+            # R22: an idle partition's watermark moves on with the wall clock.
+            assert wm <= got <= wm + elapsed_ms + 60_000, (p, got, wm)
+            assert val("sessionizer_applied_offset", partition=str(p)) >= 0
+            assert val("sessionizer_consumer_lag", partition=str(p)) >= 0
+        assert val("sessionizer_batch_seconds_count") >= 1
+        assert val("sessionizer_ready") == 1
+
+        status, body = await _get(w.web_port, f"/sessions/{APP}/{dev}")
+        assert status == 200, body
+        st = want.engine.keys[f"{APP}/{dev}"]
+        assert st.open is not None
+        s = body["open_session"]
+        assert body["opted_out"] is False and body["session_count"] == 1
+        assert s["status"] == "open" and s["session_uuid"] == st.open.uuid
+        assert s["event_count"] == st.open.events
+        assert s["screen_view_count"] == st.open.screens == 2
+        assert s["session_attributes"] == {"tier": "gold"}
+        assert s["start_unixtime_ms"] == T0 and s["end_unixtime_ms"] == T0 + 4000
+        assert s["revision"] is None and body["last_session"] is None
+
+        # R18: an opted-out key shows nothing but the flag.
+        assert await _get(w.web_port, f"/sessions/{APP}/{gone}") == (200, {"opted_out": True})
+        status, body = await _get(w.web_port, f"/sessions/{APP}/no-such-device")
+        assert status == 404, body
+        status, _ = await _get(w.web_port, f"/sessions/other.app/{dev}")
+        assert status == 404
+
+        status, health = await _get(w.web_port, "/health")
+        assert status == 200 and health["ready"] is True
+    finally:
+        assert w.terminate() == 0, w.log()[-3000:]
+
+
+async def test_session_lookup_is_routed_to_the_owning_worker(broker: Any, tmp_path: Path) -> None:
+    names = _names()
+    # One device per partition, so that each worker owns some of them.
+    devices: dict[int, str] = {}
+    i = 0
+    while len(devices) < PARTITIONS:
+        d = f"route-{i}"
+        devices.setdefault(device_partition(d.encode(), PARTITIONS), d)
+        i += 1
+    a = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, tag="a")
+    b = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, tag="b")
+    a.start()
+    b.start()
+    try:
+        await asyncio.gather(a.wait_ready(), b.wait_ready())
+
+        async def split() -> Any:
+            # Both ready and the partitions shared out: the group has settled.
+            ha, hb = await asyncio.gather(_get(a.web_port, "/health"), _get(b.web_port, "/health"))
+            if ha[0] != 200 or hb[0] != 200:
+                return None
+            pa, pb = set(ha[1]["partitions"]), set(hb[1]["partitions"])
+            ok = pa and pb and not pa & pb and pa | pb == set(range(PARTITIONS))
+            return (ha[1], hb[1]) if ok else None
+
+        ha, hb = await _until(split, "partitions shared by both workers", 150)
+        owner = {p: ha["url"] for p in ha["partitions"]} | {p: hb["url"] for p in hb["partitions"]}
+        recs = [
+            codec.dumps(batch(d, launch(T0), screen(T0 + 1000), set_attr(T0 + 2000, "n", p)))
+            for p, d in devices.items()
+        ]
+        await produce(broker.bootstrap, names.topics["raw_events"], recs)
+
+        async def all_known() -> Any:
+            for d in devices.values():
+                status, _ = await _get(a.web_port, f"/sessions/{APP}/{d}")
+                if status != 200:
+                    return None
+            return True
+
+        await _until(all_known, "every device's session known", 60)
+        for p, d in devices.items():
+            bodies = []
+            for w in (a, b):
+                status, body = await _get(w.web_port, f"/sessions/{APP}/{d}")
+                assert status == 200, (w.web_port, d, body)
+                bodies.append(body)
+            assert bodies[0] == bodies[1]  # the same answer, from the owner
+            body = bodies[0]
+            assert body["served_by"] == owner[p] and body["partition"] == p
+            assert body["open_session"]["session_attributes"] == {"n": p}
+            assert body["open_session"]["screen_view_count"] == 1
+        # Unknown keys are 404 on either worker, wherever they would live.
+        for w in (a, b):
+            for i in range(PARTITIONS * 2):
+                status, _ = await _get(w.web_port, f"/sessions/{APP}/nobody-{i}")
+                assert status == 404
+        # Each worker counted only what it processed; together, everything.
+        totals = []
+        for w in (a, b):
+            _, text = await _get(w.web_port, "/metrics")
+            totals.append(_scrape(text)[("sessionizer_sessions_started_total", ())])
+        assert sum(totals) == PARTITIONS and all(t >= 1 for t in totals)
+    finally:
+        a.terminate()
+        b.terminate()
+
+
+async def test_counters_survive_a_rebalance(broker: Any, tmp_path: Path) -> None:
+    """An engine is rebuilt when its partition moves; the worker's counters never go down."""
+    names = _names()
+    a = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, tag="a")
+    a.start()
+    b = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, tag="b")
+    try:
+        await a.wait_ready()
+        await _healthy(a.web_port)
+        recs = [codec.dumps(batch(f"keep-{i}", launch(T0), screen(T0 + MIN))) for i in range(16)]
+        await produce(broker.bootstrap, names.topics["raw_events"], recs)
+
+        async def counted() -> Any:
+            _, text = await _get(a.web_port, "/metrics")
+            m = _scrape(text)
+            return m if m.get(("sessionizer_events_in_total", ())) == 2 * len(recs) else None
+
+        before = await _until(counted, "worker a counted every event")
+        b.start()  # a loses some partitions: their engines are dropped
+        await b.wait_ready()
+
+        async def shared() -> Any:
+            status, h = await _get(a.web_port, "/health")
+            return h if status == 200 and len(h["partitions"]) < PARTITIONS else None
+
+        await _until(shared, "worker a gives partitions to b", 150)
+        _, text = await _get(a.web_port, "/metrics")
+        after = _scrape(text)
+        for key, value in before.items():
+            if key[0].endswith("_total"):
+                assert after[key] >= value, key
+        assert after[("sessionizer_sessions_started_total", ())] == len(recs)
+    finally:
+        a.terminate()
+        b.terminate()
