@@ -55,6 +55,10 @@ def add_counts(into: dict[str, Any], counts: dict[str, Any]) -> None:
             into[name] = into.get(name, 0) + value
 
 
+# Seconds: from one-event sessions to a long day.
+SESSION_BUCKETS = (0, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 43200, 86400)
+
+
 @dataclass
 class PartitionStats:
     partition: int
@@ -74,6 +78,12 @@ class Metrics:
             "sessionizer_batch_seconds",
             "Processing time of one batch of records, outputs and state writes included.",
             buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.session_seconds = Histogram(
+            "sessionizer_session_duration_seconds",
+            "Duration of sessions at their first close (revision 0).",
+            buckets=SESSION_BUCKETS,
             registry=self.registry,
         )
         self.retired: dict[str, Any] = {}

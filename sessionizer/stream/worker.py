@@ -22,7 +22,7 @@ from faust.types import EventT
 
 from .. import codec
 from ..core.engine import Engine
-from ..core.model import DEAD_LETTERS
+from ..core.model import DEAD_LETTERS, SESSIONS
 from ..offline import tune_gc
 from .kafka import ControlReader
 from .metrics import Metrics
@@ -228,6 +228,11 @@ class Pipeline:
         topics = self.out_topics
         dumps = codec.dumps
         send = self.sender().send
+        out = eng.take_output()
+        observe = self.metrics.session_seconds.observe
+        for topic, _key, value in out:
+            if topic == SESSIONS and value["record"] == "session_end" and not value["revision"]:
+                observe(value["session_duration_ms"] / 1000)
         # Dead letters keep the source record's key bytes; other keys are text.
         await send(
             [
@@ -237,7 +242,7 @@ class Pipeline:
                     dumps(value),
                     None,
                 )
-                for topic, key, value in eng.take_output()
+                for topic, key, value in out
             ]
         )
         # Outputs are acknowledged: now the state may say they were applied.

@@ -138,6 +138,9 @@ async def test_health_metrics_and_session_lookup(broker: Any, tmp_path: Path) ->
             assert val("sessionizer_applied_offset", partition=str(p)) >= 0
             assert val("sessionizer_consumer_lag", partition=str(p)) >= 0
         assert val("sessionizer_batch_seconds_count") >= 1
+        # One duration per session closed so far (the opted-out one, at least).
+        closed = sum(want.counts.sessions_ended.values())
+        assert val("sessionizer_session_duration_seconds_count") == closed >= 1
         assert val("sessionizer_ready") == 1
 
         status, body = await _get(w.web_port, f"/sessions/{APP}/{dev}")
