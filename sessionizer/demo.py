@@ -426,23 +426,16 @@ class OutputReader:
         self.consumer: Any = None
 
     async def start(self) -> None:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka import AIOKafkaConsumer
 
-        from .stream.kafka import client_options
+        from .stream.kafka import client_options, topic_partitions
 
         c = AIOKafkaConsumer(**client_options(self.settings), enable_auto_commit=False)
         await c.start()
         self.consumer = c
         tps = []
         for topic in self.kinds:
-            parts = c.partitions_for_topic(topic)
-            for _ in range(50):
-                if parts:
-                    break
-                await asyncio.sleep(0.1)
-                await c._client.force_metadata_update()
-                parts = c.partitions_for_topic(topic)
-            tps += [TopicPartition(topic, p) for p in sorted(parts or ())]
+            tps += await topic_partitions(c, topic)
         c.assign(tps)
         # Only this run's outputs: an existing broker may hold older ones.
         for tp, offset in (await c.end_offsets(tps)).items():

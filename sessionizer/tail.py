@@ -310,10 +310,10 @@ async def tail(
     stop: asyncio.Event | None = None,
 ) -> int:
     """Follows the topic of ``kind``; returns how many records it printed."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import AIOKafkaConsumer
     from aiokafka.errors import KafkaError
 
-    from .stream.kafka import client_options
+    from .stream.kafka import client_options, topic_partitions
 
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
@@ -336,16 +336,9 @@ async def tail(
         raise TailError(f"cannot reach the broker {settings.broker_url}: {detail}") from exc
     printed = 0
     try:
-        parts = consumer.partitions_for_topic(topic)
-        for _ in range(30):
-            if parts:
-                break
-            await asyncio.sleep(0.1)
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic)
-        if not parts:
+        tps = await topic_partitions(consumer, topic, tries=30)
+        if not tps:
             raise TailError(f"topic {topic} does not exist on {settings.broker_url}")
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         if from_beginning:
             await consumer.seek_to_beginning(*tps)

@@ -20,24 +20,12 @@ log = logging.getLogger(__name__)
 
 def client_options(settings: Any) -> dict[str, Any]:
     """aiokafka connection options (bootstrap + security) from settings."""
+    from .security import aiokafka_options
+
     opts: dict[str, Any] = {"bootstrap_servers": ",".join(settings.broker_hosts)}
     sec = getattr(settings, "security", None)
-    if sec is not None and sec.protocol != "PLAINTEXT":
-        opts["security_protocol"] = sec.protocol
-        if sec.protocol in ("SSL", "SASL_SSL"):
-            from aiokafka.helpers import create_ssl_context
-
-            opts["ssl_context"] = create_ssl_context(
-                cafile=str(sec.ssl_cafile) if sec.ssl_cafile else None,
-                certfile=str(sec.ssl_certfile) if sec.ssl_certfile else None,
-                keyfile=str(sec.ssl_keyfile) if sec.ssl_keyfile else None,
-            )
-        if sec.protocol.startswith("SASL"):
-            opts["sasl_mechanism"] = sec.sasl_mechanism
-            opts["sasl_plain_username"] = sec.sasl_username
-            opts["sasl_plain_password"] = (
-                sec.sasl_password.reveal() if sec.sasl_password is not None else None
-            )
+    if sec is not None:
+        opts.update(aiokafka_options(sec))
     return opts
 
 
@@ -90,6 +78,20 @@ async def ensure_topics(
     return created
 
 
+async def topic_partitions(
+    consumer: AIOKafkaConsumer, topic: str, *, tries: int = 50
+) -> list[TopicPartition]:
+    """The topic's partitions; a new topic's metadata can take a moment to appear."""
+    parts = consumer.partitions_for_topic(topic)
+    for _ in range(tries):
+        if parts:
+            break
+        await asyncio.sleep(0.1)
+        await consumer._client.force_metadata_update()
+        parts = consumer.partitions_for_topic(topic)
+    return [TopicPartition(topic, p) for p in sorted(parts or ())]
+
+
 class ControlReader:
     """R19: every worker reads the whole compacted opt-out-control topic (a global table).
 
@@ -112,14 +114,7 @@ class ControlReader:
             auto_offset_reset="earliest",
         )
         await c.start()
-        parts = c.partitions_for_topic(topic)
-        for _ in range(50):
-            if parts:
-                break
-            await asyncio.sleep(0.1)
-            await c._client.force_metadata_update()
-            parts = c.partitions_for_topic(topic)
-        tps = [TopicPartition(topic, p) for p in sorted(parts or ())]
+        tps = await topic_partitions(c, topic)
         c.assign(tps)
         await c.seek_to_beginning(*tps)
         ends = await c.end_offsets(tps) if tps else {}
