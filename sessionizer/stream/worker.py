@@ -277,11 +277,17 @@ def build_app(settings: Any, *, web: bool = True) -> faust.App:
     from ..broker import FAUST_TUNING, install_leave_group_fix
 
     install_leave_group_fix()
+    from .security import faust_credentials, redact_logs
+
+    sec = settings.security
+    if sec.sasl_password is not None:
+        redact_logs(sec.sasl_password.reveal())  # never in any log line, whoever logs
 
     store = "memory://" if settings.store == "memory" else "rocksdb://"
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{h}" for h in settings.broker_hosts],
+        broker_credentials=faust_credentials(sec),
         store=store,
         datadir=str(settings.data_dir),
         topic_partitions=settings.partitions,
