@@ -23,6 +23,27 @@ def _settings(config: str | None, **overrides: Any) -> Any:
         sys.exit(EXIT_CONFIG)
 
 
+def _worker_unsupported(settings: Any) -> str | None:
+    """Settings the model accepts but this worker cannot honour: one line, at start-up."""
+    if settings.processing_guarantee == "exactly_once":
+        # Outputs go out as plain record batches and the state marker makes
+        # replays exact; Kafka transactions are not wired in (docs/decisions.md).
+        return (
+            "invalid setting processing_guarantee (SESSIONIZER_PROCESSING_GUARANTEE): "
+            "exactly_once is not supported yet; use at_least_once (outputs are "
+            "deterministic, so duplicates after a crash are identical)"
+        )
+    if settings.store == "rocksdb":
+        try:
+            import rocksdict  # type: ignore[import-not-found]  # noqa: F401
+        except ImportError:
+            return (
+                "invalid setting store (SESSIONIZER_STORE): rocksdb needs the rocksdict "
+                "package (pip install 'faust-streaming[rocksdict]'); or use memory"
+            )
+    return None
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sessionizer")
 def main() -> None:
@@ -87,6 +108,10 @@ def worker(
     settings = _settings(
         config, broker_url=broker_url, web_port=web_port, data_dir=data_dir, app_id=app_id
     )
+    problem = _worker_unsupported(settings)
+    if problem:
+        click.echo(f"sessionizer: {problem}", err=True)
+        sys.exit(EXIT_CONFIG)
     try:
         created = asyncio.run(ensure_topics(settings))
     except Exception as exc:
