@@ -324,14 +324,17 @@ def build_app(settings: Any, *, web: bool = True) -> faust.App:
     )
     pipe = Pipeline(app, settings, table, source)
 
-    @table.on_recover
-    async def resume_after_markers() -> None:
-        """Resume each recovered partition right after its marker.
+    @app.on_rebalance_complete.connect
+    async def resume_after_markers(app: faust.App, **kwargs: Any) -> None:
+        """Resume each assigned partition right after its marker.
 
-        Whatever offset Faust committed may be ahead of the recovered state (and
-        records at or below a key's own last applied position are skipped), so
-        the group's committed offset is set to the marker + 1 before the streams
-        seek to it; nothing is lost and nothing applied twice.
+        Runs after the table is recovered and before the streams seek to the
+        committed offsets (on every rebalance, whether or not anything was
+        recovered). Faust's committed offset may be ahead of the recovered state:
+        a stopping worker acks the batch it was cancelled in. So the committed
+        offset is set to the marker + 1 — or to the start when no state was ever
+        written — and nothing is lost; records at or below a key's own applied
+        position are skipped, so nothing is applied twice.
         """
         name = engine_input.get_topic_name()
         offsets = {}
@@ -340,10 +343,7 @@ def build_app(settings: Any, *, web: bool = True) -> faust.App:
                 # Build the engine now, not at the first batch: a partition taken
                 # over with no new input must still close sessions as time passes (R22).
                 pipe.drop([tp.partition])  # keeps its counts in the metrics
-                pipe.runner(tp.partition)
-                raw = table.data.get(pipe._key(tp.partition, "\x00marker"))
-                if raw is not None:
-                    offsets[tp] = codec.loads(raw)["offset"] + 1
+                offsets[tp] = pipe.runner(tp.partition).applied + 1
         if offsets:
             # Faust's own commit path to its consumer thread; it commits exactly these.
             await app.consumer._commit(offsets)
