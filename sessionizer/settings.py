@@ -192,21 +192,27 @@ def _quote(text: str) -> str:
     return text if text and re.fullmatch(r"[\w./:@+-]+", text) else json.dumps(text)
 
 
-def parse_duration_ms(raw: object) -> int | None:
-    """Integer milliseconds, or a string such as "100ms", "10s", "30m", "2h", "1.5h", "30d".
-
-    Returns None when ``raw`` is not a duration (negative numbers are not).
-    """
+def _amount(raw: object, pattern: re.Pattern[str]) -> int | tuple[str, str | None] | None:
+    """An int as it is, (number, unit) of a matching string, or None."""
     if isinstance(raw, bool):
         return None
     if isinstance(raw, int):
         return raw
     if not isinstance(raw, str):
         return None
-    m = _DURATION_RE.fullmatch(raw.strip())
-    if m is None:
-        return None
-    number, unit = m.groups()
+    m = pattern.fullmatch(raw.strip())
+    return None if m is None else (m.group(1), m.group(2))
+
+
+def parse_duration_ms(raw: object) -> int | None:
+    """Integer milliseconds, or a string such as "100ms", "10s", "30m", "2h", "1.5h", "30d".
+
+    Returns None when ``raw`` is not a duration (negative numbers are not).
+    """
+    amount = _amount(raw, _DURATION_RE)
+    if not isinstance(amount, tuple):
+        return amount
+    number, unit = amount
     if unit is None and "." in number:
         return None
     ms = Fraction(number) * _DURATION_UNITS[(unit or "ms").lower()]
@@ -215,16 +221,10 @@ def parse_duration_ms(raw: object) -> int | None:
 
 def parse_size_bytes(raw: object) -> int | None:
     """Integer bytes, or a string such as "512KiB", "1MiB" (units B, KiB, MiB, GiB)."""
-    if isinstance(raw, bool):
-        return None
-    if isinstance(raw, int):
-        return raw
-    if not isinstance(raw, str):
-        return None
-    m = _SIZE_RE.fullmatch(raw.strip())
-    if m is None:
-        return None
-    number, unit = m.groups()
+    amount = _amount(raw, _SIZE_RE)
+    if not isinstance(amount, tuple):
+        return amount
+    number, unit = amount
     return int(number) * _SIZE_UNITS[(unit or "b").lower()]
 
 
