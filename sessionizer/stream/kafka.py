@@ -137,6 +137,16 @@ class ControlReader:
             if not pending and not self.ready.is_set():
                 self.ready.set()
 
+    def failure(self) -> str | None:
+        """Why the reader stopped, if it did (it runs until the worker stops)."""
+        t = self._task
+        if t is None or not t.done():
+            return None
+        if t.cancelled():
+            return "cancelled"
+        exc = t.exception()
+        return "stopped" if exc is None else f"{type(exc).__name__}: {exc}"
+
     def apply(self, key: bytes | None, value: bytes | None) -> None:
         if key is None:
             return

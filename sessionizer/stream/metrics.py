@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from faust.types import TP
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -84,6 +84,11 @@ class Metrics:
             "sessionizer_session_duration_seconds",
             "Duration of sessions at their first close (revision 0).",
             buckets=SESSION_BUCKETS,
+            registry=self.registry,
+        )
+        self.gap_records = Counter(
+            "sessionizer_gap_records",
+            "Source records the stream skipped and the worker read from the broker itself.",
             registry=self.registry,
         )
         self.retired: dict[str, Any] = {}

@@ -18,19 +18,22 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import EventT
 
 from .. import codec
 from ..core.engine import Engine
 from ..core.model import DEAD_LETTERS, SESSIONS
 from ..offline import tune_gc
-from .kafka import ControlReader
+from .kafka import ControlReader, client_options
 from .metrics import Metrics
 from .sender import BatchSender
 
 log = logging.getLogger("sessionizer.worker")
 
-MARKER = b"\x00marker"
+# The changelog key of a partition's "applied through offset X" marker.
+MARKER_NAME = "\x00marker"
+MARKER = MARKER_NAME.encode()
 
 
 def wall_ms() -> int:
@@ -70,7 +73,17 @@ def device_key(value: bytes) -> bytes | None:
 class PartitionRunner:
     """The engine of one source partition and what the worker knows about it."""
 
-    __slots__ = ("applied", "engine", "last_rx_wall", "lock", "partition", "src", "wm_at_rx")
+    __slots__ = (
+        "applied",
+        "closed",
+        "engine",
+        "last_rx_wall",
+        "lock",
+        "partition",
+        "progress_wall",
+        "src",
+        "wm_at_rx",
+    )
 
     def __init__(
         self, partition: int, engine: Engine, applied: int, src: dict[int, int] | None = None
@@ -82,8 +95,60 @@ class PartitionRunner:
         # router that re-sends after a crash cannot apply a record twice.
         self.src: dict[int, int] = src or {}
         self.lock = asyncio.Lock()
-        self.last_rx_wall = wall_ms()
+        self.closed = False  # revoked: its partition belongs to the next owner now
+        self.last_rx_wall = self.progress_wall = wall_ms()
         self.wm_at_rx = engine.watermark
+
+
+# (offset, key, value, timestamp ms, headers) of one source record.
+Rec = tuple[int, bytes | None, bytes | None, int | None, Any]
+
+
+class GapReader:
+    """Reads source records the stream did not deliver, straight from the broker.
+
+    The state, not the group's committed offset, says where a partition resumes:
+    whatever offset the consumer starts from after a crash or a rebalance, a
+    batch that begins past ``applied + 1`` is completed from here first, so no
+    record is ever skipped. A real gap (transaction markers, compaction) reads
+    nothing and costs one fetch.
+    """
+
+    def __init__(self, settings: Any, topic: str) -> None:
+        self.settings = settings
+        self.topic = topic
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def read(self, partition: int, start: int, end: int) -> list[Rec]:
+        """The records with offsets in [start, end); a record at ``end`` exists."""
+        c = self._consumer
+        if c is None:
+            c = AIOKafkaConsumer(
+                **client_options(self.settings),
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_partition_fetch_bytes=8 << 20,
+            )
+            await c.start()
+            self._consumer = c
+        tp = TopicPartition(self.topic, partition)
+        c.assign([tp])
+        c.seek(tp, start)
+        out: list[Rec] = []
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline:
+            got = await c.getmany(tp, timeout_ms=500, max_records=10_000)
+            for m in got.get(tp, ()):
+                if m.offset >= end:
+                    return out
+                if m.offset >= start:
+                    out.append((m.offset, m.key, m.value, m.timestamp, m.headers))
+        raise RuntimeError(f"partition {partition}: could not read offsets {start}..{end - 1}")
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
 
 
 class Pipeline:
@@ -99,13 +164,18 @@ class Pipeline:
         self.control: dict[str, bool] = {}
         self.control_reader = ControlReader(settings, self.control)
         self.runners: dict[int, PartitionRunner] = {}
+        # Engine partitions of the current assignment; empty while rebalancing.
+        self.assigned: set[int] = set()
         self.live = True  # R22 wall-clock advancement; replay turns it off
         self.repartitioned = bool(settings.repartition)
         self.raw_topic = settings.topics.raw_events
+        self.input_topic = self.raw_topic
+        self.gaps: GapReader | None = None
         self.batches = 0
         self.last_batch_ms = 0.0
         self.shutdown_task: asyncio.Future[None] | None = None
         self.metrics = Metrics()
+        self.agent_failure: str | None = None  # why the engine agent stopped, if it did
         self._sender: BatchSender | None = None
 
     # ------------------------------------------------------------ state
@@ -118,9 +188,18 @@ class Pipeline:
         eng.control = self.control
         return eng
 
-    def runner(self, partition: int) -> PartitionRunner:
+    def marker(self, partition: int) -> dict[str, Any] | None:
+        raw = self.table.data.get(self._key(partition, MARKER_NAME))
+        return None if raw is None else codec.loads(raw)
+
+    def runner(self, partition: int) -> PartitionRunner | None:
+        """The partition's runner; built from the recovered table once it is safe to read.
+
+        None while the partition is not ours or a rebalance (and its table
+        recovery) is under way: the table may not hold the latest state yet.
+        """
         r = self.runners.get(partition)
-        if r is None:
+        if r is None and partition in self.assigned and not self.app.rebalancing:
             r = self.runners[partition] = self._rebuild(partition)
         return r
 
@@ -153,11 +232,26 @@ class Pipeline:
         )
         return PartitionRunner(partition, eng, applied, src)
 
+    async def assign(self, partitions: set[int]) -> None:
+        """The group's new assignment, after its table recovery; runners come lazily."""
+        self.assigned = set(partitions)
+
+    async def revoke(self, partitions: Sequence[int]) -> None:
+        """Stops the partitions' runners: an in-flight batch finishes first, none starts."""
+        self.assigned.difference_update(partitions)
+        for p in partitions:
+            r = self.runners.pop(p, None)
+            if r is not None:
+                async with r.lock:
+                    r.closed = True
+                self.metrics.retire(r.engine.counts)  # counters never go down
+
     def drop(self, partitions: Sequence[int]) -> None:
         for p in partitions:
             r = self.runners.pop(p, None)
             if r is not None:
-                self.metrics.retire(r.engine.counts)  # counters never go down
+                r.closed = True
+                self.metrics.retire(r.engine.counts)
 
     # ------------------------------------------------------------ batches
 
@@ -165,41 +259,83 @@ class Pipeline:
         if not events:
             return
         started = time.perf_counter()
-        p = events[0].message.partition
-        r = self.runner(p)
-        async with r.lock:
-            eng = r.engine
-            now = wall_ms()
-            applied = r.applied
-            process = eng.process_record
-            first = events[0].message.offset
-            if first > applied + 1:
-                log.warning("partition %d: input jumps from offset %d to %d", p, applied, first)
-            for ev in events:
-                m = ev.message
-                if m.offset <= applied:
-                    continue  # already in the recovered state
-                applied = m.offset
-                if self.repartitioned:
-                    origin = _origin(m.headers)
-                    if origin is not None:
-                        q, off, ts = origin
-                        if off <= r.src.get(q, -1):
-                            continue  # the router sent it twice
-                        r.src[q] = off
-                        process(m.value, m.key, self.raw_topic, q, off, ts, now, m.offset)
-                        continue
-                ts = _record_ts_ms(m.timestamp)
-                process(m.value, m.key, m.topic, p, m.offset, ts, now, m.offset)
-            r.applied = applied
-            r.last_rx_wall = now
-            r.wm_at_rx = eng.watermark
-            eng.expire()
-            await self._publish(r)
+        by_partition: dict[int, list[Any]] = {}
+        for ev in events:
+            m = ev.message
+            msgs = by_partition.get(m.partition)
+            if msgs is None:
+                msgs = by_partition[m.partition] = []
+            msgs.append(m)
+        for p, msgs in by_partition.items():
+            r = self.runner(p)
+            if r is None:
+                continue  # not ours (any more): its owner resumes from the state
+            async with r.lock:
+                if not r.closed:
+                    await self._apply(r, msgs)
         self.batches += 1
         elapsed = time.perf_counter() - started
         self.last_batch_ms = elapsed * 1000
         self.metrics.batch_seconds.observe(elapsed)
+
+    async def _apply(self, r: PartitionRunner, msgs: list[Any]) -> None:
+        eng = r.engine
+        now = wall_ms()
+        nxt = r.applied + 1
+        for m in msgs:
+            off = m.offset
+            if off < nxt:
+                continue  # already in the state
+            if off > nxt:
+                await self._fill_gap(r, nxt, off, now)
+            self._one(r, off, m.key, m.value, _record_ts_ms(m.timestamp), m.headers, now)
+            nxt = off + 1
+        if nxt - 1 == r.applied:
+            return  # nothing new
+        r.applied = nxt - 1
+        r.last_rx_wall = r.progress_wall = now
+        r.wm_at_rx = eng.watermark
+        eng.expire()
+        await self._publish(r)
+
+    async def _fill_gap(self, r: PartitionRunner, start: int, end: int, now: int) -> None:
+        if self.gaps is None:
+            self.gaps = GapReader(self.settings, self.input_topic)
+        recs = await self.gaps.read(r.partition, start, end)
+        log.warning(
+            "partition %d: the stream resumed at offset %d, the state at %d: "
+            "read %d missing records from the broker",
+            r.partition,
+            end,
+            start,
+            len(recs),
+        )
+        self.metrics.gap_records.inc(len(recs))
+        for off, key, value, ts, headers in recs:
+            self._one(r, off, key, value, ts, headers, now)
+
+    def _one(
+        self,
+        r: PartitionRunner,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        ts: int | None,
+        headers: Any,
+        now: int,
+    ) -> None:
+        if value is None:
+            value = b""  # a tombstone on the input is not JSON: a dead letter
+        if self.repartitioned:
+            origin = _origin(headers)
+            if origin is not None:
+                q, off, raw_ts = origin
+                if off <= r.src.get(q, -1):
+                    return  # the router sent it twice
+                r.src[q] = off
+                r.engine.process_record(value, key, self.raw_topic, q, off, raw_ts, now, offset)
+                return
+        r.engine.process_record(value, key, self.input_topic, r.partition, offset, ts, now, offset)
 
     async def tick(self) -> None:
         """R22: a partition idle for idle_timeout moves its watermark by wall-clock time."""
@@ -207,15 +343,45 @@ class Pipeline:
             return
         now = wall_ms()
         idle = self.settings.idle_timeout_ms
+        for p in sorted(self.assigned):
+            self.runner(p)  # a partition taken over with no new input still expires
         for r in list(self.runners.values()):
             if r.wm_at_rx <= 0 or now - r.last_rx_wall < idle:
                 continue
             async with r.lock:
+                if r.closed:
+                    continue
                 target = r.wm_at_rx + (now - r.last_rx_wall)
                 if target > r.engine.watermark:
                     r.engine.advance_watermark(target)
                     r.engine.expire()
                     await self._publish(r)
+
+    async def stop(self) -> None:
+        await self.control_reader.stop()
+        if self.gaps is not None:
+            await self.gaps.stop()
+
+    def problems(self, lag: Mapping[int, int | None]) -> list[str]:
+        """Why this worker is not healthy (empty when it is): progress, not liveness."""
+        out = []
+        if self.agent_failure is not None:
+            out.append(f"engine agent stopped: {self.agent_failure}")
+        failure = self.control_reader.failure()
+        if failure is not None:
+            out.append(f"opt-out control reader stopped: {failure}")
+        elif not self.control_reader.ready.is_set():
+            out.append("opt-out control topic not read yet")
+        now = wall_ms()
+        stall = self.settings.stall_timeout_ms
+        for p, r in sorted(self.runners.items()):
+            behind = lag.get(p)
+            if behind and now - r.progress_wall > stall:
+                out.append(
+                    f"partition {p}: {behind} records behind and no progress "
+                    f"for {(now - r.progress_wall) // 1000} s"
+                )
+        return out
 
     def sender(self) -> BatchSender:
         if self._sender is None:
@@ -267,7 +433,7 @@ class Pipeline:
         if r.src:
             marker_value["src"] = {str(q): o for q, o in r.src.items()}
         marker = dumps(marker_value)
-        mkey = self._key(p, "\x00marker")
+        mkey = self._key(p, MARKER_NAME)
         data[mkey] = marker
         await send([(changelog, mkey, marker, p)])
 
@@ -326,24 +492,20 @@ def build_app(settings: Any, *, web: bool = True) -> faust.App:
 
     @app.on_rebalance_complete.connect
     async def resume_after_markers(app: faust.App, **kwargs: Any) -> None:
-        """Resume each assigned partition right after its marker.
+        """Hands the new assignment to the pipeline and points the group at the state.
 
         Runs after the table is recovered and before the streams seek to the
-        committed offsets (on every rebalance, whether or not anything was
-        recovered). Faust's committed offset may be ahead of the recovered state:
-        a stopping worker acks the batch it was cancelled in. So the committed
-        offset is set to the marker + 1 — or to the start when no state was ever
-        written — and nothing is lost; records at or below a key's own applied
-        position are skipped, so nothing is applied twice.
+        committed offsets. The committed offset is only a hint (the pipeline
+        completes any gap from the broker itself, see GapReader); setting it to
+        marker + 1 makes the stream start where the state ends.
         """
         name = engine_input.get_topic_name()
+        mine = {tp for tp in app.consumer.assignment() if tp.topic == name}
+        await pipe.assign({tp.partition for tp in mine})
         offsets = {}
-        for tp in app.consumer.assignment():
-            if tp.topic == name:
-                # Build the engine now, not at the first batch: a partition taken
-                # over with no new input must still close sessions as time passes (R22).
-                pipe.drop([tp.partition])  # keeps its counts in the metrics
-                offsets[tp] = pipe.runner(tp.partition).applied + 1
+        for tp in mine:
+            marker = pipe.marker(tp.partition)
+            offsets[tp] = (marker["offset"] if marker else -1) + 1
         if offsets:
             # Faust's own commit path to its consumer thread; it commits exactly these.
             await app.consumer._commit(offsets)
@@ -384,11 +546,24 @@ def build_app(settings: Any, *, web: bool = True) -> faust.App:
                     )
                 await asyncio.gather(*futures)
 
-    @app.agent(engine_input, isolated_partitions=True, name="sessionize")
+    # One actor for all partitions (Faust's isolated-partition actors are cancelled
+    # on revocation and count as crashes); the pipeline keeps an engine per partition.
+    @app.agent(engine_input, name="sessionize")
     async def sessionize(stream: Any) -> None:
         await pipe.control_reader.ready.wait()
-        async for events in stream.take_events(batch_size, within=within):
-            await pipe.process(events)
+        try:
+            async for events in stream.take_events(batch_size, within=within):
+                await pipe.process(events)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Crash-only: a worker never runs half-dead. Its state is in the
+            # changelog; the restarted worker (or another) resumes from it.
+            pipe.agent_failure = f"{type(exc).__name__}: {exc}"
+            log.critical("the engine agent failed, stopping the worker: %r", exc)
+            await app.crash(exc)
+
+    pipe.input_topic = engine_input.get_topic_name()
 
     @app.timer(interval=1.0)
     async def idle_partitions() -> None:
@@ -401,11 +576,11 @@ def build_app(settings: Any, *, web: bool = True) -> faust.App:
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
         name = engine_input.get_topic_name()
-        pipe.drop([tp.partition for tp in revoked if tp.topic == name])
+        await pipe.revoke([tp.partition for tp in revoked if tp.topic == name])
 
     @app.on_before_shutdown.connect
     def on_shutdown(app: faust.App, **kwargs: Any) -> None:
-        pipe.shutdown_task = asyncio.ensure_future(pipe.control_reader.stop())
+        pipe.shutdown_task = asyncio.ensure_future(pipe.stop())
 
     if web:
         from .web import register

@@ -311,3 +311,69 @@ async def test_repartition_when_records_are_not_keyed_by_device(
         await _run_and_compare(broker.bootstrap, names, order)
     finally:
         assert w.terminate() == 0, w.log()[-3000:]
+
+
+async def test_workers_join_and_leave_a_live_group(broker: Any, tmp_path: Path) -> None:
+    """1 -> 2 -> 3 workers join under traffic, then 3 -> 1 leave: no worker exits, and
+    after each change the live output catches up with process-file's."""
+    names = _names()
+    recs = _workload(seed=15, events=5000)
+    n = len(recs)
+    chunks = [recs[i * n // 5 : (i + 1) * n // 5] for i in range(5)]
+    workers = {
+        tag: WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, tag=tag)
+        for tag in "abc"
+    }
+    topic = names.topics["sessionized_events"]
+    produced: list[bytes] = []
+
+    async def feed(chunk: list[bytes]) -> None:
+        # A steady trickle, so records arrive while the group rebalances.
+        step = max(1, len(chunk) // 10)
+        for i in range(0, len(chunk), step):
+            await produce(broker.bootstrap, names.topics["raw_events"], chunk[i : i + step])
+            produced.extend(chunk[i : i + step])
+            await asyncio.sleep(0.3)
+
+    async def caught_up(step: str) -> None:
+        want = _forwarded_by_device(run(produced, keep_open=True).events)
+        got: dict[str, list[Any]] = {}
+
+        def done(out: dict[str, list[Any]]) -> bool:
+            nonlocal got
+            got = _forwarded_by_device(_dedupe([v for _, v in out[topic]]))
+            return got == want
+
+        await read_all(broker.bootstrap, [topic], until=done, timeout=120, raise_on_timeout=False)
+        missing = {d: len(v) - len(got.get(d, [])) for d, v in want.items() if got.get(d) != v}
+        assert got == want, f"after {step}: devices differing: {missing}"
+        for tag, w in workers.items():
+            if w.proc is not None and tag in alive:
+                assert w.proc.poll() is None, f"worker {tag} exited:\n{w.log()[-3000:]}"
+
+    alive: set[str] = set()
+    try:
+        workers["a"].start()
+        alive.add("a")
+        await workers["a"].wait_ready()
+        await feed(chunks[0])
+        await caught_up("1 worker")
+        for tag, chunk in (("b", chunks[1]), ("c", chunks[2])):
+            workers[tag].start()
+            alive.add(tag)
+            await asyncio.gather(feed(chunk), workers[tag].wait_ready())
+            await caught_up(f"{tag} joined")
+        for tag, chunk in (("c", chunks[3]), ("b", chunks[4])):
+            alive.discard(tag)
+            code = workers[tag].terminate()
+            assert code == 0, workers[tag].log()[-3000:]
+            await feed(chunk)
+            await caught_up(f"{tag} left")
+        clocks = _clock_records(_max_ts(recs))
+        for p, clock in enumerate(clocks):
+            await produce(broker.bootstrap, names.topics["raw_events"], [clock], partition=p)
+        await _run_and_compare(broker.bootstrap, names, recs + clocks, timeout=240)
+        assert workers["a"].proc is not None and workers["a"].proc.poll() is None
+    finally:
+        for w in workers.values():
+            w.kill()
