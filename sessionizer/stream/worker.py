@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -68,6 +70,22 @@ def device_key(value: bytes) -> bytes | None:
         return None
     ident = identity(obj) if type(obj) is dict else None
     return None if ident is None else ident[1].encode()
+
+
+FAULT_ENV = "SESSIONIZER_TEST_FAULT"
+
+
+def _test_fault() -> tuple[str, bytes] | None:
+    """For the integration tests only: ``KIND:TEXT`` fails on records containing TEXT.
+
+    ``agent`` fails the worker's own loop (crash-only: the worker exits non-zero);
+    ``record`` fails inside the engine (the record becomes an internal_error).
+    """
+    raw = os.environ.get(FAULT_ENV)
+    if not raw or ":" not in raw:
+        return None
+    kind, text = raw.split(":", 1)
+    return kind, text.encode()
 
 
 class PartitionRunner:
@@ -175,6 +193,8 @@ class Pipeline:
         self.last_batch_ms = 0.0
         self.shutdown_task: asyncio.Future[None] | None = None
         self.metrics = Metrics()
+        self._announced: set[int] | None = None
+        self.fault = _test_fault()
         self.agent_failure: str | None = None  # why the engine agent stopped, if it did
         self._sender: BatchSender | None = None
 
@@ -234,7 +254,17 @@ class Pipeline:
 
     async def assign(self, partitions: set[int]) -> None:
         """The group's new assignment, after its table recovery; runners come lazily."""
+        changed = partitions != self.assigned or self._announced is None
         self.assigned = set(partitions)
+        if changed and self._announced != self.assigned:
+            self._announced = set(self.assigned)
+            # One line at any log level: what this worker owns and where to ask it.
+            print(
+                f"sessionizer worker ready: partitions {sorted(self.assigned)} of "
+                f"{self.input_topic}; web {self.app.conf.canonical_url}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     async def revoke(self, partitions: Sequence[int]) -> None:
         """Stops the partitions' runners: an in-flight batch finishes first, none starts."""
@@ -326,6 +356,8 @@ class Pipeline:
     ) -> None:
         if value is None:
             value = b""  # a tombstone on the input is not JSON: a dead letter
+        if self.fault is not None and self.fault[1] in value:
+            self._inject(r)
         if self.repartitioned:
             origin = _origin(headers)
             if origin is not None:
@@ -336,6 +368,11 @@ class Pipeline:
                 r.engine.process_record(value, key, self.raw_topic, q, off, raw_ts, now, offset)
                 return
         r.engine.process_record(value, key, self.input_topic, r.partition, offset, ts, now, offset)
+
+    def _inject(self, r: PartitionRunner) -> None:
+        kind = self.fault[0] if self.fault else ""
+        if kind == "agent":
+            raise RuntimeError("injected fault in the worker (SESSIONIZER_TEST_FAULT)")
 
     async def tick(self) -> None:
         """R22: a partition idle for idle_timeout moves its watermark by wall-clock time."""

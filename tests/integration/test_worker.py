@@ -377,3 +377,45 @@ async def test_workers_join_and_leave_a_live_group(broker: Any, tmp_path: Path) 
     finally:
         for w in workers.values():
             w.kill()
+
+
+async def test_a_failing_worker_exits_non_zero_and_a_restart_resumes(
+    broker: Any, tmp_path: Path
+) -> None:
+    """Crash-only (issue: never half-dead): a failure outside the per-record guard
+    stops the worker with a non-zero code; a restarted worker resumes from the state."""
+    names = _names()
+    recs = _workload(seed=16, events=1500)
+    bomb = codec.dumps(batch("bomb-device", launch(T0), custom(T0 + 1000, "BOOM-1")))
+    recs.insert(len(recs) // 2, bomb)
+    clocks = _clock_records(_max_ts(recs))
+    w = WorkerProc(
+        broker.bootstrap,
+        names,
+        tmp_path,
+        partitions=PARTITIONS,
+        env={"SESSIONIZER_TEST_FAULT": "agent:BOOM-1"},
+        tag="faulty",
+    )
+    w.start()
+    try:
+        await w.wait_ready()
+        await produce(broker.bootstrap, names.topics["raw_events"], recs)
+        assert w.proc is not None
+        for _ in range(600):
+            if w.proc.poll() is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert w.proc.poll() not in (None, 0), w.log()[-3000:]
+        assert "the engine agent failed" in w.log()
+    finally:
+        w.kill()
+    healthy = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, tag="ok")
+    healthy.start()
+    try:
+        await healthy.wait_ready()
+        for p, clock in enumerate(clocks):
+            await produce(broker.bootstrap, names.topics["raw_events"], [clock], partition=p)
+        await _run_and_compare(broker.bootstrap, names, recs + clocks, timeout=240)
+    finally:
+        assert healthy.terminate() == 0, healthy.log()[-3000:]
