@@ -44,6 +44,18 @@ def _worker_unsupported(settings: Any) -> str | None:
     return None
 
 
+def _web_auth_note(settings: Any) -> str | None:
+    """A start-up line when /sessions will refuse every request (docs/security.md)."""
+    from .stream.security import is_loopback
+
+    if settings.web_token is None and not is_loopback(settings.web_host):
+        return (
+            f"web_host {settings.web_host} is not loopback and no web_token is set: "
+            "/sessions answers 401 to every request (set SESSIONIZER_WEB_TOKEN)"
+        )
+    return None
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sessionizer")
 def main() -> None:
@@ -119,6 +131,9 @@ def worker(
         sys.exit(1)
     if created:
         click.echo(f"created topics: {', '.join(created)}", err=True)
+    note = _web_auth_note(settings)
+    if note:
+        click.echo(f"sessionizer: {note}", err=True)
     import faust
 
     app = build_app(settings)

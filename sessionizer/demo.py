@@ -2,8 +2,10 @@
 
 The embedded broker runs in this process's care, the worker as a subprocess in
 its own process group (so a terminal's Ctrl-C reaches only us and we stop
-things in order: traffic, worker, broker). Traffic is workload.py's devices
-replayed against the wall clock, so sessions open and close while you watch.
+things in order: traffic, worker, broker). Ctrl-C, SIGTERM, SIGHUP and a stdout
+whose reader went away (``make run | tee log``, then Ctrl-C) all stop it that
+way. Traffic is workload.py's devices replayed against the wall clock, so
+sessions open and close while you watch.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import contextlib
 import heapq
 import itertools
 import os
+import select
 import signal
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -28,7 +32,7 @@ from . import codec
 from .core.config import MINUTE_MS
 from .workload import _F_FLUSH, _F_LOGIN, _Device, _Generator, _mpid
 
-__all__ = ["DEMO_ENV", "LiveTraffic", "Stats", "run"]
+__all__ = ["DEMO_ENV", "LiveTraffic", "Output", "Stats", "StopSignals", "run"]
 
 # Demo-friendly timings, used unless the environment or --config sets them.
 DEMO_ENV = {
@@ -406,6 +410,10 @@ class Worker:
         self._signal(signal.SIGKILL)
         return self.proc.returncode or 0
 
+    def kill(self) -> None:
+        """The last resort, without an event loop: SIGKILL to its whole group."""
+        self._signal(signal.SIGKILL)
+
     def log_tail(self, lines: int = 20) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
@@ -481,6 +489,113 @@ def demo_env(config: str | None, base: dict[str, str]) -> dict[str, str]:
     return env
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class StopSignals:
+    """SIGINT, SIGTERM and SIGHUP (a closed terminal) all stop the demo, in order.
+
+    Before the event loop runs, the first one raises KeyboardInterrupt so that
+    the broker start unwinds; while it runs, they set its stop event (a plain
+    handler, not ``loop.add_signal_handler``: closing the loop would reset that
+    to the default action, which kills us with the broker still running).
+    Once stopping, further ones are ignored so they cannot cut the clean-up short.
+    """
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._stopping = False
+        self._saved: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in STOP_SIGNALS:
+            self._saved[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+        self._saved.clear()
+
+    def attach(self, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+        self._loop, self._stop = loop, stop
+
+    def detach(self) -> None:
+        self._loop = self._stop = None
+        self._stopping = True
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is None:
+            self.received = signal.Signals(signum).name
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                loop.call_soon_threadsafe(stop.set)
+        elif not self._stopping:
+            self._stopping = True
+            raise KeyboardInterrupt
+
+
+class Output:
+    """The demo's stdout and stderr, which may go away under it.
+
+    A reader that exits (``make run | tee``, then Ctrl-C; ``| head``) makes
+    writes fail with EPIPE, a closed terminal with EIO. Either must not stop the
+    clean-up half way: the stream is sent to /dev/null and ``on_lost`` asks
+    the demo to stop.
+    """
+
+    def __init__(self) -> None:
+        self.lost: set[int] = set()
+        self.on_lost: Callable[[], None] = lambda: None
+
+    def say(self, text: str, *, err: bool = False) -> None:
+        stream = sys.stderr if err else sys.stdout
+        try:
+            print(text, file=stream, flush=True)
+        except OSError:
+            self.lose(2 if err else 1)
+
+    def lose(self, fd: int) -> None:
+        if fd not in self.lost:
+            self.lost.add(fd)
+            with contextlib.suppress(OSError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, fd)
+                os.close(devnull)
+        self.on_lost()
+
+    def watch(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+        """Notice a pipe's reader leaving at once, not at the next write; returns the undo."""
+        watched: list[int] = []
+        if not sys.platform.startswith("linux"):
+            return lambda: None
+        for fd in (1, 2):
+            try:
+                if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                    continue
+                # epoll reports EPOLLERR on a pipe's write end once no reader is left.
+                loop.add_reader(fd, self._check_pipe, loop, fd)
+            except (OSError, ValueError):
+                continue
+            watched.append(fd)
+
+        def undo() -> None:
+            for fd in watched:
+                loop.remove_reader(fd)
+
+        return undo
+
+    def _check_pipe(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        poller = select.poll()
+        poller.register(fd, 0)
+        gone = any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+        loop.remove_reader(fd)  # level-triggered: once is all we need
+        if gone:
+            self.lose(fd)
+
+
 async def _every(secs: float, fn: Callable[[], None], stop: asyncio.Event) -> None:
     while not stop.is_set():
         with contextlib.suppress(asyncio.TimeoutError):
@@ -488,35 +603,59 @@ async def _every(secs: float, fn: Callable[[], None], stop: asyncio.Event) -> No
         fn()
 
 
-async def run_demo(settings: Any, env: dict[str, str], opts: Options, data_dir: Path) -> int:
-    """Worker, traffic and view until ``opts.duration``, SIGINT or SIGTERM; the exit code."""
+async def run_demo(
+    settings: Any,
+    env: dict[str, str],
+    opts: Options,
+    data_dir: Path,
+    *,
+    out: Output | None = None,
+    signals: StopSignals | None = None,
+    workers: list[Worker] | None = None,
+) -> int:
+    """Worker, traffic and view until ``opts.duration``, a stop signal or a lost stdout.
+
+    Returns the exit code. ``workers`` receives the worker as soon as it exists,
+    so that the caller can kill it whatever happens here.
+    """
     from .stream.kafka import ensure_topics
 
+    out = out or Output()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    stats = Stats()
-    await ensure_topics(settings)
-    reader = OutputReader(settings, stats)
-    await reader.start()
-    args = [sys.executable, "-m", "sessionizer", "worker", "--broker", settings.broker_url]
-    args += ["--app-id", settings.app_id, "--web-port", str(free_port())]
-    if opts.config:
-        args += ["--config", opts.config]
-    worker = await Worker.start(args, env, data_dir / "worker.log")
+    if signals is not None:
+        signals.attach(loop, stop)
+    out.on_lost = stop.set
+    unwatch = out.watch(loop)
     try:
-        failure = await _supervise(settings, opts, stats, reader, worker, stop)
+        stats = Stats()
+        await ensure_topics(settings)
+        reader = OutputReader(settings, stats)
+        await reader.start()
+        args = [sys.executable, "-m", "sessionizer", "worker", "--broker", settings.broker_url]
+        args += ["--app-id", settings.app_id, "--web-port", str(free_port())]
+        if opts.config:
+            args += ["--config", opts.config]
+        worker = await Worker.start(args, env, data_dir / "worker.log")
+        if workers is not None:
+            workers.append(worker)
+        try:
+            failure = await _supervise(settings, opts, stats, reader, worker, stop, out)
+        finally:
+            why = signals.received if signals is not None and signals.received else ""
+            out.say(f"demo: {why + ', ' if why else ''}stopping the worker...")
+            worker_rc = await worker.stop()
+            await reader.stop()
     finally:
-        print("demo: stopping the worker...", flush=True)
-        worker_rc = await worker.stop()
-        await reader.stop()
+        unwatch()
+        if signals is not None:
+            signals.detach()
     if failure:
-        print(f"demo: {failure}", file=sys.stderr)
+        out.say(f"demo: {failure}", err=True)
         if failure.startswith("worker"):
-            print(f"demo: worker exited with {worker_rc}; its log ends with:", file=sys.stderr)
-            print(worker.log_tail(), file=sys.stderr)
-    print(f"demo: ran {_clock(time.monotonic() - stats.started)}; {stats.summary()}", flush=True)
+            out.say(f"demo: worker exited with {worker_rc}; its log ends with:", err=True)
+            out.say(worker.log_tail(), err=True)
+    out.say(f"demo: ran {_clock(time.monotonic() - stats.started)}; {stats.summary()}")
     return 1 if failure else 0
 
 
@@ -527,6 +666,7 @@ async def _supervise(
     reader: OutputReader,
     worker: Worker,
     stop: asyncio.Event,
+    out: Output,
 ) -> str:
     """Runs traffic and view until told to stop; what failed, or "" for a normal stop."""
     from .produce import produce_records
@@ -534,11 +674,10 @@ async def _supervise(
     speed = WORKLOAD_TIMEOUT_MS / settings.engine.timeout_ms
     traffic = LiveTraffic(devices_for_rate(opts.rate, speed), speed=speed, seed=opts.seed)
     broker = ",".join(settings.broker_hosts)
-    print(
+    out.say(
         f"demo: broker {broker}, worker pid {worker.proc.pid} (app id {settings.app_id}, "
         f"log {worker.log_path}), {traffic.devices} devices, "
-        f"session timeout {settings.engine.timeout_ms / 1000:g} s",
-        flush=True,
+        f"session timeout {settings.engine.timeout_ms / 1000:g} s"
     )
     producer = produce_records(
         settings, traffic.records(), progress=stats.on_produced, create_topics=False
@@ -552,15 +691,26 @@ async def _supervise(
     if opts.view:
         from rich.live import Live
 
-        live = Live(render(stats, time.monotonic(), broker), refresh_per_second=4)
-        live.start()
+        # Refreshed by our ticker only: a refresh thread's write error would go unseen.
+        live = Live(render(stats, time.monotonic(), broker), auto_refresh=False)
+        try:
+            live.start(refresh=True)
+        except OSError:
+            out.lose(1)
 
         def tick() -> None:
-            live.update(render(stats, time.monotonic(), broker, live.console.height))
+            if 1 in out.lost:
+                return
+            try:
+                live.update(
+                    render(stats, time.monotonic(), broker, live.console.height), refresh=True
+                )
+            except OSError:
+                out.lose(1)
     else:
 
         def tick() -> None:
-            print(stats.line(time.monotonic()), flush=True)
+            out.say(stats.line(time.monotonic()))
 
     ticker = asyncio.create_task(_every(0.5 if live else SUMMARY_EVERY_S, tick, stop))
     stopper = asyncio.create_task(stop.wait())
@@ -575,7 +725,10 @@ async def _supervise(
         await asyncio.gather(*tasks.values(), ticker, stopper, return_exceptions=True)
         if live is not None:
             tick()
-            live.stop()
+            try:
+                live.stop()
+            except OSError:
+                out.lose(1)
     for name, task in tasks.items():
         if task.done() and not task.cancelled():
             exc = task.exception()
@@ -597,24 +750,24 @@ def run(
     if view is None:
         view = sys.stdout.isatty()
     opts = Options(duration=duration, rate=rate, view=view, seed=seed, config=config)
-    # SIGTERM before the event loop runs must unwind too (and stop the broker).
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signals = StopSignals()
+    signals.install()  # before anything starts: a stop signal at any point unwinds
     try:
-        return _run(broker_url, port, opts)
+        return _run(broker_url, port, opts, signals)
     except KeyboardInterrupt:
         return 0
     finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
+        signals.restore()
 
 
-def _run(broker_url: str | None, port: int | None, opts: Options) -> int:
+def _run(broker_url: str | None, port: int | None, opts: Options, signals: StopSignals) -> int:
     from aiokafka.errors import KafkaError
 
     from .broker import BrokerError, BrokerUnavailable, EmbeddedBroker
     from .settings import load_settings
 
+    out = Output()
+    workers: list[Worker] = []
     with (
         tempfile.TemporaryDirectory(prefix="sessionizer-demo-") as tmp,
         contextlib.ExitStack() as stack,
@@ -632,20 +785,23 @@ def _run(broker_url: str | None, port: int | None, opts: Options) -> int:
             try:
                 broker.start()
             except (BrokerError, BrokerUnavailable) as err:
-                print(f"sessionizer: {err}", file=sys.stderr)
+                out.say(f"sessionizer: {err}", err=True)
                 return 1
             broker_url = broker.url
+        # Runs before the broker stops: whatever went wrong, no worker outlives us.
+        stack.callback(_kill_all, workers)
         settings = load_settings(opts.config, env=env, broker_url=broker_url)
         try:
-            return asyncio.run(run_demo(settings, env, opts, Path(tmp)))
+            return asyncio.run(
+                run_demo(settings, env, opts, Path(tmp), out=out, signals=signals, workers=workers)
+            )
         except (KafkaError, OSError, asyncio.TimeoutError) as err:
-            print(f"sessionizer: cannot use the broker {broker_url}: {err}", file=sys.stderr)
+            out.say(f"sessionizer: cannot use the broker {broker_url}: {err}", err=True)
             return 1
         finally:
-            # Already stopping: a second Ctrl-C must not cut the broker's shutdown short.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signals.detach()  # stopping now: later signals must not cut the clean-up short
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+def _kill_all(workers: list[Worker]) -> None:
+    for worker in workers:
+        worker.kill()

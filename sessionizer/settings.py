@@ -134,6 +134,8 @@ class Settings:
     processing_guarantee: ProcessingGuarantee = "at_least_once"
     web_port: int = 6066
     web_host: str = "127.0.0.1"
+    web_token: Secret | None = None
+    stall_timeout_ms: int = 60_000
     data_dir: Path = Path(".data")
     broker_bin: Path | None = None
     app_id: str = "sessionizer"
@@ -304,6 +306,16 @@ def _secret(raw: object) -> Secret:
     if isinstance(raw, str) and raw:
         return Secret(raw)
     raise _Bad("must be a non-empty string")
+
+
+_TOKEN_RE = re.compile(r"[\x21-\x7e]{16,}")
+
+
+def _token(raw: object) -> Secret:
+    # Sent in an HTTP header: printable ASCII, no spaces; long enough not to be guessed.
+    if isinstance(raw, str) and _TOKEN_RE.fullmatch(raw):
+        return Secret(raw)
+    raise _Bad("must be at least 16 printable ASCII characters without spaces")
 
 
 def _path(raw: object) -> Path:
@@ -536,6 +548,24 @@ _SPECS: tuple[_Spec, ...] = (
         "web_port", "integer 0-65535", 6066, "Port of the worker's web server.", _integer(0, 65535)
     ),
     _spec("web_host", "host", "127.0.0.1", "Address the worker's web server binds.", _host),
+    _spec(
+        "web_token",
+        "secret",
+        None,
+        "Bearer token that `/sessions` requires (`Authorization: Bearer <token>`); "
+        "unset: `/sessions` answers only when web_host is loopback. Never printed.",
+        _token,
+        doc_default="(unset)",
+        optional=True,
+    ),
+    _spec(
+        "stall_timeout",
+        "duration > 0",
+        "60s",
+        "`/health` reports a partition stalled when it has lag and has made no progress "
+        "for this long.",
+        _duration(1, "60s"),
+    ),
     _spec("data_dir", "path", ".data", "Directory for local state (tables, broker data).", _path),
     _spec(
         "broker_bin",
@@ -913,6 +943,8 @@ def _build(
         processing_guarantee=cast(ProcessingGuarantee, _get(values, "processing_guarantee", str)),
         web_port=_get(values, "web_port", int),
         web_host=_get(values, "web_host", str),
+        web_token=_opt(values, "web_token", Secret),
+        stall_timeout_ms=_get(values, "stall_timeout", int),
         data_dir=_get(values, "data_dir", Path),
         broker_bin=_opt(values, "broker_bin", Path),
         app_id=_get(values, "app_id", str),
@@ -1086,6 +1118,17 @@ def render_markdown() -> str:
         " files with a protocol other than `SSL`/`SASL_SSL`. SSL files must exist;"
         " `ssl_keyfile` needs `ssl_certfile`. The password is never printed: it shows as"
         " `Secret('***')`. Prefer `SESSIONIZER_SASL_PASSWORD` over writing it in the file.",
+        "",
+        "## Web token",
+        "",
+        "`web_token` guards `GET /sessions/{app}/{device}` (user data): requests need"
+        " `Authorization: Bearer <web_token>`; workers forward lookups to each other with"
+        " it, so every worker of a group needs the same one. Without a token, `/sessions`"
+        " answers 401 unless `web_host` is a loopback address (`127.0.0.1`, `::1`,"
+        " `localhost`). `/health` and `/metrics` stay open. Like the password, the token"
+        " shows as `Secret('***')` and is kept out of logs; set it through"
+        " `SESSIONIZER_WEB_TOKEN`, e.g. `python -c 'import secrets;"
+        " print(secrets.token_urlsafe(32))'`. See security.md.",
         "",
         "## Example file",
         "",

@@ -8,6 +8,7 @@ checks need nothing. When a `docker compose` / `docker-compose` client or
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -232,10 +233,17 @@ def _env(service: dict[str, Any]) -> dict[str, str]:
 
 def _published(service: dict[str, Any]) -> dict[int, int]:
     """container port -> host port."""
+    return {container: host for container, (_, host) in _bindings(service).items()}
+
+
+def _bindings(service: dict[str, Any]) -> dict[int, tuple[str, int]]:
+    """container port -> (host address, "" for all interfaces; host port)."""
     out = {}
     for spec in service.get("ports", []):
-        host, _, container = str(spec).rpartition(":")
-        out[int(container.split("/")[0])] = int(host or container)
+        parts = str(spec).split(":")  # [address:][host port:]container port[/protocol]
+        container = int(parts[-1].split("/")[0])
+        host = int(parts[-2]) if len(parts) > 1 and parts[-2] else container
+        out[container] = (parts[-3] if len(parts) > 2 else "", host)
     return out
 
 
@@ -290,6 +298,17 @@ def test_compose_worker_is_built_here_and_health_checked() -> None:
             assert service.get("build") in (".", {"context": "."}), name
 
 
+def test_compose_worker_sessions_need_a_token_of_your_own() -> None:
+    worker = _yaml(COMPOSE)["services"]["worker"]
+    env = _env(worker)
+    # Required from the environment (or .env), never a default everyone knows.
+    token = env["SESSIONIZER_WEB_TOKEN"]
+    assert re.fullmatch(r"\$\{SESSIONIZER_WEB_TOKEN:\?[^}]*docs/security\.md\}", token), token
+    # Published on the host's loopback only; Prometheus scrapes over the compose network.
+    port = int(env.get("SESSIONIZER_WEB_PORT", "6066"))
+    assert _bindings(worker)[port] == ("127.0.0.1", port)
+
+
 def test_prometheus_scrapes_the_worker_service() -> None:
     services = _yaml(COMPOSE)["services"]
     port = int(_env(services["worker"]).get("SESSIONIZER_WEB_PORT", "6066"))
@@ -335,11 +354,30 @@ def _compose_client() -> list[str] | None:
     return [legacy] if legacy else None
 
 
-def test_compose_config_validates() -> None:
+def _compose_config(token: str | None) -> subprocess.CompletedProcess[str]:
     client = _compose_client()
     if client is None:
         pytest.skip("no docker compose client")
-    done = subprocess.run(
-        [*client, "--profile", "traffic", "config", "-q"], cwd=ROOT, capture_output=True, text=True
+    env = {k: v for k, v in os.environ.items() if k != "SESSIONIZER_WEB_TOKEN"}
+    if token is not None:
+        env["SESSIONIZER_WEB_TOKEN"] = token
+    return subprocess.run(
+        [*client, "--profile", "traffic", "config", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
     )
+
+
+def test_compose_config_validates() -> None:
+    done = _compose_config("a-token-for-the-compose-check")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_compose_config_refuses_to_run_without_a_web_token() -> None:
+    if (ROOT / ".env").exists():
+        pytest.skip("a .env file next to docker-compose.yml may set the token")
+    done = _compose_config(None)
+    assert done.returncode != 0
+    assert "SESSIONIZER_WEB_TOKEN" in done.stdout + done.stderr

@@ -28,13 +28,17 @@ from faust.types.auth import AuthProtocol, SASLMechanism
 
 from sessionizer.core.config import ConfigError
 from sessionizer.settings import Secret, Security, Settings, load_settings
+from sessionizer.stream import security as security_module
 from sessionizer.stream.kafka import client_options
 from sessionizer.stream.security import (
     MaskedStr,
     aiokafka_options,
+    bearer_headers,
     faust_credentials,
+    is_loopback,
     redact_logs,
     ssl_context,
+    web_auth,
 )
 
 PASSWORD = "s3cr3t-Pässwörd-€42"
@@ -299,6 +303,130 @@ def test_logs_never_carry_the_password(caplog: pytest.LogCaptureFixture) -> None
     # Everything else stays as it was.
     log.info("plain %s and %d", "text", 7)
     assert caplog.records[-1].getMessage() == "plain text and 7"
+
+
+# --------------------------------------------------------------------------- web token
+
+TOKEN = "tok-3f9c1a7e5b2d4f60"
+CHALLENGE = 'Bearer realm="sessionizer"'
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.1.2.3", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("LocalHost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.0.0.5", False),
+        ("192.168.1.10", False),
+        ("worker-1.internal", False),
+        ("localhost.example.com", False),
+    ],
+)
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost"])
+@pytest.mark.parametrize("header", [None, "", "Bearer whatever", "Basic dXNlcjpwYXNz"])
+def test_without_a_token_loopback_is_open(host: str, header: str | None) -> None:
+    assert web_auth(None, host, header) is None
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.0.0.5", "worker-1.internal"])
+@pytest.mark.parametrize("header", [None, f"Bearer {TOKEN}"])
+def test_without_a_token_any_other_bind_is_refused(host: str, header: str | None) -> None:
+    denied = web_auth(None, host, header)
+    assert denied is not None
+    assert denied.challenge == CHALLENGE
+    assert f"no web_token is set and web_host {host} is not loopback" in denied.reason
+    assert "SESSIONIZER_WEB_TOKEN" in denied.reason
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+@pytest.mark.parametrize(
+    "header",
+    [f"Bearer {TOKEN}", f"bearer {TOKEN}", f"BEARER   {TOKEN}  ", f" Bearer {TOKEN}"],
+)
+def test_the_right_bearer_token_is_let_in(host: str, header: str) -> None:
+    assert web_auth(Secret(TOKEN), host, header) is None
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+@pytest.mark.parametrize(
+    "header", [None, "", "Bearer", "Bearer   ", TOKEN, f"Basic {TOKEN}", f"Token {TOKEN}"]
+)
+def test_a_missing_token_is_refused_even_on_loopback(host: str, header: str | None) -> None:
+    denied = web_auth(Secret(TOKEN), host, header)
+    assert denied is not None
+    assert denied.reason == "missing bearer token: send Authorization: Bearer <web_token>"
+    assert denied.challenge == CHALLENGE
+
+
+@pytest.mark.parametrize(
+    "presented",
+    [
+        "wrong",
+        TOKEN[:-1],  # a prefix
+        TOKEN + "x",
+        TOKEN.upper(),
+        f"{TOKEN} {TOKEN}",
+        "t\u00f6ken-\udcff-\U0001f600",  # not ASCII, not even valid UTF-8: no exception
+    ],
+)
+def test_a_wrong_token_is_refused(presented: str) -> None:
+    denied = web_auth(Secret(TOKEN), "0.0.0.0", f"Bearer {presented}")
+    assert denied is not None
+    assert denied.reason == "invalid bearer token"
+    assert denied.challenge == CHALLENGE + ', error="invalid_token"'
+
+
+def test_denials_never_show_a_token() -> None:
+    cases = [(None, "0.0.0.0", f"Bearer {TOKEN}")]
+    cases += [(Secret(TOKEN), "0.0.0.0", h) for h in (None, "Bearer nope-nope-nope", TOKEN)]
+    for token, host, header in cases:
+        denied = web_auth(token, host, header)
+        assert denied is not None
+        for text in (denied.reason, denied.challenge, repr(denied)):
+            assert TOKEN not in text and "nope-nope-nope" not in text
+
+
+def test_tokens_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[bytes, bytes]] = []
+    real = security_module.hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(security_module.hmac, "compare_digest", spy)
+    assert web_auth(Secret(TOKEN), "0.0.0.0", f"Bearer {TOKEN}") is None
+    assert web_auth(Secret(TOKEN), "0.0.0.0", "Bearer x") is not None
+    assert len(calls) == 2
+    # Fixed-size digests: a wrong length takes as long as a wrong value.
+    assert all(len(a) == len(b) == 32 for a, b in calls)
+
+
+def test_forwarded_requests_carry_the_token_masked() -> None:
+    assert bearer_headers(None) == {}
+    headers = bearer_headers(Secret(TOKEN))
+    assert headers == {"Authorization": f"Bearer {TOKEN}"}
+    assert TOKEN not in repr(headers)
+    assert web_auth(Secret(TOKEN), "0.0.0.0", headers["Authorization"]) is None
+
+
+def test_logs_never_carry_the_web_token(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    redact_logs(TOKEN)  # what the worker's web views do at start-up
+    logging.getLogger("aiohttp.client").debug("GET with %s", bearer_headers(Secret(TOKEN)))
+    logging.getLogger("sessionizer").info("header Bearer %s", TOKEN)
+    assert TOKEN not in caplog.text
+    assert "header Bearer ***" in caplog.text
 
 
 @pytest.fixture

@@ -717,6 +717,76 @@ def test_ssl_without_files_uses_system_cas() -> None:
     assert sec.protocol == "SSL" and sec.ssl_cafile is None
 
 
+# --------------------------------------------------------------------------- web
+
+
+TOKEN = "wEb-t0ken_Xq9-ZZ4m7Rk2"
+
+
+def test_web_defaults() -> None:
+    s = load_settings(env={})
+    assert s.web_token is None
+    assert s.stall_timeout_ms == 60_000
+    assert Settings().stall_timeout_ms == 60_000 and Settings().web_token is None
+
+
+def test_web_token_from_env_is_a_secret() -> None:
+    s = load_settings(env={"SESSIONIZER_WEB_TOKEN": TOKEN})
+    assert s.web_token == Secret(TOKEN) and s.web_token.reveal() == TOKEN
+    for text in (repr(s), str(s), repr(s.web_token), f"{s.web_token}"):
+        assert TOKEN not in text
+    assert "web_token=Secret('***')" in repr(s)
+
+
+def test_web_token_from_file_and_unset_by_empty_env(tmp_path: Path) -> None:
+    path = write(tmp_path, f'web_token = "{TOKEN}"\n')
+    assert load_settings(path, env={}).web_token == Secret(TOKEN)
+    assert load_settings(path, env={"SESSIONIZER_WEB_TOKEN": ""}).web_token is None
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "Sh0rt-T0ken-15c",  # 16 is the least
+        "has a space in the middle",
+        "tab\tseparated-token-value",
+        "non-ascii-t\u00f6ken-value-1234",
+        "newline-token-value\n1234",
+    ],
+)
+def test_bad_web_tokens_are_refused_without_showing_them(bad: str) -> None:
+    err = error(env={"SESSIONIZER_WEB_TOKEN": bad})
+    assert err.setting == "web_token (SESSIONIZER_WEB_TOKEN)"
+    assert err.problem == "must be at least 16 printable ASCII characters without spaces"
+    assert bad not in str(err) and bad not in repr(err)
+
+
+def test_web_token_of_the_wrong_type_in_the_file(tmp_path: Path) -> None:
+    err = error(write(tmp_path, "web_token = 12345678901234567890\n"), env={})
+    assert err.setting == f"web_token (in {tmp_path / 'sessionizer.toml'})"
+    assert "12345678901234567890" not in str(err)
+
+
+@pytest.mark.parametrize(
+    ("raw", "ms"), [("90s", 90_000), ("2m", 120_000), ("1500", 1500), ("0.5s", 500)]
+)
+def test_stall_timeout(raw: str, ms: int) -> None:
+    assert load_settings(env={"SESSIONIZER_STALL_TIMEOUT": raw}).stall_timeout_ms == ms
+
+
+def test_stall_timeout_from_file_and_command_line(tmp_path: Path) -> None:
+    path = write(tmp_path, 'stall_timeout = "5m"\n')
+    assert load_settings(path, env={}).stall_timeout_ms == 5 * MINUTE_MS
+    assert load_settings(path, env={}, stall_timeout="10s").stall_timeout_ms == 10_000
+
+
+@pytest.mark.parametrize("raw", ["0", "0s", "-1s", "soon", "1.5"])
+def test_bad_stall_timeouts(raw: str) -> None:
+    err = error(env={"SESSIONIZER_STALL_TIMEOUT": raw})
+    assert err.setting == "stall_timeout (SESSIONIZER_STALL_TIMEOUT)"
+    assert 'must be a positive duration such as "60s"' in err.problem
+
+
 # --------------------------------------------------------------------------- formats
 
 
@@ -818,6 +888,8 @@ def test_describe_settings_covers_every_setting() -> None:
         "processing_guarantee",
         "web_port",
         "web_host",
+        "web_token",
+        "stall_timeout",
         "data_dir",
         "broker_bin",
         "batch_size",

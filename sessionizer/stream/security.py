@@ -12,27 +12,39 @@ credentials also registers the password with ``redact_logs``: log records of
 any logger have it replaced by ``***``, and aiokafka's DEBUG dump of SASL
 requests (which carries a PLAIN password in clear) is dropped. See
 docs/security.md.
+
+``web_auth`` decides who may read ``/sessions`` (user data) on the worker's
+web server: with a ``web_token``, only requests that present it as a bearer
+token; without one, anyone, but only while the server binds to loopback.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import ipaddress
 import logging
 import ssl
 import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..core.config import ConfigError
-from ..settings import Security
+from ..settings import Secret, Security
 
 if TYPE_CHECKING:
     from faust.types.auth import CredentialsT
 
 __all__ = [
     "MaskedStr",
+    "WebDenial",
     "aiokafka_options",
+    "bearer_headers",
     "faust_credentials",
+    "is_loopback",
     "redact_logs",
     "ssl_context",
+    "web_auth",
 ]
 
 REDACTED = "***"
@@ -137,6 +149,65 @@ def faust_credentials(security: Security) -> CredentialsT | None:
         ssl_context=ctx,
         mechanism=security.sasl_mechanism,
     )
+
+
+# --------------------------------------------------------------------------- web
+
+WEB_REALM = "sessionizer"
+
+
+@dataclass(frozen=True, slots=True)
+class WebDenial:
+    """Why a request is refused (the 401 body) and its ``WWW-Authenticate`` challenge."""
+
+    reason: str
+    challenge: str
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps a server unreachable from other machines."""
+    host = host.strip().lower().removeprefix("[").removesuffix("]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # another host name: it may resolve to anything
+        return False
+
+
+def web_auth(token: Secret | None, web_host: str, authorization: str | None) -> WebDenial | None:
+    """None when a ``/sessions`` request may be answered, else why not.
+
+    ``authorization`` is the request's ``Authorization`` header. With a token
+    set, it must be ``Bearer <token>`` (scheme case-insensitive, RFC 7235);
+    the comparison takes the same time whatever the presented value.
+    """
+    challenge = f'Bearer realm="{WEB_REALM}"'
+    if token is None:
+        if is_loopback(web_host):
+            return None
+        return WebDenial(
+            f"no web_token is set and web_host {web_host} is not loopback: /sessions is "
+            "refused (set SESSIONIZER_WEB_TOKEN, or bind web_host to 127.0.0.1)",
+            challenge,
+        )
+    scheme, _, presented = (authorization or "").strip().partition(" ")
+    presented = presented.strip()
+    if scheme.lower() != "bearer" or not presented:
+        return WebDenial("missing bearer token: send Authorization: Bearer <web_token>", challenge)
+    # Digests first: compare_digest would leak the token's length otherwise.
+    want = hashlib.sha256(token.reveal().encode()).digest()
+    got = hashlib.sha256(presented.encode("utf-8", "replace")).digest()
+    if not hmac.compare_digest(want, got):
+        return WebDenial("invalid bearer token", challenge + ', error="invalid_token"')
+    return None
+
+
+def bearer_headers(token: Secret | None) -> dict[str, str]:
+    """Headers that authorize a request to another worker: empty without a token."""
+    if token is None:
+        return {}
+    return {"Authorization": MaskedStr(f"Bearer {token.reveal()}")}
 
 
 # --------------------------------------------------------------------------- logs

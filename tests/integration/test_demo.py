@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import pty
 import re
+import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections import defaultdict
@@ -26,6 +32,7 @@ from sessionizer.settings import load_settings
 from sessionizer.workload import generate
 
 ENDED = re.compile(r"(\d+) ended")
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def _settings(broker: Any, unique: Callable[[str], str]) -> Any:
@@ -239,3 +246,154 @@ def test_demo_stops_by_itself_after_duration() -> None:
     assert rc == 0, out
     assert "demo: ran" in out
     assert demo.leftovers() == [], out
+
+
+# --------------------------------------------------------------------------- stopping
+
+
+def _stat(pid: int) -> tuple[int, int, str, int] | None:
+    """(ppid, pgid, state, start time) of a live or zombie process, else None."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rpartition(")")[2].split()  # the name may hold spaces and parentheses
+    return int(fields[1]), int(fields[2]), fields[0], int(fields[19])
+
+
+def _descendants(root: int) -> dict[int, tuple[int, int]]:
+    """pid -> (pgid, start time) of every process below ``root``."""
+    children: dict[int, list[int]] = defaultdict(list)
+    stats = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (st := _stat(int(name))) is not None:
+            stats[int(name)] = st
+            children[st[0]].append(int(name))
+    found: dict[int, tuple[int, int]] = {}
+    todo = list(children[root])
+    while todo:
+        pid = todo.pop()
+        found[pid] = (stats[pid][1], stats[pid][3])
+        todo += children[pid]
+    return found
+
+
+def _survivors(procs: dict[int, tuple[int, int]], demo_pgid: int) -> dict[int, str]:
+    """Those of ``procs`` still running, and anything else left in their process groups."""
+    groups = {pgid for pgid, _ in procs.values()} - {demo_pgid}
+    alive = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or (st := _stat(int(name))) is None or st[2] == "Z":
+            continue
+        pid = int(name)
+        mine = pid in procs and procs[pid][1] == st[3]  # the same process, not a reused pid
+        if mine or st[1] in groups:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            alive[pid] = f"group {st[1]}: {cmd}"
+    return alive
+
+
+class StoppableDemo:
+    """`sessionizer demo` with its output on a pipe (summary lines) or a pseudo-terminal
+    (the live view) that this test reads, and can close."""
+
+    def __init__(self, *, terminal: bool = False) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONIZER_")}
+        cmd = [sys.executable, "-m", "sessionizer", "demo", "--port", "0"]
+        cmd += ["--rate", "20", "--seed", "5"] + ([] if terminal else ["--no-view"])
+        self.stdout: Any = None
+        if terminal:
+            self.fd, tty = pty.openpty()
+            fcntl.ioctl(tty, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+            out: Any = tty
+        else:
+            out = subprocess.PIPE
+        self.proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        if terminal:
+            os.close(tty)
+        else:
+            assert self.proc.stdout is not None
+            self.stdout = self.proc.stdout
+            self.fd = self.stdout.fileno()
+        self.text = ""
+        self.closed = False
+
+    def read_until(self, pred: Callable[[str], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not pred(self.text) and time.monotonic() < deadline:
+            ready, _, _ = select.select([self.fd], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(self.fd, 65536)
+                except OSError:  # EIO: the terminal's other side is gone
+                    chunk = b""
+                if not chunk:
+                    break
+                self.text += ANSI.sub("", chunk.decode(errors="replace"))
+        return pred(self.text)
+
+    def close_output(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.stdout is not None:
+                self.stdout.close()
+            else:
+                os.close(self.fd)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.close_output()
+
+
+def _stop_and_check(demo: StoppableDemo, how: str) -> None:
+    """Stops a running demo ``how``; asserts it exits quickly, 0, leaving no process behind."""
+    started: dict[int, tuple[int, int]] = {}
+    survivors: dict[int, str] = {}
+    try:
+        running = demo.read_until(lambda text: "worker running" in text, timeout=90)
+        started = _descendants(demo.proc.pid)
+        assert running, demo.text
+        cmds = " ".join(Path(f"/proc/{p}/cmdline").read_text() for p in started)
+        assert "tansu" in cmds and "worker" in cmds, cmds  # both seen, so both checked
+        t0 = time.monotonic()
+        if how in ("stdout closed", "terminal closed"):
+            demo.close_output()
+        if how != "stdout closed":
+            demo.proc.send_signal(
+                signal.SIGHUP if how == "terminal closed" else signal.Signals[how]
+            )
+        if not demo.closed:
+            demo.read_until(lambda text: False, timeout=40)  # drain to the end
+        rc = demo.proc.wait(40)
+        elapsed = time.monotonic() - t0
+        deadline = time.monotonic() + 3  # a SIGKILL takes a moment to land
+        while (survivors := _survivors(started, demo.proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        demo.kill()
+        for pid in {**survivors, **_survivors(started, demo.proc.pid)}:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # leave nothing behind for the next test
+    assert survivors == {}, demo.text
+    assert rc == 0, demo.text
+    assert elapsed < 20, (elapsed, demo.text)
+    if not demo.closed:
+        assert f"demo: {how}, stopping the worker" in demo.text, demo.text
+        assert "demo: ran" in demo.text
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGHUP", "SIGINT", "stdout closed"])
+def test_piped_demo_stops_everything_it_started(how: str) -> None:
+    """`make run | tee demo.log`: every way it stops ends the worker's group and the broker."""
+    _stop_and_check(StoppableDemo(), how)
+
+
+@pytest.mark.integration
+def test_live_view_stops_everything_when_its_terminal_closes() -> None:
+    """The live view's terminal window closed: SIGHUP, and every write fails (EIO)."""
+    _stop_and_check(StoppableDemo(terminal=True), "terminal closed")

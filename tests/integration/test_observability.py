@@ -272,3 +272,143 @@ async def test_counters_survive_a_rebalance(broker: Any, tmp_path: Path) -> None
     finally:
         a.terminate()
         b.terminate()
+
+
+# --------------------------------------------------------------------------- /sessions needs a key
+
+TOKEN = "obs-web-token-7Hq2xVb9Lm4Rt8Zp"
+
+
+async def _get_with(port: int, path: str, authorization: str | None) -> tuple[int, Any, str]:
+    """Status, JSON body and WWW-Authenticate of a GET with this Authorization header."""
+    headers = {} if authorization is None else {"Authorization": authorization}
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as s,
+        s.get(f"http://127.0.0.1:{port}{path}", headers=headers) as r,
+    ):
+        body = codec.loads(await r.read())
+        return r.status, body, r.headers.get("WWW-Authenticate", "")
+
+
+def _split_devices() -> dict[int, str]:
+    devices: dict[int, str] = {}
+    i = 0
+    while len(devices) < PARTITIONS:
+        d = f"tok-{i}"
+        devices.setdefault(device_partition(d.encode(), PARTITIONS), d)
+        i += 1
+    return devices
+
+
+async def test_sessions_needs_the_web_token_and_forwards_it(broker: Any, tmp_path: Path) -> None:
+    names = _names()
+    env = {"SESSIONIZER_WEB_TOKEN": TOKEN}
+    a = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, env=env, tag="a")
+    b = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, env=env, tag="b")
+    a.start()
+    b.start()
+    try:
+        await asyncio.gather(a.wait_ready(), b.wait_ready())
+
+        async def split() -> Any:
+            # /health needs no token.
+            ha, hb = await asyncio.gather(_get(a.web_port, "/health"), _get(b.web_port, "/health"))
+            if ha[0] != 200 or hb[0] != 200:
+                return None
+            pa, pb = set(ha[1]["partitions"]), set(hb[1]["partitions"])
+            ok = pa and pb and not pa & pb and pa | pb == set(range(PARTITIONS))
+            return (ha[1], hb[1]) if ok else None
+
+        ha, hb = await _until(split, "partitions shared by both workers", 150)
+        owner = {p: ha["url"] for p in ha["partitions"]} | {p: hb["url"] for p in hb["partitions"]}
+        devices = _split_devices()
+        recs = [
+            codec.dumps(batch(d, launch(T0), screen(T0 + 1000), set_attr(T0 + 2000, "n", p)))
+            for p, d in devices.items()
+        ]
+        await produce(broker.bootstrap, names.topics["raw_events"], recs)
+        bearer = f"Bearer {TOKEN}"
+
+        async def all_known() -> Any:
+            for d in devices.values():
+                status, _, _ = await _get_with(a.web_port, f"/sessions/{APP}/{d}", bearer)
+                if status != 200:
+                    return None
+            return True
+
+        await _until(all_known, "every device's session known", 60)
+        for p, d in devices.items():
+            path = f"/sessions/{APP}/{d}"
+            for w in (a, b):
+                # Through the owner or forwarded to it: the forward carries the token.
+                status, body, _ = await _get_with(w.web_port, path, bearer)
+                assert status == 200, (w.web_port, d, body)
+                assert body["served_by"] == owner[p] and body["partition"] == p
+                assert body["open_session"]["session_attributes"] == {"n": p}
+
+                status, body, challenge = await _get_with(w.web_port, path, None)
+                assert status == 401, body
+                assert body == {
+                    "error": "missing bearer token: send Authorization: Bearer <web_token>"
+                }
+                assert challenge == 'Bearer realm="sessionizer"'
+                for wrong in (f"Bearer {TOKEN[:-1]}", f"Bearer {TOKEN}x", "Bearer nope"):
+                    status, body, challenge = await _get_with(w.web_port, path, wrong)
+                    assert (status, body) == (401, {"error": "invalid bearer token"})
+                    assert 'error="invalid_token"' in challenge
+                status, _, _ = await _get_with(w.web_port, path, f"Basic {TOKEN}")
+                assert status == 401
+                status, _, _ = await _get_with(w.web_port, path + "?routed=1", "Bearer nope")
+                assert status == 401
+        # Unknown keys still answer 404, but only to a caller with the token.
+        assert (await _get_with(b.web_port, f"/sessions/{APP}/nobody", bearer))[0] == 404
+        assert (await _get_with(b.web_port, f"/sessions/{APP}/nobody", None))[0] == 401
+        status, text = await _get(a.web_port, "/metrics")
+        assert status == 200 and "sessionizer_sessions_started_total" in text
+    finally:
+        a.terminate()
+        b.terminate()
+    for w in (a, b):
+        log = w.log()
+        assert "Ready" in log
+        assert TOKEN not in log and TOKEN[:-1] not in log
+
+
+async def test_sessions_is_refused_without_a_token_off_loopback(
+    broker: Any, tmp_path: Path
+) -> None:
+    names = _names()
+    w = WorkerProc(
+        broker.bootstrap,
+        names,
+        tmp_path,
+        partitions=PARTITIONS,
+        env={"SESSIONIZER_WEB_HOST": "0.0.0.0"},
+    )
+    w.start()
+    try:
+        await w.wait_ready()
+        health = await _healthy(w.web_port)  # /health and /metrics stay open
+        assert health["ready"] is True
+        status, text = await _get(w.web_port, "/metrics")
+        assert status == 200 and "sessionizer_ready" in text
+        recs, dev, _ = _records()
+        await produce(broker.bootstrap, names.topics["raw_events"], recs)
+
+        async def counted() -> Any:
+            _, text = await _get(w.web_port, "/metrics")
+            return _scrape(text).get(("sessionizer_records_in_total", ())) == len(recs)
+
+        await _until(counted, "records processed")
+        for authorization in (None, f"Bearer {TOKEN}", "Bearer "):
+            status, body, challenge = await _get_with(
+                w.web_port, f"/sessions/{APP}/{dev}", authorization
+            )
+            assert status == 401, body
+            assert "no web_token is set and web_host 0.0.0.0 is not loopback" in body["error"]
+            assert "open_session" not in body and dev not in str(body)
+            assert challenge == 'Bearer realm="sessionizer"'
+    finally:
+        assert w.terminate() == 0, w.log()[-3000:]
+    # Said once at start-up, where the operator looks.
+    assert "/sessions answers 401 to every request (set SESSIONIZER_WEB_TOKEN)" in w.log()
