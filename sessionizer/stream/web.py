@@ -7,6 +7,10 @@ partition. Raw records are keyed by device, so that partition is the default
 changelog: Faust's table metadata (``app.router.table_metadata``) says which
 worker's web server has it. A request is forwarded at most once (``?routed=1``),
 so two workers that briefly disagree about the assignment cannot bounce it.
+
+``/sessions`` shows user data: ``security.web_auth`` decides who may read it
+(a bearer ``web_token``, or a loopback-only server without one), and forwarded
+requests carry the token. ``/health`` and ``/metrics`` are open (docs/security.md).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from yarl import URL
 from .. import codec
 from ..core.state import KeyState, Session
 from .metrics import partition_stats, ready
+from .security import bearer_headers, redact_logs, web_auth
 
 if TYPE_CHECKING:
     import faust
@@ -38,9 +43,11 @@ def register(app: faust.App, pipe: Pipeline, topic: str) -> None:
     @app.page("/health")
     async def health(self: View, request: Request) -> Response:
         stats = partition_stats(pipe, topic)
-        ok = ready(pipe)
+        problems = pipe.problems({s.partition: s.lag for s in stats})
+        ok = ready(pipe) and not problems
         body = {
             "ready": ok,
+            "problems": problems,
             "partitions": [s.partition for s in stats],
             "lag": sum(s.lag or 0 for s in stats),
             "rebalancing": bool(app.rebalancing),
@@ -55,8 +62,18 @@ def register(app: faust.App, pipe: Pipeline, topic: str) -> None:
         body = encoder(pipe.metrics.registry)
         return self.bytes(body, headers={"Content-Type": content_type})
 
+    token = pipe.settings.web_token
+    if token is not None:
+        redact_logs(token.reveal())
+
     @app.page("/sessions/{app_name}/{device}")
     async def sessions(self: View, request: Request, app_name: str, device: str) -> Response:
+        settings = pipe.settings
+        denied = web_auth(
+            settings.web_token, settings.web_host, request.headers.get("Authorization")
+        )
+        if denied is not None:
+            return self.error(401, denied.reason, headers={"WWW-Authenticate": denied.challenge})
         return await _session(self, request, pipe, app_name, device)
 
 
@@ -141,7 +158,13 @@ async def _forward(view: View, request: Request, pipe: Pipeline, owner: str) -> 
     target = URL(owner).with_path(request.rel_url.raw_path, encoded=True).with_query(routed="1")
     client: Any = pipe.app.http_client
     try:
-        async with client.get(target) as resp:
+        async with client.get(target, headers=bearer_headers(pipe.settings.web_token)) as resp:
+            if resp.status == 401:
+                # The owner refused our token: a configuration mismatch, not the caller's 401.
+                return view.error(
+                    502,
+                    f"owner {owner} refused the forwarded request: do the workers share web_token?",
+                )
             body = await resp.read()
             ctype = resp.headers.get("Content-Type", "application/json")
             return view.bytes(body, status=resp.status, headers={"Content-Type": ctype})

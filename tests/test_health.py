@@ -1,0 +1,76 @@
+"""What /health reports as problems: a dead control reader, a stalled partition."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sessionizer.settings import load_settings
+from sessionizer.stream.worker import PartitionRunner, Pipeline, wall_ms
+
+
+class _Table:
+    data: dict[bytes, bytes] = {}
+
+
+def _pipe(**overrides: Any) -> Pipeline:
+    settings = load_settings(None, **overrides)
+    pipe = Pipeline(None, settings, _Table(), None)  # type: ignore[arg-type]
+    pipe.control_reader.ready.set()
+    return pipe
+
+
+def _runner(pipe: Pipeline, partition: int, idle_ms: int) -> PartitionRunner:
+    r = PartitionRunner(partition, pipe._new_engine(), applied=10)
+    r.progress_wall = wall_ms() - idle_ms
+    pipe.runners[partition] = r
+    return r
+
+
+def test_healthy_when_partitions_with_lag_make_progress() -> None:
+    pipe = _pipe()
+    _runner(pipe, 0, idle_ms=1_000)
+    _runner(pipe, 1, idle_ms=10 * 60_000)  # idle, but nothing to read
+    assert pipe.problems({0: 500, 1: 0}) == []
+
+
+def test_a_partition_with_lag_and_no_progress_is_a_problem() -> None:
+    pipe = _pipe()
+    _runner(pipe, 3, idle_ms=61_000)
+    problems = pipe.problems({3: 42})
+    assert len(problems) == 1 and problems[0].startswith("partition 3: 42 records behind")
+    assert pipe.problems({3: None}) == []  # lag not known yet: no verdict
+
+
+def test_stall_timeout_is_a_setting(monkeypatch: Any) -> None:
+    monkeypatch.setenv("SESSIONIZER_STALL_TIMEOUT", "10s")
+    pipe = _pipe()
+    _runner(pipe, 0, idle_ms=20_000)
+    assert pipe.problems({0: 1})
+    monkeypatch.setenv("SESSIONIZER_STALL_TIMEOUT", "30s")
+    pipe.settings = load_settings(None)
+    assert pipe.problems({0: 1}) == []
+
+
+def test_control_reader_not_ready_or_dead_is_a_problem() -> None:
+    pipe = _pipe()
+    pipe.control_reader.ready.clear()
+    assert pipe.problems({}) == ["opt-out control topic not read yet"]
+
+    async def boom() -> None:
+        raise ConnectionError("broker gone")
+
+    async def run() -> None:
+        task = asyncio.ensure_future(boom())
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        pipe.control_reader._task = task
+        assert pipe.problems({}) == ["opt-out control reader stopped: ConnectionError: broker gone"]
+
+    asyncio.run(run())
+
+
+def test_a_failed_agent_is_a_problem() -> None:
+    pipe = _pipe()
+    pipe.agent_failure = "RuntimeError: x"
+    assert pipe.problems({}) == ["engine agent stopped: RuntimeError: x"]
