@@ -392,7 +392,12 @@ class Pipeline:
                 if target > r.engine.watermark:
                     r.engine.advance_watermark(target)
                     r.engine.expire()
-                    await self._publish(r)
+                    # Only what recovery needs: an idle partition whose clock moved
+                    # but closed nothing writes nothing (no marker a second forever).
+                    # A restore then starts from the last written watermark, and R22
+                    # moves it on again from the wall clock.
+                    if r.engine.out or r.engine.dirty:
+                        await self._publish(r)
 
     async def stop(self) -> None:
         await self.control_reader.stop()

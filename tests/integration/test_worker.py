@@ -419,3 +419,43 @@ async def test_a_failing_worker_exits_non_zero_and_a_restart_resumes(
         await _run_and_compare(broker.bootstrap, names, recs + clocks, timeout=240)
     finally:
         assert healthy.terminate() == 0, healthy.log()[-3000:]
+
+
+async def test_r22_an_idle_worker_writes_nothing_to_its_changelog(
+    broker: Any, tmp_path: Path
+) -> None:
+    """Idle partitions move their clock (R22) without a marker per second forever."""
+    from aiokafka import AIOKafkaConsumer
+
+    from sessionizer.replay import true_end_offsets
+    from sessionizer.stream.kafka import topic_partitions
+
+    names = _names()
+    w = WorkerProc(
+        broker.bootstrap,
+        names,
+        tmp_path,
+        partitions=PARTITIONS,
+        env={"SESSIONIZER_IDLE_TIMEOUT": "1s"},
+    )
+    w.start()
+    c = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)
+    await c.start()
+    try:
+        await w.wait_ready()
+        recs = [codec.dumps(batch(f"idle-{i}", launch(T0), screen(T0 + 1000))) for i in range(8)]
+        await produce(broker.bootstrap, names.topics["raw_events"], recs)
+        topic = names.topics["sessionized_events"]
+        await read_all(broker.bootstrap, [topic], until=lambda o: len(o[topic]) >= 16)
+        changelog = f"{names.app_id}-state-changelog"
+        tps = await topic_partitions(c, changelog)
+        c.assign(tps)
+        await asyncio.sleep(3)  # the last batch's state and marker are written
+        before = await true_end_offsets(c, tps)
+        await asyncio.sleep(6)  # idle: the watermark moves every second
+        after = await true_end_offsets(c, tps)
+        assert sum(before.values()) > 0
+        assert after == before
+    finally:
+        await c.stop()
+        assert w.terminate() == 0, w.log()[-3000:]
