@@ -17,7 +17,6 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .. import codec
 from ..core.model import Counts
 
 if TYPE_CHECKING:
@@ -111,8 +110,6 @@ class Metrics:
 
 def partition_stats(pipe: Pipeline, topic: str) -> list[PartitionStats]:
     """Assigned engine partitions (and any live engine) with offsets, watermark and lag."""
-    from .worker import MARKER
-
     app = pipe.app
     try:
         assigned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic}
@@ -129,10 +126,8 @@ def partition_stats(pipe: Pipeline, topic: str) -> list[PartitionStats]:
             keys: int | None = len(eng.keys)
         else:
             # No batch since the assignment: what the state says was applied.
-            raw = pipe.table.data.get(f"{p}:".encode() + MARKER)
-            marker = codec.loads(raw) if raw is not None else None
-            applied = marker["offset"] if marker else -1
-            wm = marker["watermark"] if marker else 0
+            marker = pipe.store.marker(p)
+            applied, wm = marker.offset, marker.watermark
             open_n = keys = None
         out.append(PartitionStats(p, applied, wm, open_n, keys, _lag(app, topic, p, applied)))
     return out

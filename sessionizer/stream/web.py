@@ -26,6 +26,7 @@ from .. import codec
 from ..core.state import KeyState, Session
 from .metrics import partition_stats, ready
 from .security import bearer_headers, redact_logs, web_auth
+from .state import state_key
 
 if TYPE_CHECKING:
     import faust
@@ -148,7 +149,7 @@ def _local(pipe: Pipeline, skey: str, p: int) -> tuple[KeyState, int, int | None
 
 def _from_table(pipe: Pipeline, skey: str, p: int) -> tuple[KeyState, int, int | None, str] | None:
     # Owned, but no batch since the assignment: the snapshot in the table.
-    raw = pipe.table.data.get(f"{p}:{skey}".encode())
+    raw = pipe.store.get(p, state_key(p, skey))
     if raw is None:
         return None
     return KeyState.restore(skey, codec.loads(raw)), p, None, "table"

@@ -30,12 +30,9 @@ from ..offline import tune_gc
 from .kafka import ControlReader, client_options
 from .metrics import Metrics
 from .sender import BatchSender
+from .state import MARKER_NAME, NO_MARKER, Marker, StateStore, state_key
 
 log = logging.getLogger("sessionizer.worker")
-
-# The changelog key of a partition's "applied through offset X" marker.
-MARKER_NAME = "\x00marker"
-MARKER = MARKER_NAME.encode()
 
 
 def wall_ms() -> int:
@@ -176,6 +173,7 @@ class Pipeline:
         self.app = app
         self.settings = settings
         self.table = table
+        self.store = StateStore(table)
         self.source = source
         t = settings.topics
         self.out_topics = (t.sessionized_events, t.sessions, t.dead_letters)
@@ -200,17 +198,10 @@ class Pipeline:
 
     # ------------------------------------------------------------ state
 
-    def _key(self, partition: int, key: str) -> bytes:
-        return f"{partition}:{key}".encode()
-
     def _new_engine(self) -> Engine:
         eng = Engine(self.settings.engine, loads=codec.loads, dumps=codec.dumps, track_dirty=True)
         eng.control = self.control
         return eng
-
-    def marker(self, partition: int) -> dict[str, Any] | None:
-        raw = self.table.data.get(self._key(partition, MARKER_NAME))
-        return None if raw is None else codec.loads(raw)
 
     def runner(self, partition: int) -> PartitionRunner | None:
         """The partition's runner; built from the recovered table once it is safe to read.
@@ -226,31 +217,23 @@ class Pipeline:
     def _rebuild(self, partition: int) -> PartitionRunner:
         """The deadline index and engine of a partition, from the recovered table."""
         eng = self._new_engine()
-        prefix = f"{partition}:".encode()
-        applied = -1
-        src: dict[int, int] = {}
-        data = self.table.data
+        marker = NO_MARKER
         n = 0
-        for k, v in list(data.items()):
-            if not k.startswith(prefix) or v is None:
-                continue
-            name = k[len(prefix) :]
-            if name == MARKER:
-                marker = codec.loads(v)
-                applied = marker["offset"]
-                eng.watermark = marker["watermark"]
-                src = {int(q): o for q, o in marker.get("src", {}).items()}
+        for name, value in self.store.entries(partition):
+            if name == MARKER_NAME:
+                marker = Marker.decode(value)
             else:
-                eng.restore_key(name.decode(), codec.loads(v))
+                eng.restore_key(name, codec.loads(value))
                 n += 1
+        eng.watermark = marker.watermark
         log.info(
             "partition %d: restored %d keys, applied through offset %d, watermark %d",
             partition,
             n,
-            applied,
+            marker.offset,
             eng.watermark,
         )
-        return PartitionRunner(partition, eng, applied, src)
+        return PartitionRunner(partition, eng, marker.offset, dict(marker.src))
 
     async def assign(self, partitions: set[int]) -> None:
         """The group's new assignment, after its table recovery; runners come lazily."""
@@ -456,27 +439,21 @@ class Pipeline:
         # Outputs are acknowledged: now the state may say they were applied.
         p = r.partition
         changelog = self.table.changelog_topic.get_topic_name()
-        data = self.table.data
+        put = self.store.put
         state = []
         for key in eng.take_dirty():
-            tkey = self._key(p, key)
+            tkey = state_key(p, key)
             snap = eng.snapshot_key(key)
             value = None if snap is None else dumps(snap)
-            if value is None:
-                data.pop(tkey, None)
-            else:
-                data[tkey] = value
+            put(p, tkey, value)
             state.append((changelog, tkey, value, p))
         await send(state)
         # The marker goes last and alone: recovery reads the changelog up to its
         # end offset, and some brokers (Tansu) report a batch's base offset + 1
         # as the end, so a marker sharing a batch could hide the states before it.
-        marker_value: dict[str, Any] = {"offset": r.applied, "watermark": eng.watermark}
-        if r.src:
-            marker_value["src"] = {str(q): o for q, o in r.src.items()}
-        marker = dumps(marker_value)
-        mkey = self._key(p, MARKER_NAME)
-        data[mkey] = marker
+        marker = Marker(r.applied, eng.watermark, r.src).encode()
+        mkey = state_key(p, MARKER_NAME)
+        put(p, mkey, marker)
         await send([(changelog, mkey, marker, p)])
 
 
@@ -546,8 +523,7 @@ def build_app(settings: Any, *, web: bool = True) -> faust.App:
         await pipe.assign({tp.partition for tp in mine})
         offsets = {}
         for tp in mine:
-            marker = pipe.marker(tp.partition)
-            offsets[tp] = (marker["offset"] if marker else -1) + 1
+            offsets[tp] = pipe.store.marker(tp.partition).offset + 1
         if offsets:
             # Faust's own commit path to its consumer thread; it commits exactly these.
             await app.consumer._commit(offsets)

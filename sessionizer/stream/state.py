@@ -1,0 +1,92 @@
+"""The worker's state in its Faust table: one home for the changelog layout.
+
+Each engine partition ``p`` keeps, in partition ``p`` of the table (and of its
+changelog topic):
+
+* ``b"p:<session key>"`` -> the key's snapshot (JSON), absent once forgotten;
+* ``b"p:\\x00marker"`` -> ``{"offset", "watermark", "src"?}``: the partition's
+  state holds the effects of every source record up to ``offset`` (written
+  last and alone, see docs/broker.md#end-offsets-and-what-depends-on-them).
+
+The worker writes the changelog itself (one batch per partition), so it also
+writes the local store directly: by partition, which is what a RocksDB store
+needs (Faust's own ``store[key] = value`` takes the partition from the event
+being processed, and there is none in a timer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .. import codec
+
+MARKER_NAME = "\x00marker"
+
+
+def state_key(partition: int, name: str) -> bytes:
+    return f"{partition}:{name}".encode()
+
+
+@dataclass(frozen=True)
+class Marker:
+    offset: int  # highest source offset whose effects are in the state; -1: none
+    watermark: int
+    src: dict[int, int]  # repartitioned input: raw partition -> highest raw offset
+
+    def encode(self) -> bytes:
+        value: dict[str, Any] = {"offset": self.offset, "watermark": self.watermark}
+        if self.src:
+            value["src"] = {str(q): o for q, o in self.src.items()}
+        return codec.dumps(value)
+
+    @staticmethod
+    def decode(raw: bytes) -> Marker:
+        v = codec.loads(raw)
+        return Marker(v["offset"], v["watermark"], {int(q): o for q, o in v.get("src", {}).items()})
+
+
+NO_MARKER = Marker(-1, 0, {})
+
+
+class StateStore:
+    """Reads and writes one partition's entries in the table's local store."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        # Faust's RocksDB store keeps one database per partition.
+        self._by_partition = hasattr(table.data, "_db_for_partition")
+
+    def put(self, partition: int, key: bytes, value: bytes | None) -> None:
+        if self._by_partition:
+            db = self.table.data._db_for_partition(partition)
+            if value is None:
+                db.delete(key)
+            else:
+                db.put(key, value)
+        elif value is None:
+            self.table.data.pop(key, None)
+        else:
+            self.table.data[key] = value
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        if self._by_partition:
+            value: bytes | None = self.table.data._db_for_partition(partition).get(key)
+            return value
+        return self.table.data.get(key)  # type: ignore[no-any-return]
+
+    def entries(self, partition: int) -> Iterator[tuple[str, bytes]]:
+        """(name, value) of the partition's entries, the marker included."""
+        prefix = f"{partition}:".encode()
+        if self._by_partition:
+            items = self.table.data._db_for_partition(partition).items()
+        else:
+            items = list(self.table.data.items())
+        for k, v in items:
+            if v is not None and k.startswith(prefix):
+                yield k[len(prefix) :].decode(), v
+
+    def marker(self, partition: int) -> Marker:
+        raw = self.get(partition, state_key(partition, MARKER_NAME))
+        return NO_MARKER if raw is None else Marker.decode(raw)
