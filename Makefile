@@ -30,6 +30,13 @@ bench-core: $(VENV_STAMP)
 bench-stream: $(VENV_STAMP)
 	$(PY) bench/bench_stream.py
 
+# Chaos: workers SIGKILLed/SIGTERMed and restarted under steady traffic; the live
+# output must equal process-file's. CHAOS_ARGS="--seed 7 --seeds 1 --keep-logs" to vary.
+CHAOS_ARGS ?= --seeds 5
+.PHONY: chaos
+chaos: $(VENV_STAMP)
+	$(PY) bench/chaos.py $(CHAOS_ARGS)
+
 # The demo: embedded broker, worker, live sample traffic and a live view of the sessions.
 .PHONY: run
 run: $(VENV_STAMP)

@@ -189,7 +189,6 @@ class Pipeline:
         self.gaps: GapReader | None = None
         self.batches = 0
         self.last_batch_ms = 0.0
-        self.shutdown_task: asyncio.Future[None] | None = None
         self.metrics = Metrics()
         self._announced: set[int] | None = None
         self.fault = _test_fault()
@@ -597,8 +596,9 @@ def build_app(settings: Any, *, web: bool = True) -> faust.App:
         await pipe.revoke([tp.partition for tp in revoked if tp.topic == name])
 
     @app.on_before_shutdown.connect
-    def on_shutdown(app: faust.App, **kwargs: Any) -> None:
-        pipe.shutdown_task = asyncio.ensure_future(pipe.stop())
+    async def on_shutdown(app: faust.App, **kwargs: Any) -> None:
+        # Awaited by Faust before its loop closes: no consumer is left unclosed.
+        await pipe.stop()
 
     if web:
         from .web import register
