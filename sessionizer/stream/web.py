@@ -17,13 +17,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from aiokafka.partitioner import DefaultPartitioner  # type: ignore[import-untyped]
+from aiokafka.partitioner import DefaultPartitioner
 from faust.web import Request, Response, View
 from prometheus_client.exposition import choose_encoder
 from yarl import URL
 
 from .. import codec
-from ..core.state import KeyState, Session
+from ..core.state import OPEN, KeyState, Session
 from .metrics import partition_stats, ready
 from .security import bearer_headers, redact_logs, web_auth
 from .state import state_key
@@ -116,23 +116,7 @@ async def _session(view: View, request: Request, pipe: Pipeline, app: str, devic
     if found is None:
         return view.error(404, "unknown session key", key=skey)
     st, partition, watermark, source = found
-    if st.opted:
-        return view.json({"opted_out": True})
-    return view.json(
-        {
-            "key": skey,
-            "app": st.app,
-            "device": st.device,
-            "opted_out": False,
-            "session_count": st.counter,
-            "open_session": _session_dict(st.open),
-            "last_session": _session_dict(st.last),
-            "partition": partition,
-            "watermark_ms": watermark,
-            "source": source,
-            "served_by": str(pipe.app.conf.canonical_url),
-        }
-    )
+    return view.json(key_view(st, partition, watermark, source, str(pipe.app.conf.canonical_url)))
 
 
 def _local(pipe: Pipeline, skey: str, p: int) -> tuple[KeyState, int, int | None, str] | None:
@@ -173,6 +157,36 @@ async def _forward(view: View, request: Request, pipe: Pipeline, owner: str) -> 
         return view.error(502, f"owner {owner} did not answer: {exc}")
 
 
+def key_view(
+    st: KeyState, partition: int, watermark: int | None, source: str, served_by: str
+) -> dict[str, Any]:
+    """The body of ``/sessions/{app}/{device}`` (schemas/sessions-lookup.schema.json).
+
+    Each session is named for what it is: ``open_session`` is still open;
+    ``expired_session`` was closed by the watermark (its session_end is out) and
+    reopens if the key's next event comes before its deadline (R21);
+    ``last_closed_session`` is final, kept so a late event can still correct it (R24).
+    """
+    if st.opted:
+        return {"opted_out": True}  # R18: nothing else of the key
+    current = st.open
+    is_open = current is not None and current.status == OPEN
+    return {
+        "key": st.key,
+        "app": st.app,
+        "device": st.device,
+        "opted_out": False,
+        "session_count": st.counter,
+        "open_session": _session_dict(current) if is_open else None,
+        "expired_session": None if is_open else _session_dict(current),
+        "last_closed_session": _session_dict(st.last),
+        "partition": partition,
+        "watermark_ms": watermark,
+        "source": source,
+        "served_by": served_by,
+    }
+
+
 def _session_dict(s: Session | None) -> dict[str, Any] | None:
     if s is None:
         return None
@@ -182,7 +196,7 @@ def _session_dict(s: Session | None) -> dict[str, Any] | None:
         "session_number": s.number,
         "status": STATUS[s.status],
         "start_unixtime_ms": s.start,
-        "end_unixtime_ms": s.last_ts,  # the latest event so far while open (R9)
+        "end_unixtime_ms": s.last_ts,  # while open: its latest event so far (R9)
         "deadline_unixtime_ms": s.deadline,
         "end_reason": s.reason,
         "event_count": s.events,

@@ -27,6 +27,16 @@ from .. import codec
 from ..core.engine import Engine
 from ..core.model import DEAD_LETTERS, SESSIONS
 from ..offline import tune_gc
+from ..settings import Settings
+from .compat import (
+    FAUST_TUNING,
+    commit,
+    connect,
+    install_leave_group_fix,
+    raw_producer,
+    task,
+    timer,
+)
 from .kafka import ControlReader, client_options
 from .metrics import Metrics
 from .sender import BatchSender
@@ -129,7 +139,7 @@ class GapReader:
     nothing and costs one fetch.
     """
 
-    def __init__(self, settings: Any, topic: str) -> None:
+    def __init__(self, settings: Settings, topic: str) -> None:
         self.settings = settings
         self.topic = topic
         self._consumer: AIOKafkaConsumer | None = None
@@ -169,7 +179,7 @@ class GapReader:
 class Pipeline:
     """Wires the pure engine to Faust: batches in, outputs and state out."""
 
-    def __init__(self, app: faust.App, settings: Any, table: Any, source: Any) -> None:
+    def __init__(self, app: faust.App, settings: Settings, table: Any, source: Any) -> None:
         self.app = app
         self.settings = settings
         self.table = table
@@ -267,7 +277,7 @@ class Pipeline:
 
     # ------------------------------------------------------------ batches
 
-    async def process(self, events: Sequence[EventT]) -> None:
+    async def process(self, events: Sequence[EventT[Any]]) -> None:
         if not events:
             return
         started = time.perf_counter()
@@ -409,8 +419,7 @@ class Pipeline:
 
     def sender(self) -> BatchSender:
         if self._sender is None:
-            # Faust's own aiokafka producer: same connection, settings and credentials.
-            self._sender = BatchSender(self.app.producer._ensure_producer())
+            self._sender = BatchSender(raw_producer(self.app))
         return self._sender
 
     async def _publish(self, r: PartitionRunner) -> None:
@@ -443,9 +452,9 @@ class Pipeline:
         for key in eng.take_dirty():
             tkey = state_key(p, key)
             snap = eng.snapshot_key(key)
-            value = None if snap is None else dumps(snap)
-            put(p, tkey, value)
-            state.append((changelog, tkey, value, p))
+            encoded = None if snap is None else dumps(snap)
+            put(p, tkey, encoded)
+            state.append((changelog, tkey, encoded, p))
         await send(state)
         # The marker goes last and alone: recovery reads the changelog up to its
         # end offset, and some brokers (Tansu) report a batch's base offset + 1
@@ -456,10 +465,8 @@ class Pipeline:
         await send([(changelog, mkey, marker, p)])
 
 
-def build_app(settings: Any, *, web: bool = True) -> faust.App:
+def build_app(settings: Settings, *, web: bool = True) -> faust.App:
     """The Faust app of the worker; all payloads are bytes we encode with orjson."""
-    from ..broker import FAUST_TUNING, install_leave_group_fix
-
     install_leave_group_fix()
     from .security import faust_credentials, redact_logs
 
@@ -508,7 +515,6 @@ def build_app(settings: Any, *, web: bool = True) -> faust.App:
     )
     pipe = Pipeline(app, settings, table, source)
 
-    @app.on_rebalance_complete.connect
     async def resume_after_markers(app: faust.App, **kwargs: Any) -> None:
         """Hands the new assignment to the pipeline and points the group at the state.
 
@@ -524,8 +530,9 @@ def build_app(settings: Any, *, web: bool = True) -> faust.App:
         for tp in mine:
             offsets[tp] = pipe.store.marker(tp.partition).offset + 1
         if offsets:
-            # Faust's own commit path to its consumer thread; it commits exactly these.
-            await app.consumer._commit(offsets)
+            await commit(app, offsets)
+
+    connect(app.on_rebalance_complete, resume_after_markers)
 
     app.sessionizer = pipe  # type: ignore[attr-defined]
     batch_size = settings.batch_size
@@ -582,23 +589,19 @@ def build_app(settings: Any, *, web: bool = True) -> faust.App:
 
     pipe.input_topic = engine_input.get_topic_name()
 
-    @app.timer(interval=1.0)
-    async def idle_partitions() -> None:
-        await pipe.tick()
+    timer(app, 1.0, pipe.tick)
+    task(app, pipe.control_reader.start)
 
-    @app.task
-    async def start_control_reader() -> None:
-        await pipe.control_reader.start()
-
-    @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
         name = engine_input.get_topic_name()
         await pipe.revoke([tp.partition for tp in revoked if tp.topic == name])
 
-    @app.on_before_shutdown.connect
     async def on_shutdown(app: faust.App, **kwargs: Any) -> None:
         # Awaited by Faust before its loop closes: no consumer is left unclosed.
         await pipe.stop()
+
+    connect(app.on_partitions_revoked, on_revoked)
+    connect(app.on_before_shutdown, on_shutdown)
 
     if web:
         from .web import register

@@ -1,0 +1,102 @@
+"""All the worker takes from Faust and aiokafka beyond their public, typed API.
+
+One home for the tuning, the one patch (LeaveGroup on a broker that numbers
+generations from 0) and the private calls (committing chosen offsets, the raw
+aiokafka producer, typed signal and timer registration). They were checked
+against the pinned versions only: ``check_versions()`` refuses others at
+start-up, so an upgrade is a deliberate change of this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import faust
+from faust.types import TP
+
+#: The versions this module was checked against (pyproject.toml pins the same).
+PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
+
+#: Faust settings for any broker (safe on a real Kafka too); see docs/broker.md.
+FAUST_TUNING: dict[str, Any] = {
+    # Tansu holds every JoinGroup for ceil(session_timeout / 2): Faust's 60 s
+    # default made a worker wait 30 s before its first event. 10 s is aiokafka's
+    # own default; on a real Kafka it also moves a dead worker's partitions sooner.
+    "broker_session_timeout": 10.0,
+    # Keep heartbeats at most a third of the session timeout, as Kafka advises.
+    "broker_heartbeat_interval": 3.0,
+    # Faust stops a worker when a changelog's end offset is below what it has
+    # already read from it (ConsistencyError). Tansu under-reports end offsets
+    # (docs/broker.md), so a worker taking over a partition it had read as a
+    # standby crashed. Recovery does not rely on Faust's offsets: the state's
+    # marker says where each partition resumes (docs/decisions.md).
+    "recovery_consistency_check": False,
+}
+
+
+def check_versions() -> str | None:
+    """One line naming each package whose installed version is not the pinned one."""
+    wrong = []
+    for name, pinned in PINNED.items():
+        try:
+            have = version(name)
+        except PackageNotFoundError:
+            have = "missing"
+        if have != pinned:
+            wrong.append(f"{name} {have} (expected {pinned})")
+    if not wrong:
+        return None
+    return (
+        "the worker relies on internals of these exact versions: "
+        + ", ".join(wrong)
+        + "; install the versions pinned in pyproject.toml"
+    )
+
+
+def install_leave_group_fix() -> None:
+    """Make aiokafka leave the group on shutdown when Tansu numbered the generation 0.
+
+    aiokafka sends LeaveGroup only when `generation > 0`; Kafka's generations
+    start at 1, Tansu's at 0. Without a LeaveGroup, Tansu keeps the stopped
+    member until its session times out, so the next start of the same group
+    waits about 2 x session timeout (see docs/broker.md). LeaveGroup carries no
+    generation, so the fix is a no-op on a real Kafka. Idempotent.
+    """
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+
+    original = GroupCoordinator._maybe_leave_group
+    if getattr(original, "_sessionizer_fix", False):
+        return
+
+    async def _maybe_leave_group(self: Any) -> None:
+        if self.generation == 0 and self.member_id:
+            self.generation = 1  # only to pass aiokafka's `> 0` guard
+        await original(self)
+
+    _maybe_leave_group._sessionizer_fix = True  # type: ignore[attr-defined]
+    GroupCoordinator._maybe_leave_group = _maybe_leave_group
+
+
+async def commit(app: faust.App, offsets: Mapping[TP, int]) -> None:
+    """Commit exactly these offsets through Faust's consumer thread."""
+    await app.consumer._commit(offsets)  # type: ignore[attr-defined]
+
+
+def raw_producer(app: faust.App) -> Any:
+    """Faust's own aiokafka producer: same connection, settings and credentials."""
+    return app.producer._ensure_producer()  # type: ignore[attr-defined]
+
+
+def connect(signal: Any, receiver: Callable[..., Awaitable[None]]) -> None:
+    """Registers an async receiver on one of the app's signals."""
+    signal.connect(receiver)
+
+
+def timer(app: faust.App, seconds: float, fn: Callable[[], Awaitable[None]]) -> None:
+    app.timer(interval=seconds)(fn)
+
+
+def task(app: faust.App, fn: Callable[[], Awaitable[None]]) -> None:
+    app.task(fn)
