@@ -34,6 +34,7 @@ _TANSU_ENV = (
     "SCHEMA_REGISTRY",
 )
 
+
 class BrokerUnavailable(RuntimeError):
     """No embedded broker binary can run here."""
 

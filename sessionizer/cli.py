@@ -1,9 +1,10 @@
-"""The command line of SPEC §9. Thin: parse, load settings, call the module that works."""
+"""The command line (§9 of docs/rules.md). Thin: parse, load settings, call the module."""
 
 from __future__ import annotations
 
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -11,6 +12,8 @@ from .core.config import ConfigError
 
 # Exit 2 on usage or configuration errors (§9); click already uses 2 for usage.
 EXIT_CONFIG = 2
+
+_R = TypeVar("_R")
 
 
 def _settings(config: str | None, **overrides: Any) -> Any:
@@ -23,23 +26,24 @@ def _settings(config: str | None, **overrides: Any) -> Any:
         sys.exit(EXIT_CONFIG)
 
 
+def _config_safe(run: Callable[[], _R]) -> _R:
+    """``run()``; a configuration error found late (a TLS file, say): one line, exit 2."""
+    try:
+        return run()
+    except ConfigError as err:
+        click.echo(f"sessionizer: {err}", err=True)
+        sys.exit(EXIT_CONFIG)
+
+
 def _worker_unsupported(settings: Any) -> str | None:
-    """Settings the model accepts but this worker cannot honour: one line, at start-up."""
-    if settings.processing_guarantee == "exactly_once":
-        # Outputs go out as plain record batches and the state marker makes
-        # replays exact; Kafka transactions are not wired in (docs/decisions.md).
-        return (
-            "invalid setting processing_guarantee (SESSIONIZER_PROCESSING_GUARANTEE): "
-            "exactly_once is not supported yet; use at_least_once (outputs are "
-            "deterministic, so duplicates after a crash are identical)"
-        )
+    """Settings the model accepts but this install cannot honour: one line, at start-up."""
     if settings.store == "rocksdb":
         try:
-            import rocksdict  # type: ignore[import-not-found]  # noqa: F401
+            import rocksdict  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
         except ImportError:
             return (
-                "invalid setting store (SESSIONIZER_STORE): rocksdb needs the rocksdict "
-                "package (pip install 'faust-streaming[rocksdict]'); or use memory"
+                f"invalid setting {settings.label('store')}: rocksdb needs the rocksdict "
+                "package (pip install rocksdict); or use memory"
             )
     return None
 
@@ -126,6 +130,9 @@ def worker(
         sys.exit(EXIT_CONFIG)
     try:
         created = asyncio.run(ensure_topics(settings))
+    except ConfigError as err:
+        click.echo(f"sessionizer: {err}", err=True)
+        sys.exit(EXIT_CONFIG)
     except Exception as exc:
         click.echo(f"sessionizer: cannot reach the broker {settings.broker_url}: {exc}", err=True)
         sys.exit(1)
@@ -136,8 +143,13 @@ def worker(
         click.echo(f"sessionizer: {note}", err=True)
     import faust
 
-    app = build_app(settings)
-    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    app = _config_safe(lambda: build_app(settings))
+    # The worker prints "sessionizer worker ready: partitions [...] of TOPIC; web URL"
+    # on stderr whenever its assignment changes (docs/operations.md#start-up); not
+    # redirected into Faust's log, so it stays one plain line at any log level.
+    faust.Worker(
+        app, loglevel=loglevel, quiet=True, redirect_stdouts=False
+    ).execute_from_commandline()
 
 
 @main.command("produce")
@@ -179,7 +191,9 @@ def produce(
     if file is not None and file != "-" and not os.path.isfile(file):
         raise click.UsageError(f"input file not found: {file}")
     settings = _settings(config, broker_url=broker_url)
-    sys.exit(run(settings, file, n_events, rate=rate, devices=devices, seed=seed))
+    sys.exit(
+        _config_safe(lambda: run(settings, file, n_events, rate=rate, devices=devices, seed=seed))
+    )
 
 
 @main.command("demo")
@@ -275,13 +289,15 @@ def tail(
 
     settings = _settings(config, broker_url=broker_url)
     sys.exit(
-        run(
-            settings,
-            kind,
-            as_json=as_json,
-            from_beginning=from_beginning,
-            max_records=max_records,
-            timeout_s=timeout_s,
+        _config_safe(
+            lambda: run(
+                settings,
+                kind,
+                as_json=as_json,
+                from_beginning=from_beginning,
+                max_records=max_records,
+                timeout_s=timeout_s,
+            )
         )
     )
 
@@ -344,11 +360,54 @@ def replay(
     except ValueError as err:
         usage(f"--output-prefix: {err}")
     sys.exit(
-        rp.run(
-            settings,
-            since_ms=since_ms,
-            until_ms=until_ms,
-            output_prefix=prefix,
-            keep_open=keep_open,
+        _config_safe(
+            lambda: rp.run(
+                settings,
+                since_ms=since_ms,
+                until_ms=until_ms,
+                output_prefix=prefix,
+                keep_open=keep_open,
+            )
         )
+    )
+
+
+@main.command("report")
+@click.option(
+    "--since",
+    "since",
+    default="1h",
+    show_default=True,
+    metavar="DURATION|TIME",
+    help='Session records written since then: a duration back from now ("1h", "30m"), '
+    "an ISO-8601 time or epoch milliseconds.",
+)
+@click.option("--from-beginning", is_flag=True, help="Every record of the sessions topic.")
+@click.option(
+    "--out", "out_path", default="sessionizer-report.html", show_default=True, metavar="FILE"
+)
+@click.option("--broker", "broker_url", default=None, help="Kafka URL, e.g. kafka://host:9092.")
+@click.option("--config", "config", default=None, help="TOML settings file.")
+def report(
+    since: str, from_beginning: bool, out_path: str, broker_url: str | None, config: str | None
+) -> None:
+    """Sessions by end reason, durations and apps, from the sessions topic, as one HTML page."""
+    import time
+
+    from . import report as rep
+    from .replay import parse_time_ms
+    from .settings import parse_duration_ms
+
+    now_ms = time.time_ns() // 1_000_000
+    since_ms: int | None = None
+    if not from_beginning:
+        back = parse_duration_ms(since) if not since.strip().isdigit() else None
+        try:
+            since_ms = now_ms - back if back is not None else parse_time_ms(since)
+        except ValueError as err:
+            click.echo(f"sessionizer report: --since: {err}", err=True)
+            sys.exit(EXIT_CONFIG)
+    settings = _settings(config, broker_url=broker_url)
+    sys.exit(
+        _config_safe(lambda: rep.run(settings, since_ms=since_ms, out_path=out_path, now_ms=now_ms))
     )

@@ -15,6 +15,8 @@ import contextlib
 import heapq
 import itertools
 import os
+import re
+import secrets
 import select
 import signal
 import socket
@@ -129,7 +131,7 @@ class LiveTraffic:
         step = d.next
         assert step is not None
         if d.flush_due and t == d.flush_due and t < step[0]:
-            yield self._upload(d, t)  # the upload timer fired
+            yield from self._upload(d, t)  # the upload timer fired
             return
         ts, ev, flag = step
         ev["data"]["timestamp_unixtime_ms"] = self.wall_ms(ts)
@@ -137,17 +139,19 @@ class LiveTraffic:
             d.flush_due = ts + d.upload_ms
         d.buf.append(ev)
         if flag == _F_LOGIN:
-            yield self._upload(d, ts)
+            yield from self._upload(d, ts)
             d.mpid = _mpid(self._g.rng)
         elif flag == _F_FLUSH or len(d.buf) >= d.target:
-            yield self._upload(d, ts)
+            yield from self._upload(d, ts)
         d.next = next(d.gen)
 
-    def _upload(self, d: _Device, t: int) -> bytes:
+    def _upload(self, d: _Device, t: int) -> Iterator[bytes]:
         g = self._g
         rec = g._record(d, self.wall_ms(t))
-        raw = g._corrupt(rec) if g.rng.random() < self.bad_rate else None
-        return raw if raw is not None else codec.dumps(rec)
+        cut = g._corrupt(rec) if g.rng.random() < self.bad_rate else None
+        if cut is not None:
+            yield cut  # cut off mid-way; the SDK retries it whole
+        yield codec.dumps(rec)
 
 
 def devices_for_rate(events_per_s: float, speed: float) -> int:
@@ -185,6 +189,8 @@ class Stats:
     sessions_started: int = 0
     revised: int = 0
     worker: str = "starting"
+    web: str = ""  # the worker's web URL: /health, /metrics, /sessions/{app}/{device}
+    partitions: str = ""  # the worker's partitions, from its ready line
     ended_by_reason: Counter[str] = field(default_factory=Counter)
     dead_letters: Counter[str] = field(default_factory=Counter)
     open: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -195,6 +201,14 @@ class Stats:
     @property
     def ended(self) -> int:
         return sum(self.ended_by_reason.values())
+
+    def on_ready(self, line: str) -> bool:
+        """Takes the worker's ready line; True when it was one."""
+        m = READY.search(line)
+        if m is None:
+            return False
+        self.partitions, self.web = m.group(1), m.group(3)
+        return True
 
     def on_produced(self, records: int, events: int) -> None:
         self.records_in, self.events_in = records, events
@@ -286,6 +300,7 @@ def _hhmmss(ms: Any) -> str:
 
 def render(stats: Stats, now: float, broker: str, height: int = 40) -> Any:
     from rich.console import Group
+    from rich.markup import escape
     from rich.panel import Panel
     from rich.table import Table
     from rich.text import Text
@@ -293,16 +308,23 @@ def render(stats: Stats, now: float, broker: str, height: int = 40) -> Any:
     r_in, r_out = stats.rates(now)
     worker = stats.worker + (" (it takes a while to join)" if stats.worker == "starting" else "")
     dead = ", ".join(f"{k} {v}" for k, v in stats.dead_letters.most_common()) or "none"
+    web = (
+        f"worker web [bold]{escape(stats.web)}[/] (/health, /metrics, /sessions/APP/DEVICE)"
+        + (f", partitions {escape(stats.partitions)}" if stats.partitions else "")
+        if stats.web
+        else "worker web: waiting for its ready line"
+    )
     head = (
         f"broker [bold]{broker}[/] · worker [bold]{worker}[/] · up {_clock(now - stats.started)}"
         " · [dim]Ctrl-C stops[/]\n"
+        f"{web}\n"
         f"in [bold green]{r_in:,.0f}[/] events/s ({stats.events_in:,}) · "
         f"out [bold green]{r_out:,.0f}[/] events/s ({stats.events_out:,}) · "
         f"sessions [bold]{len(stats.open)}[/] open, [bold]{stats.ended}[/] ended, "
         f"{stats.revised} revised · dead letters {dead}"
     )
-    # Panel, two tables' chrome and the footer take 15 lines; rows share the rest.
-    rows = max(2, height - 15)
+    # Panel, two tables' chrome and the footer take 16 lines; rows share the rest.
+    rows = max(2, height - 16)
     n_open = min(6, rows * 2 // 5)
     n_ended = min(10, rows - n_open)
     opened = Table(title=f"Open sessions: {len(stats.open)} (most recent)", expand=True)
@@ -422,6 +444,34 @@ class Worker:
         return "\n".join(text.splitlines()[-lines:])
 
 
+READY = re.compile(r"sessionizer worker ready: partitions (\[[^\]]*\]) of (\S+); web (\S+)")
+
+
+class WorkerLog:
+    """The worker's log file, read as it grows, for its ready lines (docs/operations.md)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.pos = 0
+        self.partial = b""
+
+    def new_lines(self) -> list[str]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.pos)
+                data = f.read(1 << 20)
+        except OSError:
+            return []
+        self.pos += len(data)
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        return [line.decode("utf-8", "replace").rstrip("\r") for line in lines]
+
+    def ready_lines(self) -> list[str]:
+        """The ready lines written since the last call, without anything around them."""
+        found = (READY.search(line) for line in self.new_lines())
+        return [m.group(0) for m in found if m is not None]
+
+
 class OutputReader:
     """A group-less consumer of the three output topics, from their end at start-up."""
 
@@ -474,6 +524,9 @@ class Options:
     view: bool = True
     seed: int | None = None
     config: str | None = None
+    # On a user's broker: the prefix of every topic and group the demo uses; its
+    # topics are deleted when it stops.
+    own_prefix: str | None = None
 
 
 def demo_env(config: str | None, base: dict[str, str]) -> dict[str, str]:
@@ -632,20 +685,24 @@ async def run_demo(
         await ensure_topics(settings)
         reader = OutputReader(settings, stats)
         await reader.start()
+        web_port = free_port()
         args = [sys.executable, "-m", "sessionizer", "worker", "--broker", settings.broker_url]
-        args += ["--app-id", settings.app_id, "--web-port", str(free_port())]
+        args += ["--app-id", settings.app_id, "--web-port", str(web_port)]
         if opts.config:
             args += ["--config", opts.config]
         worker = await Worker.start(args, env, data_dir / "worker.log")
         if workers is not None:
             workers.append(worker)
+        web = f"http://{settings.web_host}:{web_port}"
         try:
-            failure = await _supervise(settings, opts, stats, reader, worker, stop, out)
+            failure = await _supervise(settings, opts, stats, reader, worker, stop, out, web)
         finally:
             why = signals.received if signals is not None and signals.received else ""
             out.say(f"demo: {why + ', ' if why else ''}stopping the worker...")
             worker_rc = await worker.stop()
             await reader.stop()
+            if opts.own_prefix:
+                await delete_own_topics(settings, opts.own_prefix, out)
     finally:
         unwatch()
         if signals is not None:
@@ -659,6 +716,31 @@ async def run_demo(
     return 1 if failure else 0
 
 
+async def delete_own_topics(settings: Any, prefix: str, out: Output) -> None:
+    """Deletes the topics whose names start with ``prefix`` (the demo's, on a user's broker)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from .stream.kafka import client_options
+
+    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=10_000)
+    mine: list[str] = []
+    try:
+        await asyncio.wait_for(admin.start(), 15)
+        mine = sorted(t for t in await admin.list_topics() if t.startswith(prefix))
+        if mine:
+            await asyncio.wait_for(admin.delete_topics(mine), 30)
+        out.say(f"demo: deleted its topics {', '.join(mine) or '(none)'}")
+    except Exception as exc:  # the user's cluster may forbid deletes: say what is left
+        out.say(
+            f"demo: could not delete its topics ({exc or type(exc).__name__}); "
+            f"delete the topics starting with {prefix} yourself",
+            err=True,
+        )
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+
+
 async def _supervise(
     settings: Any,
     opts: Options,
@@ -667,6 +749,7 @@ async def _supervise(
     worker: Worker,
     stop: asyncio.Event,
     out: Output,
+    web: str,
 ) -> str:
     """Runs traffic and view until told to stop; what failed, or "" for a normal stop."""
     from .produce import produce_records
@@ -676,9 +759,25 @@ async def _supervise(
     broker = ",".join(settings.broker_hosts)
     out.say(
         f"demo: broker {broker}, worker pid {worker.proc.pid} (app id {settings.app_id}, "
-        f"log {worker.log_path}), {traffic.devices} devices, "
+        f"log {worker.log_path}, web {web}), {traffic.devices} devices, "
         f"session timeout {settings.engine.timeout_ms / 1000:g} s"
     )
+    if opts.own_prefix:
+        t = settings.topics
+        out.say(
+            f"demo: on your broker it uses only its own topics ({t.raw_events}, "
+            f"{t.sessionized_events}, {t.sessions}, {t.dead_letters}, {t.opt_out_control}) "
+            f"and group {settings.app_id}, and deletes them when it stops"
+        )
+    worker_log = WorkerLog(worker.log_path)
+    stats.web = web
+
+    def ready_lines() -> None:
+        for line in worker_log.ready_lines():
+            stats.on_ready(line)
+            if live is None:  # the live view shows it in its header
+                out.say(f"demo: {line}")
+
     producer = produce_records(
         settings, traffic.records(), progress=stats.on_produced, create_topics=False
     )
@@ -699,6 +798,7 @@ async def _supervise(
             out.lose(1)
 
         def tick() -> None:
+            ready_lines()
             if 1 in out.lost:
                 return
             try:
@@ -710,6 +810,7 @@ async def _supervise(
     else:
 
         def tick() -> None:
+            ready_lines()
             out.say(stats.line(time.monotonic()))
 
     ticker = asyncio.create_task(_every(0.5 if live else SUMMARY_EVERY_S, tick, stop))
@@ -775,6 +876,10 @@ def _run(broker_url: str | None, port: int | None, opts: Options, signals: StopS
         env = demo_env(opts.config, dict(os.environ))
         env["SESSIONIZER_DATA_DIR"] = tmp
         env.setdefault("SESSIONIZER_APP_ID", f"sessionizer-demo-{os.getpid()}-{int(time.time())}")
+        if broker_url is not None:
+            # A user's broker: its live topics and groups are not ours to touch.
+            opts.own_prefix = f"sessionizer-demo-{secrets.token_hex(4)}"
+            env.update(own_topics_env(load_settings(opts.config, env=env), opts.own_prefix))
         if broker_url is None:
             if port is None:
                 port = 0 if port_busy(9092) else 9092
@@ -800,6 +905,22 @@ def _run(broker_url: str | None, port: int | None, opts: Options, signals: StopS
             return 1
         finally:
             signals.detach()  # stopping now: later signals must not cut the clean-up short
+
+
+def own_topics_env(settings: Any, prefix: str) -> dict[str, str]:
+    """Environment that moves every topic and the group of the demo under ``prefix``."""
+    t = settings.topics
+    names = {
+        "RAW_EVENTS": t.raw_events,
+        "SESSIONIZED_EVENTS": t.sessionized_events,
+        "SESSIONS": t.sessions,
+        "DEAD_LETTERS": t.dead_letters,
+        "OPT_OUT_CONTROL": t.opt_out_control,
+    }
+    env = {f"SESSIONIZER_TOPIC_{role}": f"{prefix}.{name}" for role, name in names.items()}
+    # Faust names its changelog and assignor topics after the app id: the same prefix.
+    env["SESSIONIZER_APP_ID"] = prefix
+    return env
 
 
 def _kill_all(workers: list[Worker]) -> None:

@@ -260,13 +260,21 @@ class _Part:
 
 
 class _Progress:
-    """A rich bar per partition on a terminal (stderr), else a line now and then."""
+    """Progress over the replay window only: a rich bar per partition on a terminal
+    (stderr), else a line now and then.
+
+    A partition's window is known up front when the broker found its bounds; when
+    they are found by scanning timestamps, it is known once the partition is done.
+    Records read only to find the window are not counted as replayed.
+    """
 
     def __init__(self, parts: list[_Part], enabled: bool) -> None:
         self.parts = parts
         self.enabled = enabled
         self.bar: Any = None
         self.tasks: dict[int, Any] = {}
+        self.replayed: dict[int, int] = {}
+        self.finished: set[int] = set()
         self.t0 = time.monotonic()
         self.last_line = self.t0
         if enabled and sys.stderr.isatty():
@@ -290,44 +298,83 @@ class _Progress:
                 transient=True,
             )
             for p in parts:
-                self.tasks[p.tp.partition] = self.bar.add_task(
-                    f"{p.tp.topic}[{p.tp.partition}]", total=p.total or 1, rate=0.0
-                )
+                window = self.window(p)
+                if window != 0:  # an empty window gets no bar
+                    self.tasks[p.tp.partition] = self.bar.add_task(
+                        f"{p.tp.topic}[{p.tp.partition}]", total=window, rate=0.0
+                    )
+
+    @staticmethod
+    def _scanned(part: _Part) -> bool:
+        return part.skip_before is not None or part.stop_at is not None
+
+    def window(self, part: _Part) -> int | None:
+        """Records in the partition's window, None while a timestamp scan is finding it."""
+        if part.tp.partition in self.finished:
+            return self.replayed.get(part.tp.partition, 0)
+        return None if self._scanned(part) else part.total
 
     def __enter__(self) -> _Progress:
         if self.bar is not None:
             self.bar.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         if self.bar is not None:
             self.bar.stop()
+        if self.enabled and exc_type is None and not sum(self.replayed.values()):
+            print("replay: no records in the window", file=sys.stderr, flush=True)
 
-    def update(self, part: _Part, finished: bool = False) -> None:
+    def update(self, part: _Part, finished: bool = False, replayed: int | None = None) -> None:
+        """``replayed``: records of ``part`` through the engine so far (default: all read)."""
+        p = part.tp.partition
+        if replayed is None:
+            replayed = 0 if self._scanned(part) and not finished else part.done
+        self.replayed[p] = replayed
+        if finished:
+            self.finished.add(p)
         if not self.enabled:
             return
         if self.bar is not None:
-            task = self.tasks[part.tp.partition]
-            if finished:  # the total too: a scan for --until may stop early
-                self.bar.update(task, total=part.total or 1, completed=part.total or 1)
-            else:
-                self.bar.update(task, completed=part.done)
+            task = self.tasks.get(p)
+            if task is None:
+                return
+            if finished and not replayed:
+                self.bar.remove_task(task)
+                del self.tasks[p]
+                return
+            # At the end the total too: a scan found the window, or --until stopped early.
+            total = replayed if finished else self.window(part)
+            self.bar.update(task, total=total, completed=replayed)
             self.bar.update(task, rate=self.bar.tasks[task].speed or 0.0)
             return
         now = time.monotonic()
-        if finished or now - self.last_line >= LINE_EVERY_S:
+        if (finished and replayed) or (not finished and now - self.last_line >= LINE_EVERY_S):
             self.last_line = now
             print(self.line(part, now), file=sys.stderr, flush=True)
 
     def line(self, part: _Part, now: float) -> str:
         secs = max(now - self.t0, 1e-9)
-        done = sum(p.done for p in self.parts)
-        total = sum(p.total for p in self.parts)
+        p = part.tp.partition
+        replayed = self.replayed.get(p, 0)
+        window = self.window(part)
+        if window is None:
+            here = f"{replayed:,} records (read {part.done:,}/{part.total:,} to find the window)"
+        else:
+            here = f"{replayed:,}/{window:,} records"
+        done = sum(self.replayed.values())
         rate = done / secs
+        windows = [self.window(q) for q in self.parts]
+        if any(w is None for w in windows):
+            return (
+                f"replay: {part.tp.topic}[{p}] {here}; all {done:,} records so far, "
+                f"{rate:,.0f} records/s"
+            )
+        total = sum(w or 0 for w in windows)
         eta = f"{(total - done) / rate:,.0f} s" if rate > 0 and done < total else "-"
         return (
-            f"replay: {part.tp.topic}[{part.tp.partition}] {part.done:,}/{part.total:,}; "
-            f"all {done:,}/{total:,} records, {rate:,.0f} records/s, ETA {eta}"
+            f"replay: {part.tp.topic}[{p}] {here}; all {done:,}/{total:,} records, "
+            f"{rate:,.0f} records/s, ETA {eta}"
         )
 
 
@@ -560,7 +607,7 @@ async def _replay_partition(
 ) -> None:
     tp = part.tp
     if part.end <= part.start:
-        bar.update(part, finished=True)
+        bar.update(part, finished=True, replayed=0)
         return
     consumer.assign([tp])
     process = engine.process_record
@@ -591,10 +638,10 @@ async def _replay_partition(
             await out.maybe_send()
             if end < part.end:
                 break
-            bar.update(part)
+            bar.update(part, replayed=engine.counts.records_in)
     part.end = end
     part.done = part.total
-    bar.update(part, finished=True)
+    bar.update(part, finished=True, replayed=engine.counts.records_in)
 
 
 # --------------------------------------------------------------------------- command

@@ -1,4 +1,4 @@
-"""Settings (SPEC §8): defaults < TOML file < ``SESSIONIZER_*`` environment < command line.
+"""Settings (§8): defaults < TOML file < ``SESSIONIZER_*`` environment < command line.
 
 Loaded once at start-up into frozen values. Every bad setting raises one
 ``ConfigError`` whose message is a single line naming the setting and where
@@ -16,6 +16,7 @@ import hmac
 import json
 import os
 import re
+import ssl
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -144,6 +145,13 @@ class Settings:
     batch_within_ms: int = 100
     security: Security = field(default_factory=Security)
     config_file: Path | None = None
+    # Flat key -> where its value came from ("SESSIONIZER_X", "in FILE", "command line").
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def label(self, key: str) -> str:
+        """``name (source)`` of a setting by flat key, as configuration errors name it."""
+        spec = _BY_KEY[key]
+        return f"{spec.name} ({self.sources.get(key, spec.env)})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,10 +238,26 @@ def parse_size_bytes(raw: object) -> int | None:
     return int(number) * _SIZE_UNITS[(unit or "b").lower()]
 
 
+def _bare_number(raw: object) -> int | None:
+    """An integer without a unit (``30``, ``"30"``), else None."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and _INT_RE.fullmatch(raw.strip()):
+        return int(raw)
+    return None
+
+
 def _duration(minimum: int, example: str) -> _Parse:
     what = "a positive duration" if minimum > 0 else "a duration of 0 or more"
 
     def parse(raw: object) -> int:
+        bare = _bare_number(raw)
+        # A unit is required: `timeout = 30` read as 30 ms split every visit into sessions.
+        if bare is not None and bare > 0:
+            raise _Bad(
+                f'needs a unit, such as "{bare}s" or "{bare}m" (units ms, s, m, h, d): '
+                f"a bare number is not a duration, got {_show(raw)}"
+            )
         ms = parse_duration_ms(raw)
         if ms is None or ms < minimum:
             raise _Bad(f'must be {what} such as "{example}", got {_show(raw)}')
@@ -253,15 +277,12 @@ def _integer(minimum: int, maximum: int | None = None) -> _Parse:
     what = f"an integer >= {minimum}" if maximum is None else f"an integer {minimum}-{maximum}"
 
     def parse(raw: object) -> int:
-        value: int | None = None
-        if isinstance(raw, int) and not isinstance(raw, bool):
-            value = raw
-        elif isinstance(raw, str) and _INT_RE.fullmatch(raw.strip()):
-            value = int(raw)
+        value = _bare_number(raw)
         if value is None or value < minimum or (maximum is not None and value > maximum):
             raise _Bad(f"must be {what}, got {_show(raw)}")
         return value
 
+    _NATIVE[parse] = "an integer"
     return parse
 
 
@@ -275,6 +296,35 @@ def _boolean(raw: object) -> bool:
         if word in _FALSE:
             return False
     raise _Bad(f"must be true or false, got {_show(raw)}")
+
+
+# Parsers whose values a typed source (the TOML file, SESSIONIZER_APPS) must not quote:
+# `partitions = "8"` is a string where the file means a number.
+_NATIVE: dict[_Parse, str] = {_boolean: "true or false"}
+
+
+def _typed(source: str) -> bool:
+    return source.startswith("in ") or source == APPS_ENV
+
+
+def _parse(parse: _Parse, raw: object, source: str) -> object:
+    """``parse(raw)``, refusing a quoted number or boolean from a typed source."""
+    value = parse(raw)
+    native = _NATIVE.get(parse)
+    if native is not None and isinstance(raw, str) and _typed(source):
+        raise _Bad(f"must be {native} without quotes, got the string {_show(raw)}")
+    return value
+
+
+def _refuse_exactly_once(raw: object) -> str:
+    choice = _choice("at_least_once", "exactly_once")(raw)
+    if choice == "exactly_once":
+        # Outputs are plain record batches, not Kafka transactions (docs/decisions.md#worker).
+        raise _Bad(
+            "exactly_once is not supported: outputs are not written in Kafka transactions; "
+            "use at_least_once (duplicates after a crash are byte-identical)"
+        )
+    return str(choice)
 
 
 def _choice(*options: str) -> _Parse:
@@ -534,15 +584,19 @@ _SPECS: tuple[_Spec, ...] = (
         "store",
         "memory | rocksdb",
         "memory",
-        "State store of the worker's tables.",
+        "State store of the worker's tables: memory (rebuilt from the changelog at every "
+        "start) or rocksdb (on disk in data_dir; needs the rocksdict package, else the "
+        "worker refuses it at start-up).",
         _choice("memory", "rocksdb"),
     ),
     _spec(
         "processing_guarantee",
-        "at_least_once | exactly_once",
         "at_least_once",
-        "Kafka processing guarantee of the worker.",
-        _choice("at_least_once", "exactly_once"),
+        "at_least_once",
+        "Kafka processing guarantee of the worker. Only at_least_once is supported: "
+        "exactly_once is refused at start-up (outputs are not written in Kafka transactions; "
+        "duplicates after a crash are byte-identical, see [decisions.md](decisions.md#worker)).",
+        _refuse_exactly_once,
     ),
     _spec(
         "web_port", "integer 0-65535", 6066, "Port of the worker's web server.", _integer(0, 65535)
@@ -729,7 +783,7 @@ def load_settings(
             values[spec.key] = None
             continue
         try:
-            values[spec.key] = spec.parse(value)
+            values[spec.key] = _parse(spec.parse, value, source)
         except _Bad as bad:
             raise ConfigError(f"{spec.name} ({source})", str(bad)) from None
 
@@ -874,7 +928,7 @@ def _merge_apps(*layers: dict[str, dict[str, _Raw]]) -> dict[str, AppOverrides]:
         parsed: dict[str, object] = {}
         for key, (raw, source) in merged[app].items():
             try:
-                parsed[key] = _APP_FIELDS[key][0](raw)
+                parsed[key] = _parse(_APP_FIELDS[key][0], raw, source)
             except _Bad as bad:
                 raise ConfigError(f"{_app_name(app)}.{key} ({source})", str(bad)) from None
         apps[app] = AppOverrides(
@@ -919,6 +973,7 @@ def _build(
         ssl_keyfile=_opt(values, "ssl_keyfile", Path),
     )
     _check_security(security, sources)
+    _check_tls(security, sources)
     engine = EngineConfig(
         timeout_ms=_get(values, "timeout", int),
         foreground_idle_timeout_ms=_opt(values, "foreground_idle_timeout", int),
@@ -953,6 +1008,7 @@ def _build(
         batch_within_ms=_get(values, "batch_within", int),
         security=security,
         config_file=config_file,
+        sources=dict(sources),
     )
 
 
@@ -1002,6 +1058,59 @@ def _check_security(sec: Security, sources: Mapping[str, str]) -> None:
         raise ConfigError(_label("ssl_certfile", sources), "required when ssl_keyfile is set")
 
 
+class _EncryptedKey(Exception):
+    """OpenSSL asked for a password: the key is encrypted."""
+
+
+def _no_password() -> str:
+    # Without this callback OpenSSL would prompt on a terminal.
+    raise _EncryptedKey
+
+
+def _tls_reason(err: Exception) -> str:
+    text = re.sub(r"\s*\(_ssl\.c:\d+\)$", "", getattr(err, "strerror", None) or str(err))
+    text = re.sub(r"^\[[^\]]*\]\s*", "", text)
+    return "not PEM, or the key does not belong to the certificate" if text == "PEM lib" else text
+
+
+def _check_tls(sec: Security, sources: Mapping[str, str]) -> None:
+    """Loads the TLS files once: a wrong file is a configuration error at start-up.
+
+    Every command (tail, produce, worker, replay, demo) then stops with one line
+    naming the setting, not with a traceback or "cannot reach the broker" later.
+    """
+    if not sec.uses_ssl:
+        return
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if sec.ssl_cafile is not None:
+        try:
+            ctx.load_verify_locations(cafile=str(sec.ssl_cafile))
+        except (ssl.SSLError, OSError, ValueError) as err:
+            raise ConfigError(
+                _label("ssl_cafile", sources),
+                f"no PEM CA certificate in {json.dumps(str(sec.ssl_cafile))}: {_tls_reason(err)}",
+            ) from None
+    if sec.ssl_certfile is not None:
+        keyfile = sec.ssl_keyfile or sec.ssl_certfile
+        try:
+            ctx.load_cert_chain(
+                str(sec.ssl_certfile),
+                str(sec.ssl_keyfile) if sec.ssl_keyfile is not None else None,
+                password=_no_password,
+            )
+        except _EncryptedKey:
+            raise ConfigError(
+                _label("ssl_keyfile" if sec.ssl_keyfile else "ssl_certfile", sources),
+                "the private key is encrypted; give an unencrypted PEM key",
+            ) from None
+        except (ssl.SSLError, OSError, ValueError) as err:
+            raise ConfigError(
+                _label("ssl_certfile", sources),
+                f"cannot load the client certificate {json.dumps(str(sec.ssl_certfile))} "
+                f"with the key {json.dumps(str(keyfile))}: {_tls_reason(err)}",
+            ) from None
+
+
 # --------------------------------------------------------------------------- docs
 
 
@@ -1026,8 +1135,8 @@ _EXAMPLE_TOML = """\
 broker_url = "kafka://kafka-1:9092,kafka-2:9092"
 partitions = 12
 replication_factor = 3
-store = "rocksdb"
 data_dir = "/var/lib/sessionizer"
+# store = "rocksdb"   # state on disk in data_dir; needs the rocksdict package
 
 [topics]
 raw_events = "mparticle-raw"
@@ -1080,10 +1189,16 @@ def render_markdown() -> str:
         "",
         "Value formats:",
         "",
-        "* **duration** — an integer of milliseconds or a string with a unit:"
-        ' `"100ms"`, `"10s"`, `"30m"`, `"1.5h"`, `"30d"`.',
+        "* **duration** — a number with a unit, `ms`, `s`, `m`, `h` or `d`:"
+        ' `"100ms"`, `"10s"`, `"30m"`, `"1.5h"`, `"30d"` (in the file, a string). A bare'
+        " number is refused, in the file and in the environment alike (only `0` needs no"
+        " unit): `timeout = 30` stops start-up with"
+        ' `needs a unit, such as "30s" or "30m"` instead of meaning 30 ms.',
         '* **size** — an integer of bytes or a string: `"512KiB"`, `"1MiB"`, `"1GiB"`.',
-        "* **bool** — `true`/`false` (environment: also `1`/`0`, `yes`/`no`, `on`/`off`).",
+        "* **integer** and **bool** — in the file, TOML numbers and `true`/`false`, not"
+        ' strings: `partitions = "8"` is an error (`partitions = 8`). In the environment'
+        " every value is text: `SESSIONIZER_PARTITIONS=8`; booleans also take `1`/`0`,"
+        " `yes`/`no`, `on`/`off`. `SESSIONIZER_APPS` is JSON, typed like the file.",
         "* Choices are case-insensitive. An empty environment variable unsets an optional"
         " setting. Relative paths are relative to the working directory.",
         "",
@@ -1099,7 +1214,8 @@ def render_markdown() -> str:
         "",
         "## Per-app overrides (R2, R8)",
         "",
-        "An app (the app part of the session key, SPEC §1.2) may override `timeout`,"
+        "An app (the app part of the session key,"
+        " [§1.2](rules.md#s1-2)) may override `timeout`,"
         " `foreground_idle_timeout` and `resume_on_launch` in a table"
         ' `[apps."<app>"]`; quote the app name, it contains dots. An app that overrides'
         " only its `timeout` keeps the 4 x ratio for its foreground idle timeout.",
@@ -1115,7 +1231,10 @@ def render_markdown() -> str:
         "",
         "`SASL_PLAINTEXT` and `SASL_SSL` need `sasl_mechanism`, `sasl_username` and"
         " `sasl_password`; SASL settings with another protocol are an error, as are SSL"
-        " files with a protocol other than `SSL`/`SASL_SSL`. SSL files must exist;"
+        " files with a protocol other than `SSL`/`SASL_SSL`. SSL files must exist and"
+        " load: `ssl_cafile` must hold PEM CA certificates, `ssl_certfile` (with"
+        " `ssl_keyfile`, unencrypted) a PEM certificate and its key; anything else stops"
+        " every command at start-up with one line naming the setting (exit code 2)."
         " `ssl_keyfile` needs `ssl_certfile`. The password is never printed: it shows as"
         " `Secret('***')`. Prefer `SESSIONIZER_SASL_PASSWORD` over writing it in the file.",
         "",
@@ -1128,7 +1247,7 @@ def render_markdown() -> str:
         " `localhost`). `/health` and `/metrics` stay open. Like the password, the token"
         " shows as `Secret('***')` and is kept out of logs; set it through"
         " `SESSIONIZER_WEB_TOKEN`, e.g. `python -c 'import secrets;"
-        " print(secrets.token_urlsafe(32))'`. See security.md.",
+        " print(secrets.token_urlsafe(32))'`. See [security.md](security.md#the-web-port).",
         "",
         "## Example file",
         "",

@@ -130,7 +130,7 @@ class _Generator:
             d.mpid = _mpid(rng)
             d.user_ids = {}
             if d.web:
-                # No package: the app key falls back to application_name (SPEC §1.2).
+                # No package: the app key falls back to application_name (§1.2).
                 d.api_key = web_key
                 d.app_info = {"application_name": f"{name}-web", "application_version": "2.3.0"}
                 d.device_info = {"platform": "web", "browser": rng.choice(("Chrome", "Safari"))}
@@ -365,7 +365,7 @@ class _Generator:
         return rec
 
     def _corrupt(self, rec: _Event) -> bytes | None:
-        """Make one record bad the ways producers do; None: corrupt in place."""
+        """Make one record bad the ways producers do: a cut-off copy, or None: bad in place."""
         rng = self.rng
         kind = rng.randrange(4)
         if kind == 0:
@@ -410,9 +410,12 @@ class _Generator:
             rec = self._record(d, t)
             while late and late[0][0] <= t:
                 yield heappop(late)[2]
-            raw = self._corrupt(rec) if rng.random() < bad_rate else None
-            if raw is None:
-                raw = dumps(rec)
+            cut = self._corrupt(rec) if rng.random() < bad_rate else None
+            if cut is not None:
+                # A cut-off upload holds no events; the SDK retries it whole, so every
+                # asked-for event still arrives in a decodable record.
+                yield cut
+            raw = dumps(rec)
             if rng.random() < late_rate:
                 seq += 1
                 heappush(late, (t + int(rng.uniform(1 * MIN, 8 * MIN)), seq, raw))
@@ -468,17 +471,27 @@ def generate(
     start_ms: int = DEFAULT_START_MS,
     bad_rate: float = 0.001,
     late_rate: float = 0.005,
+    upload_ms: int | None = None,
 ) -> Iterator[bytes]:
     """Yield JSONL record values (no newline), each an Events API v2 batch.
 
-    Together they hold exactly ``n_events`` events (cut-off bad records
-    included). ``bad_rate`` is the fraction of records made bad (invalid JSON,
-    missing identity, bad timestamp, bad session attribute) and ``late_rate``
-    the fraction of batches delivered 1-8 minutes late.
+    The decodable records hold exactly ``n_events`` events. ``bad_rate`` is the
+    fraction of records made bad (missing identity, bad timestamp, bad session
+    attribute, or an upload cut off mid-way, which holds no events and is
+    followed by its complete retry) and ``late_rate`` the fraction of batches
+    delivered 1-8 minutes late. ``upload_ms`` sets every device's SDK upload
+    interval (default: 10 minutes on mobile, 3 on the web); shorter intervals
+    make more, smaller batches (30 s gives about 3 events per record, the
+    default about 8).
     """
     g = _Generator(n_events, devices, apps, seed, start_ms)
     g.bad_rate = bad_rate
     g.late_rate = late_rate
+    if upload_ms is not None:
+        if upload_ms < 1:
+            raise ValueError("upload_ms >= 1 is required")
+        for d in g.devices:
+            d.upload_ms = upload_ms
     return g.run()
 
 

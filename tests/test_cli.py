@@ -1,4 +1,4 @@
-"""The command line of SPEC §9: process-file's files, counts line and exit codes."""
+"""The command line of §9: process-file's files, counts line and exit codes."""
 
 from __future__ import annotations
 
@@ -120,3 +120,101 @@ def test_r8_usage_and_configuration_errors_exit_2_with_one_line(
     assert names in res.stderr.decode()
     if "SESSIONIZER_TIMEOUT" in env or "SESSIONIZER_PROCESSING_GUARANTEE" in env:
         assert len(res.stderr.decode().strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- configuration errors
+
+# Every command that talks to Kafka; none gets as far as connecting.
+KAFKA_COMMANDS = [
+    ["tail", "sessions"],
+    ["produce", "--generate", "10"],
+    ["worker"],
+    ["replay", "--from-beginning"],
+    ["demo", "--no-view", "--duration", "1"],
+    ["report", "--since", "1h"],
+]
+
+
+def _one_line_exit_2(res: Any) -> str:
+    err = res.stderr.decode()
+    assert res.returncode == 2, (res.returncode, err)
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err and "cannot reach" not in err
+    return err.strip()
+
+
+@pytest.mark.parametrize("args", KAFKA_COMMANDS, ids=lambda a: a[0])
+def test_a_bad_tls_file_is_a_config_error_for_every_command(
+    tmp_path: Path, args: list[str]
+) -> None:
+    (tmp_path / "events.jsonl").write_bytes(RECORDS[0] + b"\n")
+    res = subprocess.run(
+        [sys.executable, "-m", "sessionizer", *args],
+        capture_output=True,
+        cwd=tmp_path,
+        env=_env(SESSIONIZER_SECURITY_PROTOCOL="SSL", SESSIONIZER_SSL_CAFILE="events.jsonl"),
+        timeout=120,
+        check=False,
+    )
+    err = _one_line_exit_2(res)
+    assert err.startswith(
+        "sessionizer: invalid setting ssl_cafile (SESSIONIZER_SSL_CAFILE): "
+        'no PEM CA certificate in "events.jsonl"'
+    ), err
+
+
+@pytest.mark.parametrize(
+    ("toml", "args", "setting"),
+    [
+        (
+            'security_protocol = "SSL"\nssl_cafile = "events.jsonl"\n',
+            ["tail", "events"],
+            "ssl_cafile",
+        ),
+        ('processing_guarantee = "exactly_once"\n', ["worker"], "processing_guarantee"),
+        (
+            "[session]\ntimeout = 30\n",
+            ["process-file", "events.jsonl", "--out", "o"],
+            "session.timeout",
+        ),
+        ('partitions = "8"\n', ["produce", "--generate", "10"], "partitions"),
+    ],
+)
+def test_a_bad_value_in_the_file_names_the_file(
+    tmp_path: Path, toml: str, args: list[str], setting: str
+) -> None:
+    (tmp_path / "events.jsonl").write_bytes(RECORDS[0] + b"\n")
+    (tmp_path / "s.toml").write_text(toml)
+    res = subprocess.run(
+        [sys.executable, "-m", "sessionizer", *args, "--config", "s.toml"],
+        capture_output=True,
+        cwd=tmp_path,
+        env=_env(),
+        timeout=120,
+        check=False,
+    )
+    err = _one_line_exit_2(res)
+    assert err.startswith(f"sessionizer: invalid setting {setting} (in s.toml): "), err
+
+
+def test_a_missing_rocksdict_names_where_store_was_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sessionizer.cli import _worker_unsupported
+    from sessionizer.settings import load_settings
+
+    monkeypatch.setitem(sys.modules, "rocksdict", None)  # import rocksdict fails
+    path = tmp_path / "s.toml"
+    path.write_text('store = "rocksdb"\n')
+    problem = _worker_unsupported(load_settings(path, env={}))
+    assert problem is not None
+    assert problem.startswith(f"invalid setting store (in {path}): rocksdb needs the rocksdict")
+    problem = _worker_unsupported(load_settings(env={"SESSIONIZER_STORE": "rocksdb"}))
+    assert problem is not None and "store (SESSIONIZER_STORE)" in problem
+    assert _worker_unsupported(load_settings(env={})) is None
+
+
+def test_report_since_must_be_a_duration_or_a_time(tmp_path: Path) -> None:
+    res = sessionizer("report", "--since", "yesterday")
+    err = _one_line_exit_2(res)
+    assert err.startswith("sessionizer report: --since: cannot read 'yesterday' as a time"), err

@@ -1,4 +1,4 @@
-"""SPEC §1 decoding and §7.3 dead letters: every rejection has its reason code."""
+"""§1 decoding and §7.3 dead letters: every rejection has its reason code."""
 
 from __future__ import annotations
 

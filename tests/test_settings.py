@@ -1,8 +1,9 @@
-"""Settings (SPEC §8, R8): layering, validation, one-line errors, secrets, docs."""
+"""Settings (§8, R8): layering, validation, one-line errors, secrets, docs."""
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -95,13 +96,13 @@ partitions = 12
 replication_factor = 3
 idle_timeout = "30s"
 store = "rocksdb"
-processing_guarantee = "exactly_once"
+processing_guarantee = "at_least_once"
 web_port = 8080
 web_host = "0.0.0.0"
 data_dir = "/var/lib/sessionizer"
 broker_bin = "/opt/broker/bin/broker"
 batch_size = 500
-batch_within = 250
+batch_within = "250ms"
 
 [topics]
 raw_events = "mp.raw"
@@ -135,7 +136,7 @@ def test_file_sets_every_setting(tmp_path: Path) -> None:
     assert s.topics.opt_out_control == "mp.opt_out"
     assert (s.partitions, s.replication_factor) == (12, 3)
     assert s.idle_timeout_ms == 30_000
-    assert (s.store, s.processing_guarantee) == ("rocksdb", "exactly_once")
+    assert (s.store, s.processing_guarantee) == ("rocksdb", "at_least_once")
     assert (s.web_host, s.web_port) == ("0.0.0.0", 8080)
     assert s.data_dir == Path("/var/lib/sessionizer")
     assert s.broker_bin == Path("/opt/broker/bin/broker")
@@ -238,12 +239,12 @@ def test_env_booleans_and_choices_are_case_insensitive() -> None:
     env = {
         "SESSIONIZER_RESUME_ON_LAUNCH": "Yes",
         "SESSIONIZER_STORE": "RocksDB",
-        "SESSIONIZER_PROCESSING_GUARANTEE": "EXACTLY_ONCE",
+        "SESSIONIZER_PROCESSING_GUARANTEE": "AT_LEAST_ONCE",
     }
     s = load_settings(env=env)
     assert s.engine.resume_on_launch is True
     assert s.store == "rocksdb"
-    assert s.processing_guarantee == "exactly_once"
+    assert s.processing_guarantee == "at_least_once"
 
 
 # --------------------------------------------------------------------------- per-app (R8)
@@ -288,7 +289,7 @@ def test_r8_per_app_overrides_resolve_through_rules_for(tmp_path: Path) -> None:
 def test_r8_per_app_overrides_from_env_json() -> None:
     env = {
         "SESSIONIZER_APPS": '{"com.example.web": {"timeout": "10m", "resume_on_launch": true},'
-        ' "com.example.game": {"foreground_idle_timeout": 14400000}}'
+        ' "com.example.game": {"foreground_idle_timeout": "4h"}}'
     }
     engine = load_settings(env=env).engine
     assert engine.apps == {
@@ -301,7 +302,7 @@ def test_r8_per_app_overrides_from_env_json() -> None:
 def test_r8_env_apps_win_over_file_field_by_field(tmp_path: Path) -> None:
     path = write(tmp_path, APPS_FILE)
     env = {
-        "SESSIONIZER_APPS": '{"com.example.web": {"timeout": "20m"}, "new.app": {"timeout": 60000}}'
+        "SESSIONIZER_APPS": '{"com.example.web": {"timeout": "20m"}, "new.app": {"timeout": "60s"}}'
     }
     engine = load_settings(path, env=env).engine
     web = engine.rules_for("com.example.web")
@@ -685,10 +686,25 @@ def test_secrets_never_appear_in_errors(tmp_path: Path) -> None:
     assert errors[4].problem == "must be a non-empty string"
 
 
-def test_ssl_files(tmp_path: Path) -> None:
-    ca, cert, key = (tmp_path / n for n in ("ca.pem", "cert.pem", "key.pem"))
-    for f in (ca, cert, key):
-        f.write_text("-----BEGIN-----\n")
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A self-signed certificate and its key, and the key encrypted (openssl CLI)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command line tool is needed to make test certificates")
+    d = tmp_path_factory.mktemp("pki")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=60)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "key.pem", "-out", "cert.pem", "-days", "2",
+            "-subj", "/CN=test")  # fmt: skip
+    openssl("pkey", "-in", "key.pem", "-aes256", "-passout", "pass:pw", "-out", "enc.pem")
+    return {"cert": d / "cert.pem", "key": d / "key.pem", "enc_key": d / "enc.pem"}
+
+
+def test_ssl_files(tmp_path: Path, pki: dict[str, Path]) -> None:
+    ca, cert, key = pki["cert"], pki["cert"], pki["key"]
     env = {
         "SESSIONIZER_SECURITY_PROTOCOL": "SSL",
         "SESSIONIZER_SSL_CAFILE": str(ca),
@@ -768,7 +784,7 @@ def test_web_token_of_the_wrong_type_in_the_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("raw", "ms"), [("90s", 90_000), ("2m", 120_000), ("1500", 1500), ("0.5s", 500)]
+    ("raw", "ms"), [("90s", 90_000), ("2m", 120_000), ("1500ms", 1500), ("0.5s", 500)]
 )
 def test_stall_timeout(raw: str, ms: int) -> None:
     assert load_settings(env={"SESSIONIZER_STALL_TIMEOUT": raw}).stall_timeout_ms == ms
@@ -780,11 +796,11 @@ def test_stall_timeout_from_file_and_command_line(tmp_path: Path) -> None:
     assert load_settings(path, env={}, stall_timeout="10s").stall_timeout_ms == 10_000
 
 
-@pytest.mark.parametrize("raw", ["0", "0s", "-1s", "soon", "1.5"])
+@pytest.mark.parametrize("raw", ["0", "0s", "-1s", "soon", "1.5", "1500"])
 def test_bad_stall_timeouts(raw: str) -> None:
     err = error(env={"SESSIONIZER_STALL_TIMEOUT": raw})
     assert err.setting == "stall_timeout (SESSIONIZER_STALL_TIMEOUT)"
-    assert 'must be a positive duration such as "60s"' in err.problem
+    assert 'such as "60s"' in err.problem or 'such as "1500s"' in err.problem
 
 
 # --------------------------------------------------------------------------- formats
@@ -945,3 +961,189 @@ def test_module_prints_markdown() -> None:
     )
     assert out.stdout == render_markdown()
     assert "| `session.timeout` | `SESSIONIZER_TIMEOUT` |" in out.stdout
+
+
+# --------------------------------------------------------------------------- TLS files load
+
+
+JSONL = '{"mpid": 1, "event_type": "custom_event", "data": {}}\n'
+
+
+@pytest.mark.parametrize("content", [JSONL, "", "-----BEGIN-----\n"])
+def test_a_ca_file_that_is_not_pem_is_a_config_error(tmp_path: Path, content: str) -> None:
+    bad = tmp_path / "events.jsonl"
+    bad.write_text(content)
+    err = error(env={"SESSIONIZER_SECURITY_PROTOCOL": "SSL", "SESSIONIZER_SSL_CAFILE": str(bad)})
+    assert err.setting == "ssl_cafile (SESSIONIZER_SSL_CAFILE)"
+    assert err.problem.startswith(f'no PEM CA certificate in "{bad}"')
+    assert "_ssl.c" not in err.problem
+
+
+def test_a_bad_tls_file_in_the_config_file_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "events.jsonl"
+    bad.write_text(JSONL)
+    path = write(tmp_path, f'security_protocol = "SSL"\nssl_cafile = "{bad}"\n')
+    err = error(path, env={})
+    assert err.setting == f"ssl_cafile (in {path})"
+
+
+def test_a_client_certificate_that_does_not_load(tmp_path: Path, pki: dict[str, Path]) -> None:
+    bad = tmp_path / "cert.jsonl"
+    bad.write_text(JSONL)
+    env = {"SESSIONIZER_SECURITY_PROTOCOL": "SSL", "SESSIONIZER_SSL_CERTFILE": str(bad)}
+    err = error(env=env)
+    assert err.setting == "ssl_certfile (SESSIONIZER_SSL_CERTFILE)"
+    assert "cannot load the client certificate" in err.problem
+    # A key that is not the certificate's.
+    other = tmp_path / "other.pem"
+    subprocess.run(
+        ["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(other)],
+        check=True,
+        capture_output=True,
+    )
+    env = {
+        "SESSIONIZER_SECURITY_PROTOCOL": "SSL",
+        "SESSIONIZER_SSL_CERTFILE": str(pki["cert"]),
+        "SESSIONIZER_SSL_KEYFILE": str(other),
+    }
+    assert error(env=env).setting == "ssl_certfile (SESSIONIZER_SSL_CERTFILE)"
+
+
+def test_an_encrypted_key_is_a_config_error_without_a_prompt(pki: dict[str, Path]) -> None:
+    env = {
+        "SESSIONIZER_SECURITY_PROTOCOL": "SSL",
+        "SESSIONIZER_SSL_CERTFILE": str(pki["cert"]),
+        "SESSIONIZER_SSL_KEYFILE": str(pki["enc_key"]),
+    }
+    err = error(env=env)
+    assert err.setting == "ssl_keyfile (SESSIONIZER_SSL_KEYFILE)"
+    assert err.problem == "the private key is encrypted; give an unencrypted PEM key"
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def test_settings_remember_where_each_value_came_from(tmp_path: Path) -> None:
+    path = write(tmp_path, 'store = "rocksdb"\n[session]\ntimeout = "15m"\n')
+    s = load_settings(path, env={"SESSIONIZER_PARTITIONS": "4"}, web_port=7000)
+    assert s.label("store") == f"store (in {path})"
+    assert s.label("timeout") == f"session.timeout (in {path})"
+    assert s.label("partitions") == "partitions (SESSIONIZER_PARTITIONS)"
+    assert s.label("web_port") == "web_port (command line)"
+    assert s.label("grace") == "session.grace (SESSIONIZER_GRACE)"  # a default
+    assert Settings().label("store") == "store (SESSIONIZER_STORE)"
+    assert s == dataclasses.replace(s, sources={})  # not part of the value
+
+
+@pytest.mark.parametrize(
+    ("toml", "env"),
+    [
+        ('processing_guarantee = "exactly_once"\n', {}),
+        ("", {"SESSIONIZER_PROCESSING_GUARANTEE": "exactly_once"}),
+    ],
+)
+def test_exactly_once_is_refused_naming_its_source(
+    tmp_path: Path, toml: str, env: dict[str, str]
+) -> None:
+    path = write(tmp_path, toml)
+    err = error(path, env=env)
+    where = "SESSIONIZER_PROCESSING_GUARANTEE" if env else f"in {path}"
+    assert err.setting == f"processing_guarantee ({where})"
+    assert err.problem.startswith("exactly_once is not supported")
+
+
+def test_the_reference_says_what_is_supported() -> None:
+    docs = {d.name: d for d in describe_settings()}
+    assert docs["processing_guarantee"].type == "at_least_once"
+    assert "exactly_once is refused" in docs["processing_guarantee"].description
+    assert "needs the rocksdict package" in docs["store"].description
+
+
+# --------------------------------------------------------------------------- units and types
+
+
+@pytest.mark.parametrize(
+    ("toml", "name"),
+    [
+        ("[session]\ntimeout = 30", "session.timeout"),
+        ('[session]\ntimeout = "30"', "session.timeout"),
+        ("[session]\ngrace = 120", "session.grace"),
+        ("idle_timeout = 10", "idle_timeout"),
+        ("batch_within = 250", "batch_within"),
+        ("stall_timeout = 60", "stall_timeout"),
+        ('[apps."a.b"]\ntimeout = 30', 'apps."a.b".timeout'),
+    ],
+)
+def test_a_bare_number_in_a_duration_is_an_error_with_a_hint(
+    tmp_path: Path, toml: str, name: str
+) -> None:
+    path = write(tmp_path, toml + "\n")
+    err = error(path, env={})
+    assert err.setting == f"{name} (in {path})"
+    n = toml.rsplit("=", 1)[1].strip().strip('"')
+    assert err.problem.startswith(f'needs a unit, such as "{n}s" or "{n}m"'), err.problem
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"SESSIONIZER_TIMEOUT": "30"}, "session.timeout (SESSIONIZER_TIMEOUT)"),
+        ({"SESSIONIZER_IDLE_TIMEOUT": "10"}, "idle_timeout (SESSIONIZER_IDLE_TIMEOUT)"),
+        ({"SESSIONIZER_APPS": '{"a.b": {"timeout": 30}}'}, 'apps."a.b".timeout (SESSIONIZER_APPS)'),
+    ],
+)
+def test_the_environment_needs_units_too(env: dict[str, str], name: str) -> None:
+    err = error(env=env)
+    assert err.setting == name
+    assert err.problem.startswith("needs a unit")
+
+
+def test_zero_needs_no_unit(tmp_path: Path) -> None:
+    path = write(tmp_path, "[session]\ngrace = 0\nmax_future_skew = 0\n")
+    s = load_settings(path, env={})
+    assert (s.engine.grace_ms, s.engine.max_future_skew_ms) == (0, 0)
+    assert load_settings(env={"SESSIONIZER_GRACE": "0"}).engine.grace_ms == 0
+
+
+def test_the_demo_timings_and_documented_durations_have_units() -> None:
+    s = load_settings(env={"SESSIONIZER_TIMEOUT": "2m", "SESSIONIZER_BATCH_WITHIN": "50ms"})
+    assert (s.engine.timeout_ms, s.batch_within_ms) == (2 * MINUTE_MS, 50)
+
+
+@pytest.mark.parametrize(
+    ("toml", "name", "shown"),
+    [
+        ('partitions = "8"', "partitions", '"8"'),
+        ('replication_factor = "3"', "replication_factor", '"3"'),
+        ('web_port = "6066"', "web_port", '"6066"'),
+        ('[session]\nmax_session_attributes = "100"', "session.max_session_attributes", '"100"'),
+        ('repartition = "true"', "repartition", '"true"'),
+        ('[session]\nresume_on_launch = "false"', "session.resume_on_launch", '"false"'),
+        ('[apps."a.b"]\nresume_on_launch = "true"', 'apps."a.b".resume_on_launch', '"true"'),
+    ],
+)
+def test_a_quoted_number_or_boolean_in_the_file_is_an_error(
+    tmp_path: Path, toml: str, name: str, shown: str
+) -> None:
+    path = write(tmp_path, toml + "\n")
+    err = error(path, env={})
+    assert err.setting == f"{name} (in {path})"
+    assert err.problem.endswith(f"without quotes, got the string {shown}")
+
+
+def test_sessionizer_apps_json_is_typed_like_the_file() -> None:
+    err = error(env={"SESSIONIZER_APPS": '{"a.b": {"resume_on_launch": "true"}}'})
+    assert err.setting == 'apps."a.b".resume_on_launch (SESSIONIZER_APPS)'
+    assert "without quotes" in err.problem
+
+
+def test_environment_values_are_text_and_stay_accepted() -> None:
+    env = {
+        "SESSIONIZER_PARTITIONS": "8",
+        "SESSIONIZER_WEB_PORT": "7000",
+        "SESSIONIZER_REPARTITION": "true",
+        "SESSIONIZER_RESUME_ON_LAUNCH": "yes",
+    }
+    s = load_settings(env=env)
+    assert (s.partitions, s.web_port, s.repartition) == (8, 7000, True)
+    assert s.engine.resume_on_launch is True

@@ -37,7 +37,7 @@ def decoded(records: list[bytes]) -> list[dict[str, Any] | None]:
 
 
 def _bad_kinds(rec: dict[str, Any] | None) -> set[str]:
-    """What a correct engine dead-letters in this record (SPEC §1.2, §1.3, R14, R15)."""
+    """What a correct engine dead-letters in this record (§1.2, §1.3, R14, R15)."""
     if rec is None:
         return {"invalid_json"}
     kinds = set()
@@ -80,15 +80,25 @@ def test_no_newline_inside_a_record(records: list[bytes]) -> None:
 
 
 @pytest.mark.parametrize("n", [0, 1, 1000, N])
-def test_roughly_the_requested_number_of_events(n: int) -> None:
+@pytest.mark.parametrize("bad_rate", [0.001, 0.05])
+def test_exactly_the_requested_number_of_events(n: int, bad_rate: float) -> None:
+    """`produce --generate N` promises N events: a cut-off upload is retried whole."""
     decoded = []
-    for r in generate(n, devices=DEVICES):
+    cut = 0
+    for r in generate(n, devices=DEVICES, bad_rate=bad_rate):
         try:
             decoded.append(orjson.loads(r))
         except orjson.JSONDecodeError:
-            continue  # a cut-off record hides its events
-    total = sum(len(r["events"]) for r in decoded)
-    assert n * 0.98 <= total <= n
+            cut += 1
+    assert sum(len(r["events"]) for r in decoded) == n
+    if n >= 1000 and bad_rate >= 0.05:
+        assert cut > 0  # the cut-off uploads are still there, as bad records
+
+
+def test_produce_counts_the_requested_number_of_events() -> None:
+    from sessionizer.produce import count_and_key
+
+    assert sum(count_and_key(r)[1] for r in generate(20_000)) == 20_000
 
 
 def test_batches_of_1_to_20_events_mean_about_8(decoded: list[dict[str, Any] | None]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
@@ -397,3 +398,47 @@ def test_piped_demo_stops_everything_it_started(how: str) -> None:
 def test_live_view_stops_everything_when_its_terminal_closes() -> None:
     """The live view's terminal window closed: SIGHUP, and every write fails (EIO)."""
     _stop_and_check(StoppableDemo(terminal=True), "terminal closed")
+
+
+# --------------------------------------------------------------------------- a user's broker
+
+
+async def _topics(bootstrap: str) -> set[str]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+@pytest.mark.integration
+async def test_demo_on_a_users_broker_keeps_to_its_own_topics_and_group(broker: Any) -> None:
+    """`demo --broker URL`: nothing of it reaches the live topics; its own go when it stops."""
+    before = await _topics(broker.bootstrap)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONIZER_")}
+    # A user's own settings name the live pipeline; the demo must not use them.
+    env["SESSIONIZER_APP_ID"] = "sessionizer"
+    cmd = [sys.executable, "-m", "sessionizer", "demo", "--broker", broker.url]
+    cmd += ["--duration", "30", "--no-view", "--rate", "20", "--seed", "3"]
+    proc = await asyncio.to_thread(
+        subprocess.run, cmd, env=env, capture_output=True, text=True, timeout=150
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    m = re.search(r"app id (sessionizer-demo-[0-9a-f]{8}),", out)
+    assert m, out
+    prefix = m.group(1)
+    assert f"{prefix}.raw-events" in out and f"group {prefix}" in out, out
+    # Its worker's start-up line: the partitions it owns and where its web server is.
+    assert re.search(
+        rf"demo: sessionizer worker ready: partitions \[[0-9, ]+\] of {re.escape(prefix)}"
+        r"\.raw-events; web http://127\.0\.0\.1:\d+",
+        out,
+    ), out
+    assert "demo: deleted its topics" in out, out
+    after = await _topics(broker.bootstrap)
+    assert after - before == set(), "the demo left topics behind, or wrote to live ones"
+    assert not {"raw-events", "sessions", "sessionized-events"} & (after - before)

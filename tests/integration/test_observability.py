@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 from harness import Names, WorkerProc, device_key, produce
+from jsonschema import Draft202012Validator
 from prometheus_client.parser import text_string_to_metric_families
 
 from sessionizer import codec
@@ -21,6 +22,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 
 PARTITIONS = 4
 APP = "com.example.shop"
+LOOKUP = Draft202012Validator(
+    codec.loads(
+        (Path(__file__).parents[2] / "schemas" / "sessions-lookup.schema.json").read_bytes()
+    )
+)
 
 
 def _names() -> Names:
@@ -90,6 +96,12 @@ async def test_health_metrics_and_session_lookup(broker: Any, tmp_path: Path) ->
         health = await _healthy(w.web_port)
         assert health["partitions"] == list(range(PARTITIONS))
         assert isinstance(health["lag"], int)
+        # The start-up line of docs/operations.md#start-up: its partitions and web URL.
+        ready = (
+            f"sessionizer worker ready: partitions {list(range(PARTITIONS))} of "
+            f"{names.topics['raw_events']}; web http://127.0.0.1:{w.web_port}"
+        )
+        assert ready in w.log().splitlines(), w.log()[-3000:]
 
         recs, dev, gone = _records()
         want = run(recs, keep_open=True)
@@ -154,10 +166,13 @@ async def test_health_metrics_and_session_lookup(broker: Any, tmp_path: Path) ->
         assert s["screen_view_count"] == st.open.screens == 2
         assert s["session_attributes"] == {"tier": "gold"}
         assert s["start_unixtime_ms"] == T0 and s["end_unixtime_ms"] == T0 + 4000
-        assert s["revision"] is None and body["last_session"] is None
+        assert s["revision"] is None and body["last_closed_session"] is None
+        assert body["expired_session"] is None
+        assert list(LOOKUP.iter_errors(body)) == []
 
         # R18: an opted-out key shows nothing but the flag.
         assert await _get(w.web_port, f"/sessions/{APP}/{gone}") == (200, {"opted_out": True})
+        assert list(LOOKUP.iter_errors({"opted_out": True})) == []
         status, body = await _get(w.web_port, f"/sessions/{APP}/no-such-device")
         assert status == 404, body
         status, _ = await _get(w.web_port, f"/sessions/other.app/{dev}")

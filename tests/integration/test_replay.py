@@ -440,3 +440,37 @@ def test_cli_replay_bad_options_exit_2_with_one_line(
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("sessionizer replay: ") and needle in lines[0], lines[0]
     assert proc.stdout == ""
+
+
+async def test_cli_replay_progress_counts_the_window_only(broker: Any, unique: Unique) -> None:
+    """`--since` replays 6 of 46 records: progress says 6, an empty window says so."""
+    names = Names(unique("rp-window"))
+    settings = _settings(broker, names)
+    topic = await _raw_topic(settings)
+    t_a = 1_700_000_000_000
+    t_b = t_a + 3_600_000
+    p = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=20)
+    await p.start()
+    try:
+        futs = []
+        for base, n in ((t_a, 40), (t_b, 6)):
+            for i in range(n):
+                dev = f"dev-{i % 10}"
+                value = codec.dumps(batch(dev, custom(T0 + (i + 1) * MIN)))
+                futs.append(await p.send(topic, value, key=dev.encode(), timestamp_ms=base + i))
+        await asyncio.gather(*futs)
+    finally:
+        await p.stop()
+
+    env = _env(broker, names)
+    proc = await asyncio.to_thread(_cli, env, "--since", str(t_b), "--output-prefix", "win.")
+    assert proc.returncode == 0, proc.stderr
+    assert codec.loads(proc.stdout)["records_in"] == 6
+    progress = [line for line in proc.stderr.splitlines() if line.startswith("replay: ")]
+    assert progress and "all 6/6 records" in progress[-1], proc.stderr
+    assert not any("/46" in line or "/40 " in line for line in progress), proc.stderr
+
+    proc = await asyncio.to_thread(_cli, env, "--since", str(t_b + 60_000), "--output-prefix", "e.")
+    assert proc.returncode == 0, proc.stderr
+    assert codec.loads(proc.stdout)["records_in"] == 0
+    assert "replay: no records in the window" in proc.stderr.splitlines(), proc.stderr

@@ -1,0 +1,82 @@
+"""The demo: its view shows the worker's web URL; on a user's broker it keeps to its own names."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import orjson
+import pytest
+from rich.console import Console
+
+from sessionizer.demo import LiveTraffic, Stats, WorkerLog, own_topics_env, render
+from sessionizer.settings import load_settings
+
+READY = (
+    "sessionizer worker ready: partitions [0, 1, 2, 3] of raw-events; web http://127.0.0.1:43123"
+)
+
+
+def _text(stats: Stats) -> str:
+    console = Console(width=140, record=True, file=io.StringIO())
+    console.print(render(stats, stats.started + 5, "127.0.0.1:9092", 30))
+    return console.export_text()
+
+
+def test_the_view_shows_the_worker_web_url_and_partitions() -> None:
+    stats = Stats()
+    assert "waiting for its ready line" in _text(stats)
+    stats.web = "http://127.0.0.1:43123"  # known when the demo starts the worker
+    assert "worker web http://127.0.0.1:43123 (/health, /metrics" in _text(stats)
+    assert stats.on_ready("[?25l" + READY)
+    assert not stats.on_ready("some other line")
+    text = _text(stats)
+    assert "http://127.0.0.1:43123" in text and "partitions [0, 1, 2, 3]" in text
+
+
+def test_worker_log_yields_each_ready_line_once(tmp_path: Path) -> None:
+    path = tmp_path / "worker.log"
+    log = WorkerLog(path)
+    assert log.ready_lines() == []  # no file yet
+    path.write_text("created topics: a, b\n\x1b[?25l" + READY[:30])
+    assert log.ready_lines() == []  # half a line
+    with path.open("a") as f:
+        f.write(READY[30:] + "\nother\n")
+    assert log.ready_lines() == [READY]
+    assert log.ready_lines() == []
+    with path.open("a") as f:
+        f.write(READY.replace("[0, 1, 2, 3]", "[0, 1]") + "\n")
+    assert log.ready_lines() == [READY.replace("[0, 1, 2, 3]", "[0, 1]")]
+
+
+def test_on_a_users_broker_every_topic_and_the_group_get_the_prefix() -> None:
+    settings = load_settings(env={"SESSIONIZER_TOPIC_RAW_EVENTS": "mp.raw"})
+    env = own_topics_env(settings, "sessionizer-demo-0a1b2c3d")
+    assert env == {
+        "SESSIONIZER_TOPIC_RAW_EVENTS": "sessionizer-demo-0a1b2c3d.mp.raw",
+        "SESSIONIZER_TOPIC_SESSIONIZED_EVENTS": "sessionizer-demo-0a1b2c3d.sessionized-events",
+        "SESSIONIZER_TOPIC_SESSIONS": "sessionizer-demo-0a1b2c3d.sessions",
+        "SESSIONIZER_TOPIC_DEAD_LETTERS": "sessionizer-demo-0a1b2c3d.dead-letters",
+        "SESSIONIZER_TOPIC_OPT_OUT_CONTROL": "sessionizer-demo-0a1b2c3d.opt-out-control",
+        "SESSIONIZER_APP_ID": "sessionizer-demo-0a1b2c3d",
+    }
+    moved = load_settings(env={"SESSIONIZER_APP_ID": "sessionizer", **env})
+    assert moved.app_id == "sessionizer-demo-0a1b2c3d"  # a user's own group id never wins
+
+
+def test_live_traffic_retries_a_cut_off_upload() -> None:
+    traffic = LiveTraffic(20, speed=15.0, seed=2, bad_rate=1.0, clock=lambda: 1_767_225_600.0)
+    retried = 0
+    for d in traffic._g.devices:
+        assert d.next is not None
+        d.buf.append(d.next[1])
+        events = list(d.buf)
+        uploads = list(traffic._upload(d, d.next[0]))
+        if len(uploads) == 2:  # cut off mid-way, then sent again whole
+            with pytest.raises(orjson.JSONDecodeError):
+                orjson.loads(uploads[0])
+            assert orjson.loads(uploads[1])["events"] == events
+            retried += 1
+        else:
+            assert len(uploads) == 1
+    assert retried > 0
