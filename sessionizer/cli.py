@@ -37,6 +37,11 @@ def _config_safe(run: Callable[[], _R]) -> _R:
 
 def _worker_unsupported(settings: Any) -> str | None:
     """Settings the model accepts but this install cannot honour: one line, at start-up."""
+    from .stream.compat import check_versions
+
+    versions = check_versions()
+    if versions:
+        return versions
     if settings.store == "rocksdb":
         try:
             import rocksdict  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
