@@ -30,6 +30,13 @@ bench-core: $(VENV_STAMP)
 bench-stream: $(VENV_STAMP)
 	$(PY) bench/bench_stream.py
 
+# Fuzz: mutated realistic records through process-file's engine and encoder;
+# exits non-zero on any exception. FUZZ_ARGS="--records 100000 --seed 7" to vary.
+FUZZ_ARGS ?= --records 1000000
+.PHONY: fuzz
+fuzz: $(VENV_STAMP)
+	$(PY) bench/fuzz.py $(FUZZ_ARGS)
+
 # Chaos: workers SIGKILLed/SIGTERMed and restarted under steady traffic; the live
 # output must equal process-file's. CHAOS_ARGS="--seed 7 --seeds 1 --keep-logs" to vary.
 CHAOS_ARGS ?= --seeds 5
