@@ -76,8 +76,18 @@ def main() -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--config", "config", default=None, help="TOML settings file.")
 @click.option("--keep-open", is_flag=True, help="Leave sessions open at end of input.")
+@click.option(
+    "--integrations",
+    "integrations",
+    default=None,
+    help="Comma-separated: also write DIR/integrations/<name>.jsonl (docs/integrations.md).",
+)
 def process_file(
-    inputs: tuple[str, ...], out_dir: str, config: str | None, keep_open: bool
+    inputs: tuple[str, ...],
+    out_dir: str,
+    config: str | None,
+    keep_open: bool,
+    integrations: str | None = None,
 ) -> None:
     """Sessionize JSONL files (or - for stdin) into DIR/<topic>.jsonl."""
     import os
@@ -88,8 +98,20 @@ def process_file(
     for path in inputs:
         if path != "-" and not os.path.isfile(path):
             raise click.UsageError(f"input file not found: {path}")
+    names: list[str] = []
+    if integrations:
+        from .integrations import parse_names
+
+        try:
+            names = parse_names(integrations)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--integrations") from None
     settings = _settings(config)
     _engine, counts = process_files(list(inputs), out_dir, settings.engine, keep_open=keep_open)
+    if names:
+        from .integrations import write_files
+
+        write_files(out_dir, names)
     sys.stdout.buffer.write(codec.dumps_line(counts.as_dict()))
     sys.stdout.flush()
 
