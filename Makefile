@@ -25,10 +25,18 @@ lint: $(VENV_STAMP)
 bench-core: $(VENV_STAMP)
 	$(PY) bench/bench_core.py
 
-# The worker on a real (embedded) broker against raw aiokafka and naive Faust (target 50k events/s).
+# The worker on the embedded broker against a raw aiokafka passthrough, same run (target ratio 0.33).
+# STREAM_ARGS="--workers 2" (also --events-per-record 8, --reps 3, --probe, --py-spy FILE).
+STREAM_ARGS ?=
 .PHONY: bench-stream
 bench-stream: $(VENV_STAMP)
-	$(PY) bench/bench_stream.py
+	$(PY) bench/bench_stream.py $(STREAM_ARGS)
+
+# Worker RSS per device and restart-to-ready, store=memory vs rocksdb, 1M devices (~45 min here).
+STATE_ARGS ?=
+.PHONY: bench-state
+bench-state: $(VENV_STAMP)
+	$(PY) bench/bench_state.py $(STATE_ARGS)
 
 # Fuzz: mutated realistic records through process-file's engine and encoder;
 # exits non-zero on any exception. FUZZ_ARGS="--records 100000 --seed 7" to vary.

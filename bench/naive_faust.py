@@ -5,9 +5,9 @@
 One agent over the raw-events topic: every record is parsed with orjson, then
 *each event* is sent on its own with ``await topic.send()`` and bumps a
 per-device counter in a Faust table (a changelog write per event). Nothing is
-batched; this is the shape DESIGN.md ("Faust without its per-event tax") warns
-against, kept as the bench's lower reference. ``bench/bench_stream.py`` runs it
-as a subprocess worker.
+batched: the per-event tax the worker's batching avoids, kept as a lower
+reference. ``bench/bench_stream.py --naive`` runs it as a subprocess worker on
+a prefix of the workload.
 
 Configured by environment (all optional):
 ``NAIVE_BROKER_URL``, ``NAIVE_APP_ID``, ``NAIVE_TOPIC_IN``, ``NAIVE_TOPIC_OUT``,
