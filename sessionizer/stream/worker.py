@@ -219,7 +219,9 @@ class Pipeline:
         recovery) is under way: the table may not hold the latest state yet.
         """
         r = self.runners.get(partition)
-        if r is None and partition in self.assigned and not self.app.rebalancing:
+        # ``assigned`` is set once the table is recovered and cleared on revoke;
+        # Faust's own ``rebalancing`` flag can stay set after a superseded recovery.
+        if r is None and partition in self.assigned:
             r = self.runners[partition] = self._rebuild(partition)
         return r
 
