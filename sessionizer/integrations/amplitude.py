@@ -8,16 +8,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from .common import device_of
+
 MAX_ID = 1024  # Amplitude: device_id/user_id/insert_id limited length
 MIN_ID = 5  # Amplitude rejects ids shorter than 5 characters
 NO_SESSION = -1
-
-
-def _device(record: dict[str, Any]) -> str | None:
-    dev = record.get("mp_deviceid")
-    if dev is None and record.get("mpid") is not None:
-        dev = str(record["mpid"])
-    return dev
 
 
 def translate_events(
@@ -26,7 +21,7 @@ def translate_events(
     out: list[dict[str, Any]] = []
     dead: list[dict[str, Any]] = []
     for record in records:
-        device = _device(record)
+        device = device_of(record)
         for event in record.get("events") or []:
             data = event.get("data") or {}
             if device is None or not (MIN_ID <= len(device) <= MAX_ID):

@@ -11,6 +11,8 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+from .common import device_of
+
 MAX_EVENTS = 25
 MAX_PARAMS = 25
 _NS = uuid.UUID("5e2b7c1d-9f3a-4d6e-8b0c-2a1f4e3d5c77")
@@ -49,9 +51,7 @@ def translate_events(
     out: list[dict[str, Any]] = []
     dead: list[dict[str, Any]] = []
     for record in records:
-        device = record.get("mp_deviceid")
-        if device is None and record.get("mpid") is not None:
-            device = str(record["mpid"])
+        device = device_of(record)
         events: list[dict[str, Any]] = []
         for event in record.get("events") or []:
             data = event.get("data") or {}

@@ -10,6 +10,8 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+from .common import device_of
+
 CLIENT_SESSION = "iglu:com.snowplowanalytics.snowplow/client_session/jsonschema/1-0-2"
 CONTEXTS = "iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0"
 _USER_NS = uuid.UUID("3c0e6f5a-1d2b-4b7a-8e4f-9a6b2c1d0e33")
@@ -30,9 +32,7 @@ def translate_events(
     out: list[dict[str, Any]] = []
     dead: list[dict[str, Any]] = []
     for record in records:
-        device = record.get("mp_deviceid")
-        if device is None and record.get("mpid") is not None:
-            device = str(record["mpid"])
+        device = device_of(record)
         for event in record.get("events") or []:
             data = event.get("data") or {}
             if device is None:
