@@ -941,7 +941,9 @@ def test_r9_r10_r11_r12_r13_session_records_are_well_formed(
                     assert d["session_id"] == session_id(u)
                     ts = event_ts(o, e)
                     lo[u] = min(lo[u], ts)
-                    hi[u] = max(hi[u], ts)
+                    # R9 (v2): the end is the last forwarded event's ts; before the
+                    # first one it is the start, even when a control event started it.
+                    hi[u] = ts if n_fwd[u] == 0 else max(hi[u], ts)
                     n_fwd[u] += 1
                     n_screens[u] += e["event_type"] == "screen_view"
                     assert d["event_num"] == n_fwd[u]

@@ -264,6 +264,40 @@ def test_r9_control_or_launch_at_deadline_first_ends_with_deadline_reason() -> N
     assert reasons(res) == ["timeout", "end_of_input"]
 
 
+def test_r9_r24_session_started_by_control_ends_at_its_only_forwarded_event() -> None:
+    """v2: a session_start (or an attribute change) starts a session; an out-of-order
+    event moves its start back and, being its only forwarded event, is its end too
+    (R9: control events do not move the end). Before: 5-10 min; now 5-5 min."""
+    for first in (session_start(T0 + 10 * MIN), set_attr(T0 + 10 * MIN, "plan", "pro")):
+        res = run([batch(D, first), batch(D, custom(T0 + 5 * MIN))])
+        (s,) = by_number(res)
+        assert s["start_unixtime_ms"] == s["end_unixtime_ms"] == T0 + 5 * MIN
+        assert s["session_duration_ms"] == 0 and s["event_count"] == 1
+        (end_ev,) = [e for e in res.events if e.get("event_type") == "session_end"]
+        assert end_ev["data"]["timestamp_unixtime_ms"] == T0 + 5 * MIN
+
+
+def test_r24_attribution_does_not_move_the_deadline_of_a_control_started_session() -> None:
+    # The deadline stays at session_start + timeout (40 min) although the end is 5 min.
+    late = [batch(D, session_start(T0 + 10 * MIN)), batch(D, custom(T0 + 5 * MIN))]
+    (s,) = by_number(run([*late, batch(D, custom(T0 + 39 * MIN))]))
+    assert s["start_unixtime_ms"] == T0 + 5 * MIN and s["end_unixtime_ms"] == T0 + 39 * MIN
+    first, second = by_number(run([*late, batch(D, custom(T0 + 40 * MIN))]))
+    assert first["end_unixtime_ms"] == T0 + 5 * MIN and first["end_reason"] == "timeout"
+    assert second["start_unixtime_ms"] == T0 + 40 * MIN
+
+
+def test_r9_r24_late_event_into_closed_session_without_events_becomes_its_end() -> None:
+    closed = batch(D, session_start(T0 + 10 * MIN), session_end(T0 + 11 * MIN))
+    (s,) = by_number(run([closed, batch(D, custom(T0 + 5 * MIN))]))
+    assert (s["start_unixtime_ms"], s["end_unixtime_ms"]) == (T0 + 5 * MIN, T0 + 5 * MIN)
+    assert s["revision"] == 1 and s["end_reason"] == "manual" and s["event_count"] == 1
+    # After the start: the start stays, the end is the event (not the session_start).
+    (s,) = by_number(run([closed, batch(D, custom(T0 + 10 * MIN + 30 * SEC))]))
+    assert s["start_unixtime_ms"] == T0 + 10 * MIN
+    assert s["end_unixtime_ms"] == T0 + 10 * MIN + 30 * SEC
+
+
 def test_r10_counts_events_and_screen_views() -> None:
     res = run([batch(D, launch(T0), screen(T0 + 1), screen(T0 + 2), custom(T0 + 3))])
     (s,) = by_number(res)
@@ -324,6 +358,35 @@ def test_r14_set_increment_delete() -> None:
     assert res.counts.events_control == 7 and res.dead == []
     end_ev = [e for e in res.events if e.get("event_type") == "session_end"]
     assert end_ev[0]["data"]["custom_attributes"] == s["session_attributes"]
+
+
+def test_r14_increment_over_null_counts_from_zero() -> None:
+    res = run([batch(D, launch(T0), set_attr(T0 + 1, "n", None), incr_attr(T0 + 2, "N", 4))])
+    (s,) = by_number(res)
+    assert s["session_attributes"] == {"n": 4} and res.dead == []
+
+
+def test_r14_sum_outside_64_bits_is_a_dead_letter_not_a_crash() -> None:
+    """§7.3: a value that can be read but not written is a dead letter."""
+    big = 2**63
+    res = run(
+        [
+            batch(
+                D,
+                launch(T0),
+                set_attr(T0 + 1, "n", big),
+                incr_attr(T0 + 2, "n", big),  # 2**64: outside uint64
+                incr_attr(T0 + 3, "n", big - 1),  # 2**64 - 1: the largest that fits
+                set_attr(T0 + 4, "m", -big),
+                incr_attr(T0 + 5, "m", -1),  # below int64
+                set_attr(T0 + 6, "f", 1.5e308),
+                incr_attr(T0 + 7, "f", 1.5e308),  # inf: not a JSON number
+            )
+        ]
+    )
+    assert [d["reason"] for d in res.dead] == ["bad_session_attribute"] * 3
+    (s,) = by_number(res)
+    assert s["session_attributes"] == {"n": 2**64 - 1, "m": -big, "f": 1.5e308}
 
 
 def test_r14_invalid_changes_are_dead_letters_and_leave_session_alone() -> None:
@@ -594,6 +657,23 @@ def test_r24_attribute_change_still_applies_to_closed_session() -> None:
     )
     (s,) = by_number(res)
     assert s["session_attributes"] == {"plan": "pro"} and s["revision"] == 1
+
+
+def test_r24_late_event_window_starts_no_earlier_than_end_of_session_before() -> None:
+    # Session 1 ends by exit at 26 min; session 2 runs 30-31 min and is closed by
+    # session 3's launch, so session 1 is no longer kept. Session 2's window is
+    # [max(30 - 30, 26), its deadline) = [26 min, 40 min).
+    sessions = [
+        batch(D, launch(T0), screen(T0 + 25 * MIN), exit_(T0 + 26 * MIN)),
+        batch(D, launch(T0 + 30 * MIN), screen(T0 + 31 * MIN)),
+        batch(D, launch(T0 + 40 * MIN)),
+    ]
+    res = run([*sessions, batch(D, custom(T0 + 20 * MIN))])  # inside session 1: not kept
+    assert [e["data"].get("late") for e in res.forwarded()][-1] is True
+    assert [s["event_count"] for s in by_number(res)] == [3, 2, 1]
+    res = run([*sessions, batch(D, custom(T0 + 28 * MIN))])  # after session 1's end
+    _, second, _ = by_number(res)
+    assert second["start_unixtime_ms"] == T0 + 28 * MIN and second["event_count"] == 3
 
 
 def test_r25_batch_split_at_session_boundaries_keeps_batch_fields() -> None:

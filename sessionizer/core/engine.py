@@ -5,12 +5,22 @@ Records go in as bytes with their source position; outputs come out as
 the watermark is the largest valid event ``ts`` seen (R20) and expiry pops
 an index of deadlines (R21). The one wall-clock input, ``now_ms``, only
 bounds timestamps from the future (§1.3) and is passed in by the caller.
+
+``process_record`` never raises on input. What ``loads`` accepts, ``dumps``
+must be able to write back (true of orjson, the one codec) except nesting:
+orjson reads 1024 levels but writes 254, so records nested deeper than
+``MAX_DEPTH`` are dead letters. Values the engine computes are checked before
+they are kept (an attribute sum outside the 64-bit range, or not finite, is a
+``bad_session_attribute``). Anything else that raises is a bug: the record
+becomes an ``internal_error`` dead letter and its key is left exactly as it
+was before the record (§7.3 v2, ``Engine._internal_error``).
 """
 
 from __future__ import annotations
 
 import base64
 import heapq
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,6 +34,7 @@ from .model import (
     EVENTS,
     EXIT,
     FOREGROUND,
+    INTERNAL_ERROR,
     LAUNCH,
     OPT_OUT,
     SCREEN_VIEW,
@@ -35,15 +46,37 @@ from .model import (
     Counts,
     Output,
 )
-from .state import CLOSED, EXPIRED, LC_BG, LC_FG, NEVER, OPEN, KeyState, Session
+from .state import (
+    CLOSED,
+    EXPIRED,
+    LC_BG,
+    LC_FG,
+    NEVER,
+    OPEN,
+    KeyState,
+    Session,
+    load_key,
+    save_key,
+)
 
 MIN_TS = 946_684_800_000  # 2000-01-01T00:00:00Z
 MAX_ATTR_NAME = 256
 MAX_ATTR_VALUE = 4096
+# Nesting levels a record may have (the record itself is level 1). orjson reads
+# 1024 levels but writes only 254; outputs and state snapshots nest input values
+# at most a few levels deeper than the record does, so 128 leaves room for them
+# (and for integrations' wrappers) while no real mParticle record comes close.
+MAX_DEPTH = 128
+TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels"
+# The 64-bit integer range the outputs can hold (orjson: int64 and uint64).
+MIN_INT = -(1 << 63)
+MAX_INT = (1 << 64) - 1
 IDENTITY_FIELDS = ("mpid", "mp_deviceid", "application_info", "api_key", "environment")
 
 Loads = Callable[[bytes], Any]
 Dumps = Callable[[Any], bytes]
+Source = tuple[Any, str, int, int, int | None]  # (key, topic, partition, offset, timestamp)
+OnInternalError = Callable[[Exception, Source], None]
 
 
 class _Late:
@@ -51,6 +84,19 @@ class _Late:
 
 
 LATE = _Late()
+
+
+# Where the fast path finds no open session: no ts lies in [last_ts=1, deadline=0).
+NO_SESSION = Session("", 0, 0, 1, 0, None, (), None)
+
+
+class _Deep:
+    """Stands in a batch for an event nested deeper than MAX_DEPTH: a bad_event."""
+
+    __slots__ = ("event",)
+
+    def __init__(self, event: Any) -> None:
+        self.event = event
 
 
 class DeadLetter(Exception):
@@ -78,7 +124,8 @@ def ident_fields(ident: Sequence[Any]) -> dict[str, Any]:
 
 
 def identity(obj: dict[str, Any]) -> tuple[str, str] | None:
-    """(app, device) per §1.2, or None when the record names no device."""
+    """(app, device) per §1.2, or None when the record names no device.
+    (Inlined in Engine.process_record: keep the two alike.)"""
     device = obj.get("mp_deviceid")
     if type(device) is not str or not device:
         mpid = obj.get("mpid")
@@ -120,11 +167,15 @@ def check_attribute(data: dict[str, Any], dumps: Dumps) -> tuple[str, int, Any]:
         inc = data["increment"]
         if type(inc) is not int and type(inc) is not float:
             raise DeadLetter("bad_session_attribute", "increment must be a number")
+        if not _writable_number(inc):
+            raise DeadLetter("bad_session_attribute", "increment out of range")
         return name, 1, inc
     value = data["new"]
     t = type(value)
     if t is dict or t is list:
         raise DeadLetter("bad_session_attribute", "value must be a string, number, bool or null")
+    if (t is int or t is float) and not _writable_number(value):
+        raise DeadLetter("bad_session_attribute", "value out of range")
     # JSON text can be up to 6x a string's length; measure only when it could be too long.
     if (
         t is str
@@ -135,9 +186,82 @@ def check_attribute(data: dict[str, Any], dumps: Dumps) -> tuple[str, int, Any]:
     return name, 0, value
 
 
+def _writable_number(v: int | float) -> bool:
+    """An int in the 64-bit range, or a finite float: what the outputs can hold."""
+    if type(v) is int:
+        return MIN_INT <= v <= MAX_INT
+    return math.isfinite(v)
+
+
+def _too_deep(v: Any, room: int) -> bool:
+    """True when the container ``v``, counted as one level, nests more than ``room`` levels."""
+    if room <= 0:
+        return True
+    room -= 1
+    for x in v.values() if type(v) is dict else v:
+        t = type(x)
+        if (t is dict or t is list) and _too_deep(x, room):
+            return True
+    return False
+
+
+def _deep_parts(obj: dict[str, Any], events: list[Any], single: bool) -> bool:
+    """MAX_DEPTH: True when the record as a whole nests too deep (a single event,
+    or a batch field); else each event of the batch that does is replaced by a
+    ``_Deep`` in ``events``, to be dead-lettered on its own."""
+    if single:
+        return _too_deep(obj, MAX_DEPTH)
+    for k, v in obj.items():
+        t = type(v)
+        if k != "events" and (t is dict or t is list) and _too_deep(v, MAX_DEPTH - 1):
+            return True
+    for i, ev in enumerate(events):
+        t = type(ev)
+        if (t is dict or t is list) and _too_deep(ev, MAX_DEPTH - 2):
+            events[i] = _Deep(ev)
+    return False
+
+
+def _as_bytes(value: Any) -> bytes:
+    """A record value that is not ``bytes``: a Kafka tombstone (None) reads as empty."""
+    if value is None:
+        return b""
+    if type(value) is str:
+        return value.encode("utf-8", "surrogatepass")
+    return bytes(value)
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception, short and always valid UTF-8."""
+    try:
+        msg = str(exc)
+    except Exception:
+        msg = "(no message)"
+    detail = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+    if len(detail) > 1000:
+        detail = detail[:1000] + "..."
+    return detail.encode("utf-8", "replace").decode("utf-8")
+
+
+def _event_ts(ts: Any, batch_ts: Any, max_ts: int) -> int | None:
+    """§1.3 for an event time that is not an int: the batch's when null, an integral
+    float as its int; None when unusable (bad_timestamp)."""
+    if ts is None:
+        ts = batch_ts  # a null event time falls back like a missing one
+    if type(ts) is int:
+        v: int = ts
+    elif type(ts) is float and ts.is_integer():
+        v = int(ts)
+    else:
+        return None
+    return v if MIN_TS <= v <= max_ts else None
+
+
 def _event_fields(ev: Any, batch_ts: Any) -> tuple[str, dict[str, Any], Any]:
     """(event_type, data, raw ts) of an event off the common shape, or a dead letter."""
     if type(ev) is not dict:
+        if type(ev) is _Deep:
+            raise DeadLetter("bad_event", TOO_DEEP)
         raise DeadLetter("bad_event", "event is not an object")
     et = ev.get("event_type")
     if type(et) is not str:
@@ -161,10 +285,14 @@ class Engine:
         loads: Loads,
         dumps: Dumps,
         track_dirty: bool = False,
+        on_internal_error: OnInternalError | None = None,
     ) -> None:
         self.config = config
         self.loads = loads
         self.dumps = dumps
+        # Told of every record whose processing raised (after it is dead-lettered),
+        # so the edge can log it and count it; it must not raise.
+        self.on_internal_error = on_internal_error
         self.keys: dict[str, KeyState] = {}
         self.heap: list[tuple[int, str]] = []
         self.watermark = 0
@@ -178,6 +306,8 @@ class Engine:
         # Read once per record: plain attributes, not a chain of lookups.
         self._max_bytes = config.max_record_bytes
         self._skew = config.max_future_skew_ms
+        self._grace = config.grace_ms
+        self._ttl = config.state_ttl_ms
         self._pending: list[tuple[KeyState, Session]] = []
 
     # ----------------------------------------------------------------- API
@@ -283,181 +413,374 @@ class Engine:
     ) -> None:
         """Sessionizes one record. ``seq``, when given, is the record's position in
         this engine's input: a key skips records at or below the last ``seq`` it
-        applied, so replaying input after a restore never applies a record twice."""
+        applied, so replaying input after a restore never applies a record twice.
+
+        Never raises: whatever the record holds is used or dead-lettered, and a
+        failure of the engine itself makes the record an ``internal_error`` dead
+        letter with its key as it was before the record (all or nothing)."""
         counts = self.counts
         counts.records_in += 1
-        src = (key, topic, partition, offset, timestamp)
-        if len(value) > self._max_bytes:
-            self._dead_record(
-                src, value, "too_large", f"{len(value)} bytes > {self.config.max_record_bytes}"
-            )
-            return
+        # All or nothing (§7.3 v2). Nothing is saved up front: the fast path notes
+        # what it changes in the open session (_Record.feed), the slow path saves
+        # the whole key before its first change (_Record.save), and the counts,
+        # the watermark and the key's index entry change only once nothing can
+        # fail any more. _internal_error puts back what was changed.
+        rec: _Record | None = None
+        saved: tuple[Any, ...] | None = None  # a save taken before ``rec`` exists
+        skey = ""
+        opted = was_opted = False  # was_opted: before the record (opted changes within)
         try:
-            obj = self.loads(value)
-        except Exception as exc:  # any decoder error is the same answer to the user
-            self._dead_record(src, value, "invalid_json", str(exc))
-            return
-        if type(obj) is not dict:
-            self._dead_record(src, value, "not_an_object", f"top level is {type(obj).__name__}")
-            return
-        ident = identity(obj)
-        if ident is None:
-            self._dead_record(src, value, "missing_identity", "no mp_deviceid and no mpid")
-            return
-        app, device = ident
-        skey = app + "/" + device
-        st = self.keys.get(skey)
-        if st is not None and 0 <= seq <= st.seq:
-            counts.records_in -= 1  # already applied before the restore: not new input
-            return
-        controlled = bool(self.control) and self._controlled_key(app, device, skey)
-        opted = controlled or (st is not None and st.opted)
-        if controlled and st is not None and (st.open is not None or st.last is not None):
-            # A console opt-out takes effect at the key's first record after it is
-            # known: its session, open or provisionally closed, ends as opt_out (R19).
-            self._opt_out_close(st, None, None)
-
-        events = obj.get("events")
-        single = events is None
-        if single:
-            if "event_type" not in obj:
-                self._bad_record(src, value, opted, "record has neither events nor event_type")
+            if type(value) is not bytes:
+                value = _as_bytes(value)
+            src = (key, topic, partition, offset, timestamp)
+            if len(value) > self._max_bytes:
+                self._dead_record(
+                    src, value, "too_large", f"{len(value)} bytes > {self.config.max_record_bytes}"
+                )
                 return
-            events = [obj]
-        elif type(events) is not list:
-            self._bad_record(src, value, opted, "events is not an array")
-            return
-
-        if st is None:
-            st = KeyState(skey, app, device)
-            self.keys[skey] = st
-        if self.dirty is not None:
-            self.dirty.add(skey)
-        rules = self._rules.get(app) or self.rules(app)
-        mpid = obj.get("mpid")
-        # IDENTITY_FIELDS as a tuple: cheaper than a dict per record; dict on output.
-        ident_obj = (
-            mpid,
-            obj.get("mp_deviceid"),
-            obj.get("application_info"),
-            obj.get("api_key"),
-            obj.get("environment"),
-        )
-        batch_ts = obj.get("timestamp_unixtime_ms")
-        if batch_ts is None:
-            batch_ts = timestamp
-        max_ts = now_ms + self._skew
-        rec = _Record(self, st, rules, obj, single, device, ident_obj, mpid, src, value)
-        kinds = EVENT_KINDS
-        counts.events_in += len(events)
-        hi = 0  # largest valid ts of the record: the watermark and the key's activity
-        fast = 0  # events taken by the fast path, counted once at the end
-        idle_ms = rules.idle_timeout_ms
-        timeout_ms = rules.timeout_ms
-        s = st.open
-
-        for ev in events:
-            if opted and (type(ev) is not dict or ev.get("event_type") != "opt_out"):
-                counts.events_opted_out += 1  # R18: malformed ones too
-                continue
             try:
-                # The common shape, read with subscripts (cheaper than .get).
-                et = ev["event_type"]
-                data = ev["data"]
-                ts = data["timestamp_unixtime_ms"]
-                if type(et) is not str or type(data) is not dict:
-                    raise TypeError
-            except (KeyError, TypeError):
-                try:
-                    et, data, ts = _event_fields(ev, batch_ts)
-                except DeadLetter as dl:
-                    rec.dead(ev, dl.reason, dl.detail)
-                    continue
-            if ts is None:
-                ts = batch_ts  # §1.3: a null event time falls back like a missing one
-            kind = kinds.get(et, 0)
-            if kind == TRANSITION:
-                kind = TRANSITION_KINDS.get(data.get("application_transition_type"), 0)
-            if type(ts) is not int:
-                ts = int(ts) if type(ts) is float and ts.is_integer() else None
-            if ts is not None and not MIN_TS <= ts <= max_ts:
-                ts = None
+                obj = self.loads(value)
+            except Exception as exc:  # any decoder error is the same answer to the user
+                self._dead_record(src, value, "invalid_json", str(exc))
+                return
+            if type(obj) is not dict:
+                self._dead_record(src, value, "not_an_object", f"top level is {type(obj).__name__}")
+                return
+            # identity(obj), inline: the fields are read once for the key and the output.
+            device = dev_field = obj.get("mp_deviceid")
+            mpid = obj.get("mpid")
+            if type(device) is not str or not device:
+                if type(mpid) is int or (type(mpid) is str and mpid):
+                    device = str(mpid)
+                else:
+                    self._dead_record(src, value, "missing_identity", "no mp_deviceid and no mpid")
+                    return
+            info = obj.get("application_info")
+            app: Any = None
+            if type(info) is dict:
+                app = info.get("package")
+                if type(app) is not str or not app:
+                    app = info.get("application_name")
+            api_key = obj.get("api_key")
+            if type(app) is not str or not app:
+                app = api_key if type(api_key) is str and api_key else "default"
+            skey = app + "/" + device
+            st = self.keys.get(skey)
+            if st is not None and 0 <= seq <= st.seq:
+                counts.records_in -= 1  # already applied before the restore: not new input
+                return
+            controlled = bool(self.control) and self._controlled_key(app, device, skey)
+            opted = was_opted = controlled or (st is not None and st.opted)
+            if controlled and st is not None and (st.open is not None or st.last is not None):
+                # A console opt-out takes effect at the key's first record after it is
+                # known: its session, open or provisionally closed, ends as opt_out (R19).
+                saved = self._save(st)
+                self._opt_out_close(st, None, None)
 
-            if (
-                kind <= SCREEN_VIEW
-                and ts is not None
-                and s is not None
-                and s.last_ts <= ts < s.deadline
-                and s.status == OPEN
-            ):
-                # Fast path: an in-order activity event continuing the open session
-                # (R3-R5, R9, R10); the same effect as the general path below.
-                if rec.part_session is not s:
-                    rec.feed(s)
-                n = s.events = s.events + 1
-                if kind:
-                    s.screens += 1
-                data["session_uuid"] = s.uuid
-                data["session_id"] = s.sid
-                data["session_start_unixtime_ms"] = s.start
-                data["event_num"] = n
-                rec.part.append(ev)
-                if ts > s.last_ts:
+            events = obj.get("events")
+            single = events is None
+            if single:
+                if "event_type" not in obj:
+                    self._bad_record(src, value, opted, "record has neither events nor event_type")
+                    return
+                events = [obj]
+            elif type(events) is not list:
+                self._bad_record(src, value, opted, "events is not an array")
+                return
+            # Nesting (MAX_DEPTH): a record has at least as many brackets as levels,
+            # so only a record with many brackets needs walking (memchr for the rare
+            # "[": one pass over the bytes, not two).
+            nb = value.count(b"{")
+            i = value.find(b"[")
+            while i >= 0 and nb <= MAX_DEPTH:
+                nb += 1
+                i = value.find(b"[", i + 1)
+            if nb > MAX_DEPTH and _deep_parts(obj, events, single):
+                self._bad_record(src, value, opted, TOO_DEEP)
+                return
+
+            new_key = st is None
+            if st is None:
+                st = KeyState(skey, app, device)  # kept once the record is through
+            rules = self._rules.get(app) or self.rules(app)
+            # IDENTITY_FIELDS as a tuple: cheaper than a dict per record; dict on output.
+            ident_obj = (mpid, dev_field, info, api_key, obj.get("environment"))
+            batch_ts = obj.get("timestamp_unixtime_ms")
+            if batch_ts is None:
+                batch_ts = timestamp
+            max_ts = now_ms + self._skew
+            rec = _Record(self, st, rules, obj, single, device, ident_obj, mpid, src, value, saved)
+            kinds = EVENT_KINDS
+            hi = 0  # largest valid ts of the record: the watermark and the key's activity
+            fast = 0  # events taken by the fast path, counted once at the end
+            n_opted = 0  # events dropped for opt-out (R18), counted once at the end
+            n_control = 0  # attribute changes taken by the fast path, counted at the end
+            idle_ms = rules.idle_timeout_ms
+            timeout_ms = rules.timeout_ms
+            # The session the fast path may continue: the open one, else one no ts fits.
+            s = st.open
+            if s is None or s.status != OPEN:
+                s = NO_SESSION
+
+            for ev in events:
+                if opted and (type(ev) is not dict or ev.get("event_type") != "opt_out"):
+                    n_opted += 1  # R18: malformed ones too
+                    continue
+                try:
+                    # The common shape, read with subscripts (cheaper than .get).
+                    et = ev["event_type"]
+                    data = ev["data"]
+                    ts = data["timestamp_unixtime_ms"]
+                    if type(et) is not str or type(data) is not dict:
+                        raise TypeError
+                except (KeyError, TypeError):
+                    try:
+                        et, data, ts = _event_fields(ev, batch_ts)
+                    except DeadLetter as dl:
+                        rec.dead(ev, dl.reason, dl.detail)
+                        continue
+                kind = kinds.get(et, 0)
+                if kind == TRANSITION:
+                    tt = data.get("application_transition_type")
+                    # Only a string can name a transition (and a list or object is unhashable).
+                    kind = TRANSITION_KINDS.get(tt, 0) if type(tt) is str else 0
+                if type(ts) is int:
+                    if not MIN_TS <= ts <= max_ts:
+                        ts = None
+                else:
+                    ts = _event_ts(ts, batch_ts, max_ts)
+
+                if kind <= SCREEN_VIEW and ts is not None and s.last_ts <= ts < s.deadline:
+                    # Fast path: an in-order activity event continuing the open session
+                    # (R3-R5, R9, R10); the same effect as the general path below.
+                    if rec.part_session is not s:
+                        rec.feed(s)
+                    n = s.events = s.events + 1
+                    if kind:
+                        s.screens += 1
+                    data["session_uuid"] = s.uuid
+                    data["session_id"] = s.sid
+                    data["session_start_unixtime_ms"] = s.start
+                    data["event_num"] = n
+                    rec.part.append(ev)
+                    if ts > s.last_ts:
+                        s.last_ts = ts
+                        s.deadline = ts + (idle_ms if s.lc == LC_FG else timeout_ms)
+                        if ts > hi:
+                            hi = ts
+                    fast += 1
+                    continue
+                if (
+                    FOREGROUND <= kind <= BACKGROUND
+                    and ts is not None
+                    and s.last_ts <= ts < s.deadline
+                ):
+                    # Fast path too: an in-order foreground or background in the open
+                    # session; the general path's effect (R3-R5, R9, R10, _Record._apply).
+                    if rec.part_session is not s:
+                        rec.feed(s)
+                    if kind == FOREGROUND:
+                        s.lc = LC_FG
+                        if s.bg_since >= 0:
+                            s.bg_total += ts - s.bg_since
+                            s.bg_since = -1
+                    else:
+                        s.lc = LC_BG
+                        if s.bg_since < 0:
+                            s.bg_since = ts
+                    n = s.events = s.events + 1
+                    data["session_uuid"] = s.uuid
+                    data["session_id"] = s.sid
+                    data["session_start_unixtime_ms"] = s.start
+                    data["event_num"] = n
+                    rec.part.append(ev)
                     s.last_ts = ts
-                    s.deadline = ts + (idle_ms if s.lc == LC_FG else timeout_ms)
+                    s.deadline = ts + (idle_ms if kind == FOREGROUND else timeout_ms)
                     if ts > hi:
                         hi = ts
-                fast += 1
-                continue
-
-            if kind == OPT_OUT:
-                flag = data.get("is_opted_out")
-                if type(flag) is not bool:
-                    if opted:
-                        counts.events_opted_out += 1
-                    else:
-                        rec.dead(ev, "bad_opt_out", "is_opted_out must be a boolean")
+                    fast += 1
                     continue
-                counts.events_control += 1
-                if ts is not None and ts > hi:
+
+                if kind == OPT_OUT:
+                    flag = data.get("is_opted_out")
+                    if type(flag) is not bool:
+                        if opted:
+                            n_opted += 1
+                        else:
+                            rec.dead(ev, "bad_opt_out", "is_opted_out must be a boolean")
+                        continue
+                    if rec.saved is None:
+                        rec.save()
+                    counts.events_control += 1
+                    if ts is not None and ts > hi:
+                        hi = ts
+                    if flag:
+                        if not st.opted:
+                            st.opted = True
+                            if not opted:
+                                rec.flush()
+                                self._opt_out_close(st, ts, rec)
+                                opted = True
+                    elif st.opted:
+                        st.opted = False
+                        opted = controlled
+                    s = st.open
+                    if s is None or s.status != OPEN:
+                        s = NO_SESSION
+                    continue
+                if ts is None:
+                    rec.dead(ev, "bad_timestamp", "timestamp missing or out of range")
+                    continue
+                if kind == ATTRIBUTE:
+                    try:
+                        attr = check_attribute(data, self.dumps)
+                    except DeadLetter as dl:
+                        rec.dead(ev, dl.reason, dl.detail)
+                        continue
+                    if s.start <= ts < s.deadline:
+                        # Fast path too: a change to the open session's attributes
+                        # (R14, R15); the general path's effect (_Record.event).
+                        if ts > hi:
+                            hi = ts
+                        if rec.saved is None and rec.light is None:
+                            rec.note(s)
+                        if rec._attr_ok(s, attr, ev):
+                            n_control += 1
+                            _set_attr(s, attr)
+                        continue
+                else:
+                    attr = None
+                if ts > hi:
                     hi = ts
-                if flag:
-                    if not st.opted:
-                        st.opted = True
-                        if not opted:
-                            rec.flush()
-                            self._opt_out_close(st, ts, rec)
-                            opted = True
-                elif st.opted:
-                    st.opted = False
-                    opted = controlled
+                rec.event(ev, data, kind, ts, attr)
                 s = st.open
-                continue
-            if ts is None:
-                rec.dead(ev, "bad_timestamp", "timestamp missing or out of range")
-                continue
-            if kind == ATTRIBUTE:
-                try:
-                    attr = check_attribute(data, self.dumps)
-                except DeadLetter as dl:
-                    rec.dead(ev, dl.reason, dl.detail)
-                    continue
-            else:
-                attr = None
-            if ts > hi:
-                hi = ts
-            rec.event(ev, data, kind, ts, attr)
-            s = st.open
+                if s is None or s.status != OPEN:
+                    s = NO_SESSION
 
-        counts.events_forwarded += fast
-        if hi > self.watermark:
-            self.watermark = hi
-        if hi > st.activity:
-            st.activity = hi
-        rec.finish()
-        if seq >= 0:
-            st.seq = seq
-        self._schedule(st)
+            rec.flush()
+            if self._pending:
+                self._flush_pending()
+            # The record is through: what follows cannot fail.
+            counts.events_in += len(events)
+            counts.events_forwarded += fast
+            counts.events_opted_out += n_opted
+            counts.events_control += n_control
+            if new_key:
+                self.keys[skey] = st
+            if self.dirty is not None:
+                self.dirty.add(skey)
+            if hi > self.watermark:
+                self.watermark = hi
+            if hi > st.activity:
+                st.activity = hi
+            if seq >= 0:
+                st.seq = seq
+            # self._schedule(st), inline: once per record
+            s = st.open
+            if s is not None and s.status == OPEN:
+                due: int | None = s.deadline + self._grace
+            elif st.opted:
+                due = None
+            else:
+                due = st.activity + self._ttl
+            if due is not None and due < st.hdue:
+                st.hdue = due
+                heapq.heappush(self.heap, (due, skey))
+        except Exception as exc:
+            if rec is not None:
+                saved = rec.saved
+            self._internal_error(
+                exc, saved, rec, skey, was_opted, value, (key, topic, partition, offset, timestamp)
+            )
+
+    def _save(self, st: KeyState) -> tuple[Any, ...]:
+        """The key, the counts and the outputs' length before a record changes them.
+        (The counts' dicts are held by reference: they are replaced to count.)"""
+        c = self.counts
+        dirty = self.dirty
+        return (
+            st,
+            save_key(st),
+            len(self.out),
+            dirty is not None and st.key in dirty,
+            c.records_dead_lettered,
+            c.records_opted_out,
+            c.events_forwarded,
+            c.events_control,
+            c.events_dead_lettered,
+            c.events_late,
+            c.sessions_started,
+            c.sessions_revised,
+            c.sessions_ended,
+            c.dead_by_reason,
+        )
+
+    def _internal_error(
+        self,
+        exc: Exception,
+        saved: tuple[Any, ...] | None,
+        rec: _Record | None,
+        skey: str,
+        opted: bool,
+        value: Any,
+        src: Source,
+    ) -> None:
+        """A record raised (a bug): put its key back as it was before the record
+        and dead-letter the record whole as internal_error (§7.3 v2)."""
+        counts = self.counts
+        self._pending.clear()  # only ever holds the current record's sessions
+        n_out = -1
+        if saved is not None:  # the slow path had begun: the whole key back
+            st, key_saved, n_out, was_dirty = saved[:4]
+            load_key(st, key_saved)
+            (
+                counts.records_dead_lettered,
+                counts.records_opted_out,
+                counts.events_forwarded,
+                counts.events_control,
+                counts.events_dead_lettered,
+                counts.events_late,
+                counts.sessions_started,
+                counts.sessions_revised,
+                counts.sessions_ended,
+                counts.dead_by_reason,
+            ) = saved[4:]
+            if self.dirty is not None and not was_dirty:
+                self.dirty.discard(skey)
+        light = None if rec is None else rec.light
+        if light is not None:  # in-order events had gone to the open session
+            s, s.events, s.screens, s.last_ts, s.deadline = light[:5]
+            s.lc, s.bg_since, s.bg_total, s.attrs, s.ident, mpids, n, n_light = light[5:]
+            del mpids[n:]
+            s.mpids = mpids
+            if n_out < 0:
+                n_out = n_light
+        if n_out >= 0:
+            del self.out[n_out:]  # what the record emitted: outputs of its key only
+        # A key new with this record was never added to self.keys; events_in, the
+        # fast path's events_forwarded, events_opted_out, the watermark and the
+        # deadline index change only once a record is through.
+        counts.records_internal_error += 1
+        if opted:
+            counts.records_opted_out += 1  # R18: not even a dead letter of an opted-out key
+        else:
+            try:
+                payload, enc = value.decode("utf-8"), "utf-8"
+            except UnicodeDecodeError:
+                payload, enc = base64.b64encode(value).decode("ascii"), "base64"
+            except Exception:  # not bytes at all: nothing faithful to show
+                payload, enc = "", "utf-8"
+            counts.records_dead_lettered += 1
+            counts.dead_by_reason = Counts.bump(counts.dead_by_reason, INTERNAL_ERROR)
+            self.out.append(
+                (DEAD_LETTERS, src[0], _dead(INTERNAL_ERROR, _describe(exc), src, payload, enc))
+            )
+        cb = self.on_internal_error
+        if cb is not None:
+            try:  # noqa: SIM105 - no contextlib on this path: the report must not undo the recovery
+                cb(exc, src)
+            except Exception:
+                pass
 
     # ------------------------------------------------------------ helpers
 
@@ -472,7 +795,8 @@ class Engine:
         return "idle" if s.lc == LC_FG else "timeout"
 
     def _due(self, st: KeyState) -> int | None:
-        """When the deadline index must look at the key next; None: never (R18)."""
+        """When the deadline index must look at the key next; None: never (R18).
+        (Inlined at the end of process_record: keep the two alike.)"""
         s = st.open
         if s is not None and s.status == OPEN:
             return s.deadline + self.config.grace_ms
@@ -554,7 +878,8 @@ class Engine:
         rec["mpids"] = list(s.mpids)
         self.out.append((SESSIONS, s.uuid, rec))
         if s.emitted == 0:
-            self.counts.sessions_ended[s.reason or "timeout"] += 1
+            c = self.counts
+            c.sessions_ended = Counts.bump(c.sessions_ended, s.reason or "timeout")
         else:
             self.counts.sessions_revised += 1
         s.emitted += 1
@@ -602,13 +927,15 @@ class Engine:
     def _dead_record(
         self, src: tuple[Any, str, int, int, int | None], value: bytes, reason: str, detail: str
     ) -> None:
-        self.counts.records_dead_lettered += 1
-        self.counts.dead_by_reason[reason] += 1
         try:
             payload, enc = value.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
             payload, enc = base64.b64encode(value).decode("ascii"), "base64"
-        self.out.append((DEAD_LETTERS, src[0], _dead(reason, detail, src, payload, enc)))
+        dead = _dead(reason, detail, src, payload, enc)
+        # Counted once built: a failure above changes nothing (all or nothing).
+        self.counts.records_dead_lettered += 1
+        self.counts.dead_by_reason = Counts.bump(self.counts.dead_by_reason, reason)
+        self.out.append((DEAD_LETTERS, src[0], dead))
 
     def _bad_record(
         self, src: tuple[Any, str, int, int, int | None], value: bytes, opted: bool, detail: str
@@ -641,8 +968,9 @@ class _Record:
     __slots__ = (
         "device",
         "engine",
-        "fields",
         "ident",
+        "last_copy",
+        "light",
         "mpid",
         "n_in",
         "n_parts",
@@ -650,6 +978,7 @@ class _Record:
         "part",
         "part_session",
         "rules",
+        "saved",
         "single",
         "src",
         "st",
@@ -668,6 +997,7 @@ class _Record:
         mpid: Any,
         src: tuple[Any, str, int, int, int | None],
         value: bytes,
+        saved: tuple[Any, ...] | None,
     ) -> None:
         self.engine = engine
         self.src = src  # (key, topic, partition, offset, timestamp) for dead letters
@@ -683,6 +1013,15 @@ class _Record:
         self.part_session: Session | _Late | None = None
         self.n_parts = 0
         self.n_in = 1 if single else len(obj["events"])
+        # For Engine._internal_error: the key before the slow path's first change,
+        # and what the fast path changed in the open session before that.
+        self.saved = saved
+        self.light: tuple[Any, ...] | None = None
+        self.last_copy: Session | None = None  # the last closed session, copied on write
+
+    def save(self) -> None:
+        """Called before the slow path first changes anything of the record's key."""
+        self.saved = self.engine._save(self.st)
 
     # R25: consecutive events of one session form one output batch.
     def flush(self) -> None:
@@ -701,22 +1040,22 @@ class _Record:
         self.n_parts += 1
         self.part = []
 
-    def finish(self) -> None:
-        self.flush()
-        if self.engine._pending:
-            self.engine._flush_pending()
-
     def dead(self, ev: Any, reason: str, detail: str) -> None:
+        if self.saved is None:
+            self.save()
         eng = self.engine
         src = self.src
         eng.counts.events_dead_lettered += 1
-        eng.counts.dead_by_reason[reason] += 1
+        eng.counts.dead_by_reason = Counts.bump(eng.counts.dead_by_reason, reason)
         if self.single:
             try:
                 payload = self.value.decode("utf-8")
             except UnicodeDecodeError:
                 # The engine decoded it, so this cannot happen; stay total anyway.
                 payload = self.value.decode("utf-8", "replace")
+        elif type(ev) is _Deep:
+            # Too deep to write on its own (MAX_DEPTH): the record it came in.
+            payload = self.value.decode("utf-8")
         else:
             bad = {**ident_fields(self.ident), **ev} if type(ev) is dict else ev
             payload = eng.dumps(bad).decode("utf-8")
@@ -769,12 +1108,35 @@ class _Record:
 
     def feed(self, s: Session) -> None:
         """This record starts feeding events to ``s``: a new output part (R25)."""
-        self.flush()
+        if self.saved is None and self.light is None:
+            self.note(s)
+        if self.part:
+            self.flush()
         self.part_session = s
         s.ident = self.ident
         mpid = self.mpid
         if mpid is not None and mpid not in s.mpids:
             s.mpids.append(mpid)
+
+    def note(self, s: Session) -> None:
+        """The fast path's first change to the record's key: what it may change in
+        the open session (counts, end, deadline, lifecycle state, attributes,
+        identity), for Engine._internal_error."""
+        self.light = (
+            s,
+            s.events,
+            s.screens,
+            s.last_ts,
+            s.deadline,
+            s.lc,
+            s.bg_since,
+            s.bg_total,
+            s.attrs,
+            s.ident,
+            s.mpids,
+            len(s.mpids),
+            len(self.engine.out),
+        )
 
     def _touch(self, s: Session, ts: int) -> None:
         """A forwarded in-order event: moves the session's end and deadline (R4, R5, R9)."""
@@ -791,6 +1153,8 @@ class _Record:
         ts: int,
         attr: tuple[str, int, Any] | None,
     ) -> None:
+        if self.saved is None:
+            self.save()
         st = self.st
         eng = self.engine
         s = st.open
@@ -899,9 +1263,14 @@ class _Record:
                 return True
         elif op == 1:
             v = cur[1]
-            if v is not None and (type(v) is bool or not isinstance(v, (int, float))):
-                self.dead(ev, "bad_session_attribute", "increment of a non-numeric value")
-                return False
+            if v is not None:
+                if type(v) is bool or not isinstance(v, (int, float)):
+                    self.dead(ev, "bad_session_attribute", "increment of a non-numeric value")
+                    return False
+                if not _writable_number(v + attr[2]):
+                    # Read fine, cannot be written (§7.3): outside int64/uint64, or not finite.
+                    self.dead(ev, "bad_session_attribute", "sum out of range")
+                    return False
         return True
 
     def _out_of_order(
@@ -927,6 +1296,17 @@ class _Record:
         if kind in (SESSION_START, SESSION_END):
             eng.counts.events_control += 1
             return
+        if target is not None and target is last and target is not self.last_copy:
+            # The last closed session is never changed in place by a record (its
+            # save holds it by reference, state.save_key): change a copy instead.
+            target = self.last_copy = last.copy()
+            st.last = target
+            if self.part_session is last:
+                self.part_session = target
+            pending = eng._pending
+            for i, (pst, ps) in enumerate(pending):
+                if ps is last:
+                    pending[i] = (pst, target)
         if target is None:
             # No session can hold it, not even an attribute change: never drop it (R24).
             eng.counts.events_late += 1
@@ -949,7 +1329,10 @@ class _Record:
         else:
             if ts < target.start:
                 target.start = ts
-            if ts > target.last_ts and target is last:
+            if target.events == 0 or (ts > target.last_ts and target is st.last):
+                # R9: the end is the last forwarded event's ts; a session that has
+                # none yet (started by a control event or an attribute change)
+                # ends at this one, not at the control event. The deadline stays.
                 target.last_ts = ts
             self._forward(target, ev, data, kind)
         if target.status != OPEN and (st, target) not in eng._pending:
@@ -957,23 +1340,20 @@ class _Record:
 
 
 def _set_attr(s: Session, attr: tuple[str, int, Any]) -> None:
+    # Copy on write: a record's save holds ``attrs`` by reference (state.save_key).
     name, op, operand = attr
     low = name.lower()
-    attrs = s.attrs
+    attrs = dict(s.attrs) if s.attrs else {}
     if op == 2:
-        if attrs and low in attrs:
+        if low in attrs:
             del attrs[low]
+            s.attrs = attrs
         return
-    if attrs is None:
-        attrs = s.attrs = {}
     cur = attrs.get(low)
-    if op == 0:
-        if cur is None:
-            attrs[low] = [name, operand]
-        else:
-            cur[1] = operand
-        return
     if cur is None:
         attrs[low] = [name, operand]
+    elif op == 0 or cur[1] is None:
+        attrs[low] = [cur[0], operand]  # R14 v2: an increment over null counts from 0
     else:
-        cur[1] = operand if cur[1] is None else cur[1] + operand
+        attrs[low] = [cur[0], cur[1] + operand]
+    s.attrs = attrs

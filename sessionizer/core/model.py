@@ -53,6 +53,11 @@ DEAD_LETTER_REASONS = (
     "bad_opt_out",
     "bad_session_attribute",
 )
+# §7.3 v2: any unexpected failure while processing a record (a bug, not the input's
+# fault). Kept apart from the input reasons above: those are what a record can be
+# rejected for, this one is the engine's own failure.
+INTERNAL_ERROR = "internal_error"
+ALL_DEAD_LETTER_REASONS = (*DEAD_LETTER_REASONS, INTERNAL_ERROR)
 
 
 class Counts:
@@ -68,6 +73,7 @@ class Counts:
         "events_opted_out",
         "records_dead_lettered",
         "records_in",
+        "records_internal_error",
         "records_opted_out",
         "sessions_ended",
         "sessions_revised",
@@ -79,6 +85,10 @@ class Counts:
         self.records_dead_lettered = 0
         # Whole records of an opted-out key too malformed to split into events.
         self.records_opted_out = 0
+        # Records whose processing raised (a bug): dead-lettered whole as
+        # internal_error (or, for an opted-out key, dropped as records_opted_out)
+        # with the key's state left as it was before the record.
+        self.records_internal_error = 0
         self.events_in = 0
         self.events_forwarded = 0
         self.events_control = 0
@@ -88,13 +98,14 @@ class Counts:
         self.sessions_started = 0
         self.sessions_revised = 0
         self.sessions_ended: dict[str, int] = dict.fromkeys(END_REASONS, 0)
-        self.dead_by_reason: dict[str, int] = dict.fromkeys(DEAD_LETTER_REASONS, 0)
+        self.dead_by_reason: dict[str, int] = dict.fromkeys(ALL_DEAD_LETTER_REASONS, 0)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "records_in": self.records_in,
             "records_dead_lettered": self.records_dead_lettered,
             "records_opted_out": self.records_opted_out,
+            "records_internal_error": self.records_internal_error,
             "events_in": self.events_in,
             "events_forwarded": self.events_forwarded,
             "events_control": self.events_control,
@@ -116,6 +127,13 @@ class Counts:
                     mine[k] = mine.get(k, 0) + v
             else:
                 setattr(self, name, mine + getattr(other, name))
+
+    @staticmethod
+    def bump(d: dict[str, int], key: str) -> dict[str, int]:
+        """``d`` with ``key`` counted once more, as a new dict (copy on write)."""
+        d = d.copy()
+        d[key] += 1
+        return d
 
     def balanced(self) -> bool:
         """Conservation (§7.4): every decoded event is accounted for exactly once."""

@@ -88,6 +88,14 @@ class Session:
             return {}
         return {name: value for name, value in self.attrs.values()}
 
+    def copy(self) -> Session:
+        """A copy to change instead of this one (copy on write, see ``save_key``)."""
+        c = Session.__new__(Session)
+        for name in Session.__slots__:
+            setattr(c, name, getattr(self, name))
+        c.mpids = list(self.mpids)
+        return c
+
     def snapshot(self) -> list[Any]:
         return [
             self.uuid,
@@ -209,3 +217,65 @@ class KeyState:
 
 _NEVER = 1 << 62
 NEVER = _NEVER
+
+
+# All or nothing per record (Engine._internal_error): what one record can change
+# of its key, saved before its slow path first changes anything. Cheap because
+# of three rules the engine keeps: a session's ``attrs`` dict is replaced, never
+# changed in place; ``mpids`` only grows (a save keeps its length); and a record
+# never changes the last closed session in place (R24 changes a copy, swapped
+# in), so a save holds ``last`` by reference. ``activity``, ``seq`` and ``hdue``
+# change only once a record is through, so they need no saving.
+def save_key(st: KeyState) -> tuple[Any, ...]:
+    o = st.open
+    if o is None:
+        return (st.open, st.last, st.counter, st.opted, st.floor)
+    mpids = o.mpids
+    return (
+        o,
+        st.last,
+        st.counter,
+        st.opted,
+        st.floor,
+        o.start,
+        o.last_ts,
+        o.deadline,
+        o.reason,
+        o.lc,
+        o.bg_since,
+        o.bg_total,
+        o.events,
+        o.screens,
+        o.attrs,
+        mpids,
+        len(mpids),
+        o.ident,
+        o.emitted,
+        o.status,
+    )
+
+
+def load_key(st: KeyState, saved: tuple[Any, ...]) -> None:
+    """Puts back what ``save_key`` saved."""
+    o = saved[0]
+    st.open, st.last, st.counter, st.opted, st.floor = saved[:5]
+    if o is not None:
+        (
+            o.start,
+            o.last_ts,
+            o.deadline,
+            o.reason,
+            o.lc,
+            o.bg_since,
+            o.bg_total,
+            o.events,
+            o.screens,
+            o.attrs,
+            mpids,
+            n,
+            o.ident,
+            o.emitted,
+            o.status,
+        ) = saved[5:]
+        del mpids[n:]
+        o.mpids = mpids

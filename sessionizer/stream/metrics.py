@@ -28,6 +28,7 @@ HELP = {
     "records_in": "Input records read.",
     "records_dead_lettered": "Input records dead-lettered whole (undecodable, no identity).",
     "records_opted_out": "Malformed records of an opted-out key, dropped.",
+    "records_internal_error": "Records that failed unexpectedly (internal_error).",
     "events_in": "Decoded input events.",
     "events_forwarded": "Events forwarded to sessionized-events.",
     "events_control": "Events consumed as control (session_start/end, attributes, opt_out).",

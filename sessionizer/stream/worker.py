@@ -86,13 +86,39 @@ def _test_fault() -> tuple[str, bytes] | None:
     """For the integration tests only: ``KIND:TEXT`` fails on records containing TEXT.
 
     ``agent`` fails the worker's own loop (crash-only: the worker exits non-zero);
-    ``record`` fails inside the engine (the record becomes an internal_error).
+    ``record`` fails inside the engine, late in the record, after it changed the
+    key (the record must become an internal_error and change nothing).
     """
     raw = os.environ.get(FAULT_ENV)
     if not raw or ":" not in raw:
         return None
     kind, text = raw.split(":", 1)
-    return kind, text.encode()
+    fault = kind, text.encode()
+    if kind == "record":
+        from ..core import engine as engine_mod
+
+        real = engine_mod._Record.flush
+
+        def flush(rec: Any) -> None:
+            if fault[1] in rec.value:
+                raise RuntimeError("injected fault in the engine (SESSIONIZER_TEST_FAULT)")
+            real(rec)
+
+        engine_mod._Record.flush = flush  # type: ignore[method-assign, assignment]
+    return fault
+
+
+def _log_internal_error(exc: Exception, src: tuple[Any, str, int, int, int | None]) -> None:
+    # One line per record (its dead letter carries the rest); counted in /metrics.
+    _key, topic, partition, offset, _ts = src
+    log.error(
+        "internal_error: %s: %s at %s partition %d offset %d (dead-lettered, partition goes on)",
+        type(exc).__name__,
+        exc,
+        topic,
+        partition,
+        offset,
+    )
 
 
 class PartitionRunner:
@@ -208,7 +234,13 @@ class Pipeline:
     # ------------------------------------------------------------ state
 
     def _new_engine(self) -> Engine:
-        eng = Engine(self.settings.engine, loads=codec.loads, dumps=codec.dumps, track_dirty=True)
+        eng = Engine(
+            self.settings.engine,
+            loads=codec.loads,
+            dumps=codec.dumps,
+            track_dirty=True,
+            on_internal_error=_log_internal_error,
+        )
         eng.control = self.control
         return eng
 

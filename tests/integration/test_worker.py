@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from harness import Names, WorkerProc, final_sessions, produce, read_all
 from schema_check import validate_output
@@ -466,4 +467,62 @@ async def test_r22_an_idle_worker_writes_nothing_to_its_changelog(
         assert after == before
     finally:
         await c.stop()
+        assert w.terminate() == 0, w.log()[-3000:]
+
+
+async def test_a_poisoned_record_is_an_internal_error_and_its_partition_flows_on(
+    broker: Any, tmp_path: Path
+) -> None:
+    """A record whose processing raises (an injected bug, in the middle of a batch) is an
+    internal_error dead letter with its partition and offset, its key is as if it never
+    arrived, the records around it are processed, and the worker goes on."""
+    names = _names()
+    d = "poisoned-device"
+    before = [codec.dumps(batch(d, launch(T0), screen(T0 + 1)))]
+    poison = codec.dumps(batch(d, custom(T0 + 2000, "POISON-7"), set_attr(T0 + 2001, "x", 1)))
+    after = [
+        codec.dumps(batch(d, screen(T0 + 3000), custom(T0 + 4000))),
+        codec.dumps(batch("bystander", launch(T0), screen(T0 + 10))),
+    ]
+    clean = before + after
+    clocks = _clock_records(T0 + MIN)
+    w = WorkerProc(
+        broker.bootstrap,
+        names,
+        tmp_path,
+        partitions=PARTITIONS,
+        env={"SESSIONIZER_TEST_FAULT": "record:POISON-7"},
+    )
+    w.start()
+    try:
+        await w.wait_ready()
+        # One produce call: the poisoned record sits in the middle of one batch.
+        await produce(broker.bootstrap, names.topics["raw_events"], [*before, poison, *after])
+        for p, clock in enumerate(clocks):
+            await produce(broker.bootstrap, names.topics["raw_events"], [clock], partition=p)
+        exp = run(clean + clocks)
+        want = _drop_clock(final_sessions(exp.sessions))
+        topics = [names.topics[t] for t in ("sessions", "sessionized_events", "dead_letters")]
+
+        def done(out: dict[str, list[Any]]) -> bool:
+            got = _drop_clock(final_sessions(v for _, v in out[topics[0]]))
+            return got == want and len(out[topics[2]]) >= 1
+
+        out = await read_all(broker.bootstrap, topics, until=done, timeout=120)
+        (dl,) = [v for _, v in out[topics[2]]]
+        assert dl["reason"] == "internal_error"
+        assert "RuntimeError" in dl["detail"] and "injected" in dl["detail"]
+        assert dl["payload"] == poison.decode()
+        assert dl["source"]["topic"] == names.topics["raw_events"]
+        assert isinstance(dl["source"]["partition"], int) and dl["source"]["offset"] >= 1
+        live = _forwarded_by_device(_dedupe([v for _, v in out[topics[1]]]))
+        assert live == _forwarded_by_device(exp.events)
+        assert w.proc is not None and w.proc.poll() is None
+        assert w.log().count("internal_error: RuntimeError") == 1
+        async with aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{w.web_port}/metrics"
+            async with http.get(url) as resp:
+                metrics = await resp.text()
+        assert 'sessionizer_dead_letters_total{reason="internal_error"} 1.0' in metrics
+    finally:
         assert w.terminate() == 0, w.log()[-3000:]

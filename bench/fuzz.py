@@ -1,0 +1,369 @@
+"""Fuzz process-file's engine and encoder with millions of mutated realistic records.
+
+    python bench/fuzz.py [--records 1000000] [--seed 1] [--mutate 0.5]
+
+Realistic records come from the workload generator (every event kind, sessions,
+attributes, opt-outs, late batches); a share of them is mutated: bits flipped,
+cut off, two records spliced, bytes inserted, padded past 1 MiB, or the record
+or one of its fields (batch, event or data level) replaced by a hostile JSON
+value (huge and negative integers, 64-bit edges, floats, lone surrogates, deep
+nesting, wrong types, long strings). They run through the loop of
+``sessionizer.offline.run`` (engine, expiry, the orjson encoder of
+``FileSink``), with the output written to /dev/null.
+
+Prints records/s, dead letters by reason and the exceptions: any exception that
+escapes the engine or the encoder, and any ``internal_error`` dead letter (a
+failure the engine caught). Exit status 1 unless both are 0 and the §7.4 counts
+balance. Same arguments, same records: a failure is reproducible by its seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import random
+import sys
+import time
+import traceback
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from sessionizer import codec, offline, workload  # noqa: E402
+from sessionizer.core.config import EngineConfig  # noqa: E402
+from sessionizer.core.engine import MAX_DEPTH, Engine  # noqa: E402
+from sessionizer.core.model import INTERNAL_ERROR, TOPIC_NAMES  # noqa: E402
+
+START_MS = workload.DEFAULT_START_MS
+NOW_MS = START_MS + 400 * 24 * 3600 * 1000  # fixed "wall clock": runs do not depend on today
+
+
+def _deep(depth: int, kind: str) -> str:
+    if kind == "[":
+        return "[" * depth + "1" + "]" * depth
+    if kind == "{":
+        return '{"k":' * depth + "1" + "}" * depth
+    half = depth // 2
+    return '[{"k":' * half + "1" + "}]" * half
+
+
+# JSON texts of hostile values, spliced in place of a field's value.
+HOSTILE: list[str] = [
+    "null",
+    "true",
+    "false",
+    "0",
+    "-1",
+    "1.5",
+    "-0.0",
+    "1e308",
+    "-1e308",
+    "5e-324",
+    "1e400",  # not a double: orjson refuses the record
+    "NaN",
+    "Infinity",
+    str(2**31),
+    str(2**53 + 1),
+    str(2**63 - 1),
+    str(2**63),
+    str(2**64 - 1),
+    str(2**64),  # read as a float
+    str(-(2**63)),
+    str(-(2**63) - 1),
+    "9" * 40,
+    "-" + "9" * 40,
+    str(START_MS),
+    str(START_MS) + ".0",
+    str(START_MS) + ".5",
+    '""',
+    '"\\u0000"',
+    '"\\ud800"',  # lone surrogates, escaped: orjson refuses them
+    '"a\\udfffb"',
+    '"\\ud83d\\ude00"',  # a valid pair
+    '"é€😀"',
+    json.dumps("x" * 5000),
+    json.dumps("y" * 300),
+    "[]",
+    "{}",
+    "[1,2,3]",
+    '{"a":1}',
+    '[{"a":[{"b":null}]}]',
+    *(
+        json.dumps(s)
+        for s in (
+            "application_initialized",
+            "application_foreground",
+            "application_background",
+            "application_exit",
+            "session_start",
+            "session_end",
+            "session_attribute_change",
+            "opt_out",
+            "screen_view",
+            "custom_event",
+            "application_state_transition",
+        )
+    ),
+    *(_deep(d, k) for d in (MAX_DEPTH - 4, MAX_DEPTH, 254, 300, 1020) for k in "[{m"),
+]
+RAW_HOSTILE = [b"\xff\xfe", b"\xed\xa0\x80", b"\x00", b"\n", b"\r", b'"', b"\\", b"{", b"]"]
+
+BATCH_KEYS = (
+    "mpid",
+    "mp_deviceid",
+    "application_info",
+    "api_key",
+    "environment",
+    "device_info",
+    "user_identities",
+    "timestamp_unixtime_ms",
+    "events",
+    "event_type",
+    "source_request_id",
+    "x",
+)
+EVENT_KEYS = ("event_type", "data", "x")
+DATA_KEYS = (
+    "timestamp_unixtime_ms",
+    "application_transition_type",
+    "session_attribute_name",
+    "new",
+    "increment",
+    "deleted",
+    "is_opted_out",
+    "custom_attributes",
+    "session_uuid",
+    "event_num",
+    "x",
+)
+MARK = "\x00hostile\x00"
+MARK_JSON = orjson.dumps(MARK)
+
+
+class Mutator:
+    def __init__(self, seed: int, recent: list[bytes]) -> None:
+        self.rnd = random.Random(seed)
+        self.recent = recent  # records seen lately, for splicing
+        self.kinds: Counter[str] = Counter()
+
+    def __call__(self, value: bytes) -> bytes:
+        rnd = self.rnd
+        how = rnd.randrange(8)
+        if rnd.random() < 0.001:  # over max_record_bytes (1 MiB): too_large
+            kind, out = "huge", value + b" " * (1 << 20)
+        elif how < 4:
+            kind, out = "value", self._value(value)
+        elif how == 4:
+            kind, out = "bitflip", self._bitflip(value)
+        elif how == 5:
+            kind, out = "truncate", value[: rnd.randrange(len(value) + 1)]
+        elif how == 6:
+            other = rnd.choice(self.recent)
+            cut = rnd.randrange(len(value) + 1)
+            kind, out = "splice", value[:cut] + other[rnd.randrange(len(other) + 1) :]
+        else:
+            j = rnd.randrange(len(value) + 1)
+            kind, out = "insert", value[:j] + rnd.choice(RAW_HOSTILE) + value[j:]
+        self.kinds[kind] += 1
+        return out
+
+    def _bitflip(self, value: bytes) -> bytes:
+        b = bytearray(value)
+        for _ in range(self.rnd.randint(1, 4)):
+            if b:
+                b[self.rnd.randrange(len(b))] ^= 1 << self.rnd.randrange(8)
+        return bytes(b)
+
+    def _value(self, value: bytes) -> bytes:
+        """A field at one of the three levels set to a hostile value, as text."""
+        rnd = self.rnd
+        try:
+            rec = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return value
+        if type(rec) is not dict:
+            return value
+        evs = rec.get("events")
+        level = rnd.randrange(5)
+        if level == 4:  # the record itself: not an object, or nested too deep
+            return rnd.choice(HOSTILE).encode("utf-8")
+        if level == 0 or type(evs) is not list or not evs:
+            rec[rnd.choice(BATCH_KEYS)] = MARK
+        else:
+            i = rnd.randrange(len(evs))
+            ev = evs[i]
+            if level == 1 or type(ev) is not dict:
+                evs[i] = MARK
+            elif level == 2 or type(ev.get("data")) is not dict:
+                ev[rnd.choice(EVENT_KEYS)] = MARK
+            else:
+                ev["data"][rnd.choice(DATA_KEYS)] = MARK
+        text = rnd.choice(HOSTILE).encode("utf-8")
+        return orjson.dumps(rec).replace(MARK_JSON, text, 1)
+
+
+class NullSink(offline.FileSink):
+    """process-file's sink (the same orjson encoder), writing to /dev/null."""
+
+    def __init__(self) -> None:
+        self.files = [open(os.devnull, "wb", buffering=1 << 20) for _ in TOPIC_NAMES]  # noqa: SIM115
+        self._writes = tuple(f.write for f in self.files)
+
+
+WEEK_MS = 7 * 24 * 3600 * 1000
+
+
+def corpus(n: int, seed: int, devices: int) -> list[bytes]:
+    """``n`` realistic records (about 8 events a record) from the workload generator."""
+    gen = workload.generate(n * 9, devices=devices, apps=3, seed=seed, start_ms=START_MS)
+    return list(itertools.islice(gen, n))
+
+
+def _later(value: bytes, shift: int) -> bytes:
+    """The record with its event times ``shift`` ms later (bad records unchanged)."""
+    try:
+        rec = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return value
+    if type(rec) is not dict:
+        return value
+    if type(rec.get("timestamp_unixtime_ms")) is int:
+        rec["timestamp_unixtime_ms"] += shift
+    evs = rec.get("events")
+    for ev in evs if type(evs) is list else (rec,):
+        data = ev.get("data") if type(ev) is dict else None
+        if type(data) is dict and type(data.get("timestamp_unixtime_ms")) is int:
+            data["timestamp_unixtime_ms"] += shift
+    return orjson.dumps(rec)
+
+
+def records(base: list[bytes], n: int) -> Iterator[bytes]:
+    """``n`` records: ``base`` replayed a week later each round, so devices come back
+    instead of jumping back in time."""
+    made = 0
+    for round_ in itertools.count():
+        shift = round_ * WEEK_MS
+        for value in base:
+            yield _later(value, shift) if shift else value
+            made += 1
+            if made >= n:
+                return
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--mutate", type=float, default=0.5, help="share of records mutated")
+    ap.add_argument("--devices", type=int, default=5000)
+    ap.add_argument("--corpus", type=int, default=100_000, help="records generated, then replayed")
+    args = ap.parse_args(argv)
+
+    t_gen = time.perf_counter()
+    base = corpus(min(args.records, args.corpus), args.seed, args.devices)
+    t_gen = time.perf_counter() - t_gen
+
+    rnd = random.Random(args.seed)
+    recent: list[bytes] = []
+    mutate = Mutator(args.seed, recent)
+    engine = Engine(EngineConfig(), loads=codec.loads, dumps=codec.dumps)
+    sink = NullSink()
+    exceptions: Counter[str] = Counter()
+    first: list[str] = []
+
+    def failed(where: str, offset: int, value: bytes | None) -> None:
+        exceptions[f"{where}: {type(sys.exc_info()[1]).__name__}"] += 1
+        if len(first) < 5:  # the first few in full, to reproduce with --seed
+            shown = "" if value is None else f"  value: {value[:300]!r}\n"
+            first.append(f"record {offset} ({where}):\n{traceback.format_exc()}{shown}")
+
+    offline.tune_gc()
+    process = engine.process_record
+    heap = engine.heap
+    t0 = time.perf_counter()
+    n = 0
+    # The loop of offline.run, each step guarded so that every failure is counted.
+    for value in records(base, args.records):
+        if len(recent) < 2000:
+            recent.append(value)
+        elif rnd.random() < 0.01:
+            recent[rnd.randrange(len(recent))] = value
+        if rnd.random() < args.mutate:
+            value = mutate(value)
+        if b"\n" in value or b"\r" in value:  # process-file would read two lines
+            value = value.replace(b"\n", b" ").replace(b"\r", b" ")
+        try:
+            process(value, None, "fuzz.jsonl", 0, n, None, NOW_MS)
+        except Exception:
+            failed("process_record", n, value)
+        try:
+            if heap and heap[0][0] <= engine.watermark:
+                engine.expire()
+        except Exception:
+            failed("expire", n, value)
+        if len(engine.out) >= 8:
+            try:
+                sink.write(engine.take_output())
+            except Exception:
+                failed("encode", n, value)
+        n += 1
+    try:
+        engine.close_all()
+        sink.write(engine.take_output())
+    except Exception:
+        failed("close_all", n, None)
+    sink.close()
+    seconds = time.perf_counter() - t0
+
+    c = engine.counts
+    internal = c.dead_by_reason[INTERNAL_ERROR]
+    n_exc = sum(exceptions.values())
+    print(
+        f"records: {n:,} in {seconds:.1f} s = {n / seconds:,.0f} records/s (seed {args.seed}; "
+        f"{len(base):,} generated in {t_gen:.1f} s, replayed a week later each round)"
+    )
+    print(
+        "mutated: "
+        + ", ".join(f"{k} {v:,}" for k, v in sorted(mutate.kinds.items()))
+        + f" (total {sum(mutate.kinds.values()):,})"
+    )
+    print(
+        f"events: in {c.events_in:,}, forwarded {c.events_forwarded:,} (late {c.events_late:,}), "
+        f"control {c.events_control:,}, opted out {c.events_opted_out:,}, "
+        f"dead-lettered {c.events_dead_lettered:,}; records dead-lettered "
+        f"{c.records_dead_lettered:,}; sessions started {c.sessions_started:,}"
+    )
+    print("dead letters by reason:")
+    for reason, count in sorted(c.dead_by_reason.items(), key=lambda kv: -kv[1]):
+        print(f"  {reason:<24} {count:>10,}")
+    print(f"exceptions: {n_exc} escaped, {internal} caught by the engine (internal_error)")
+    for name, count in exceptions.most_common():
+        print(f"  {name}: {count}")
+    for text in first:
+        print(text, file=sys.stderr)
+    balanced = c.balanced()
+    if not balanced:
+        print("§7.4 counts do not balance:", c.as_dict())
+    summary = {
+        "records": n,
+        "seconds": round(seconds, 3),
+        "records_per_s": round(n / seconds),
+        "dead_letters": dict(c.dead_by_reason),
+        "exceptions": n_exc,
+        "internal_errors": internal,
+        "balanced": balanced,
+    }
+    print("FUZZ " + json.dumps(summary, separators=(",", ":")), flush=True)
+    return 0 if n_exc == 0 and internal == 0 and balanced else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
