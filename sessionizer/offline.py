@@ -14,7 +14,9 @@ from typing import IO, Any, cast
 from . import codec
 from .core.config import EngineConfig
 from .core.engine import Engine
-from .core.model import TOPIC_NAMES, Counts, Output
+from .core.model import TOPIC_NAMES, Counts
+from .driver import Driver, SourceRecord
+from .encode import OutputEncoder, Record
 
 
 def _open(path: str) -> IO[bytes]:
@@ -45,23 +47,24 @@ def source_name(path: str) -> str:
 
 
 class FileSink:
-    """Writes each output topic to DIR/<topic>.jsonl."""
+    """Writes each output topic to DIR/<topic>.jsonl (``None``: to the null device)."""
 
-    def __init__(self, out_dir: str | Path) -> None:
-        d = Path(out_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        self.files = [
-            open(d / f"{name}.jsonl", "wb", buffering=1 << 20)  # noqa: SIM115
-            for name in TOPIC_NAMES
-        ]
-        # One buffered write per output: cheaper than collecting and joining.
-        self._writes = tuple(f.write for f in self.files)
+    def __init__(self, out_dir: str | Path | None) -> None:
+        self.encoder = OutputEncoder(TOPIC_NAMES, line=True)
+        if out_dir is None:
+            paths = [Path(os.devnull)] * len(TOPIC_NAMES)
+        else:
+            d = Path(out_dir)
+            d.mkdir(parents=True, exist_ok=True)
+            paths = [d / f"{name}.jsonl" for name in TOPIC_NAMES]
+        self.files = [open(p, "wb", buffering=1 << 20) for p in paths]  # noqa: SIM115
+        # One buffered write per record: cheaper than collecting and joining.
+        self._writes = dict(zip(TOPIC_NAMES, (f.write for f in self.files), strict=True))
 
-    def write(self, outputs: list[Output]) -> None:
-        line = codec.dumps_line
+    def write(self, records: list[Record]) -> None:
         writes = self._writes
-        for topic, _key, value in outputs:
-            writes[topic](line(value))
+        for topic, _key, value, _partition in records:
+            writes[topic](value)
 
     def close(self) -> None:
         for f in self.files:
@@ -76,6 +79,14 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
+def file_records(path: str) -> Iterator[SourceRecord]:
+    """A file's records as source records: topic = the file's name, partition 0,
+    offset = the record's line among the non-blank lines, no key, no timestamp."""
+    topic = source_name(path)
+    for offset, value in enumerate(read_lines(path)):
+        yield value, None, topic, 0, offset, None
+
+
 def run(
     engine: Engine,
     inputs: Iterable[str],
@@ -87,24 +98,10 @@ def run(
     """All inputs are one partition (§9); expiry runs after every record."""
     tune_gc()
     now = int(time.time() * 1000) if now_ms is None else now_ms
-    process = engine.process_record
-    expire = engine.expire
-    heap = engine.heap
+    driver = Driver(engine, sink, now_ms=now)
     for path in inputs:
-        topic = source_name(path)
-        for offset, value in enumerate(read_lines(path)):
-            process(value, None, topic, 0, offset, None, now)
-            if heap and heap[0][0] <= engine.watermark:
-                expire()
-            # Write while the record's objects are still warm in the CPU cache.
-            if len(engine.out) >= 8:
-                sink.write(engine.take_output())
-    if keep_open:
-        engine.expire()
-    else:
-        engine.close_all()
-    sink.write(engine.take_output())
-    return engine.counts
+        driver.feed(file_records(path))
+    return driver.finish(keep_open=keep_open)
 
 
 def process_files(
@@ -128,11 +125,13 @@ def state_stats(engine: Engine) -> dict[str, Any]:
     """Bytes of snapshot per key and per open session, as the worker would store them."""
     total = 0
     n_open = 0
-    for key, st in engine.keys.items():
+    for key in engine.state_keys():
+        st = engine.key_state(key)
+        assert st is not None
         total += len(key) + len(codec.dumps(st.snapshot()))
         if st.open is not None:
             n_open += 1
-    n_keys = len(engine.keys)
+    n_keys = engine.key_count()
     return {
         "keys": n_keys,
         "open_sessions": n_open,

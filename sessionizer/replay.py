@@ -4,19 +4,21 @@ A plain aiokafka consumer (no Faust, no consumer group, nothing committed, so
 the live worker is never disturbed) reads every partition of the raw topic
 from its start offset to the end offset captured when the replay started (or
 to ``--until``), **one partition after another in partition order**, into
-ONE engine, exactly as ``process-file`` treats all its input as one partition.
-By R0 a key's results do not depend on how keys interleave, and this fixed
-order makes two runs byte-identical. Time is event time only (no R22
-wall-clock advancement): expiry runs after every record, and at the end the
-sessions still open close with ``end_of_input`` unless ``keep_open``.
+one engine per partition (as the worker keeps them: each partition has its
+own watermark, R20), driven by the loop of ``process-file``
+(``sessionizer.driver``); this fixed order makes two runs byte-identical. Time
+is event time only (no R22 wall-clock advancement): expiry runs after every
+record, and at the end the sessions still open close with ``end_of_input``
+unless ``keep_open``.
 
 Console opt-outs (R19) apply to replays too: the opt-out-control topic is read
 whole before the first raw record.
 
 Outputs go to ``output_prefix`` + each output topic name (created when
-missing), keyed as the worker keys them; a null-keyed dead letter goes to a
-partition chosen from a hash of its value, so even partitions are the same in
-two runs.
+missing), encoded by the encoder of the worker and ``process-file``
+(``sessionizer.encode``): the same keys, values and partitions (a null-keyed
+dead letter goes to a partition chosen from a hash of its value), so even
+partitions are the same in two runs.
 """
 
 from __future__ import annotations
@@ -28,19 +30,20 @@ import logging
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.partitioner import murmur2
 
 from . import codec
 from .core.engine import Engine
-from .core.model import DEAD_LETTERS, Counts
+from .core.model import Counts
+from .driver import Driver, SourceRecord
+from .encode import Message, OutputEncoder, Record
 from .produce import producer_options
 from .stream.kafka import ControlReader, TopicSpec, client_options, ensure_topics
-from .stream.sender import BatchSender, Message
+from .stream.sender import BatchSender
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -382,34 +385,21 @@ class _Progress:
 
 
 class _Output:
-    """Hands engine outputs to the producer in chunks, one chunk in flight at a time."""
+    """Hands engine outputs to the producer in chunks, one chunk in flight at a time.
+
+    The driver's sink: records encoded by the shared ``OutputEncoder``,
+    partitioned by the sender (``encode.partition_for``).
+    """
 
     def __init__(self, producer: AIOKafkaProducer, topics: list[str]) -> None:
         self.sender = BatchSender(producer)
         self.producer = producer
-        self.topics = topics
+        self.encoder = OutputEncoder(topics)
         self.buf: list[Message] = []
         self.inflight: asyncio.Task[None] | None = None
-        self._n: dict[str, int] = {}
 
-    async def prepare(self) -> None:
-        for topic in self.topics:
-            self._n[topic] = len(await self.producer.partitions_for(topic))
-
-    def add(self, outputs: list[Any]) -> None:
-        topics = self.topics
-        dumps = codec.dumps
-        buf = self.buf
-        for idx, key, value in outputs:
-            topic = topics[idx]
-            data = dumps(value)
-            if idx != DEAD_LETTERS and key is not None:
-                buf.append((topic, key.encode(), data, None))
-            elif key is not None:
-                buf.append((topic, key, data, None))  # the source key bytes (§7.3)
-            else:
-                # Not a random partition (the producer's choice): the same in every run.
-                buf.append((topic, None, data, (murmur2(data) & 0x7FFFFFFF) % self._n[topic]))
+    def write(self, records: list[Record]) -> None:
+        self.buf += records
 
     async def maybe_send(self) -> None:
         if len(self.buf) >= SEND_CHUNK:
@@ -442,7 +432,7 @@ class _Output:
 
 async def _batches(
     consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, end: int
-) -> AsyncIterator[tuple[list[Any], int]]:
+) -> AsyncGenerator[tuple[list[Any], int], None]:
     """Records of ``tp`` in ``[start, end)``, a fetch at a time, with the position after it.
 
     Ends early when the log itself ends before ``end`` (the fetch high watermark,
@@ -571,22 +561,14 @@ async def replay(
             control = await _read_control(consumer, settings, found[t.opt_out_control])
             parts = await _plan(consumer, settings, found[t.raw_events], since_ms, until_ms)
             out = _Output(producer, topics)
-            await out.prepare()
             try:
                 with _Progress(parts, progress) as bar:
                     for part in parts:
-                        # One engine per partition, as in the worker: each partition
-                        # has its own watermark (R20), so one partition's time never
-                        # expires another's sessions early.
-                        engine = Engine(settings.engine, loads=codec.loads, dumps=codec.dumps)
-                        engine.control = control
-                        await _replay_partition(consumer, engine, part, out, bar, now)
-                        if keep_open:
-                            engine.expire()
-                        else:
-                            engine.close_all()
-                        out.add(engine.take_output())
-                        counts.add(engine.counts)
+                        counts.add(
+                            await _replay_partition(
+                                consumer, settings, control, part, out, bar, now, keep_open
+                            )
+                        )
                     await out.flush()
             finally:
                 out.cancel()  # only after a failure: flush() leaves nothing in flight
@@ -599,26 +581,48 @@ async def replay(
 
 async def _replay_partition(
     consumer: AIOKafkaConsumer,
-    engine: Engine,
+    settings: Any,
+    control: dict[str, bool],
     part: _Part,
     out: _Output,
     bar: _Progress,
     now: int,
+    keep_open: bool,
+) -> Counts:
+    """The records of ``part`` through a new engine, to its end of input; outputs
+    are handed to ``out`` (not flushed). Returns the partition's counts.
+
+    One engine per partition, as in the worker: each partition has its own
+    watermark (R20), so one partition's time never expires another's sessions
+    early.
+    """
+    engine = Engine(settings.engine, loads=codec.loads, dumps=codec.dumps, control=control)
+    driver = Driver(engine, out, now_ms=now)
+    await _feed_partition(consumer, driver, part, out, bar)
+    return driver.finish(keep_open=keep_open)
+
+
+async def _feed_partition(
+    consumer: AIOKafkaConsumer,
+    driver: Driver,
+    part: _Part,
+    out: _Output,
+    bar: _Progress,
 ) -> None:
     tp = part.tp
     if part.end <= part.start:
         bar.update(part, finished=True, replayed=0)
         return
     consumer.assign([tp])
-    process = engine.process_record
-    expire = engine.expire
-    heap = engine.heap
+    counts = driver.engine.counts
     skip_before = part.skip_before
     stop_at = part.stop_at
     end = part.end
     topic, partition = tp.topic, tp.partition
-    async with contextlib.aclosing(_batches(consumer, tp, part.start, end)) as batches:
+    batches = _batches(consumer, tp, part.start, end)
+    async with contextlib.aclosing(batches):
         async for msgs, position in batches:
+            recs: list[SourceRecord] = []
             for m in msgs:
                 ts = m.timestamp if m.timestamp is not None and m.timestamp >= 0 else None
                 if skip_before is not None:
@@ -630,18 +634,16 @@ async def _replay_partition(
                     break
                 # A null value (tombstone) is an empty record: dead-lettered as invalid_json.
                 value = m.value if m.value is not None else b""
-                process(value, m.key, topic, partition, m.offset, ts, now)
-                if heap and heap[0][0] <= engine.watermark:
-                    expire()
+                recs.append((value, m.key, topic, partition, m.offset, ts))
+            driver.feed(recs)
             part.done = min(position, end) - part.start
-            out.add(engine.take_output())
             await out.maybe_send()
             if end < part.end:
                 break
-            bar.update(part, replayed=engine.counts.records_in)
+            bar.update(part, replayed=counts.records_in)
     part.end = end
     part.done = part.total
-    bar.update(part, finished=True, replayed=engine.counts.records_in)
+    bar.update(part, finished=True, replayed=counts.records_in)
 
 
 # --------------------------------------------------------------------------- command

@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import heapq
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .config import AppRules, EngineConfig
@@ -144,6 +144,13 @@ def identity(obj: dict[str, Any]) -> tuple[str, str] | None:
         if type(app) is not str or not app:
             app = "default"
     return app, device
+
+
+def controlled(control: Mapping[str, bool], app: str, device: str) -> bool:
+    """R19: an entry of the console opt-out table ``control`` covers ``device``
+    of ``app`` (by device, by ``"app/device"`` or by ``"app/*"``).
+    (Engine._controlled_key is the same test on the hot path: keep the two alike.)"""
+    return bool(control.get(f"{app}/{device}") or control.get(device) or control.get(app + "/*"))
 
 
 def check_attribute(data: dict[str, Any], dumps: Dumps) -> tuple[str, int, Any]:
@@ -276,7 +283,27 @@ def _event_fields(ev: Any, batch_ts: Any) -> tuple[str, dict[str, Any], Any]:
 
 
 class Engine:
-    """Sessionizes the records of one source partition."""
+    """Sessionizes the records of one source partition.
+
+    The runners (``process-file``, ``replay``, the worker) drive it through
+    this surface only:
+
+    * a record in: :meth:`process_record`;
+    * time: :meth:`advance` (to a later watermark, R22, then expiry, R21);
+    * end of a bounded input: :meth:`end_of_input`;
+    * outputs and state out: :meth:`take_output`, :meth:`has_pending`,
+      :meth:`take_dirty` and :meth:`snapshot_key`;
+    * a restart: :meth:`restore` (the snapshots and the marker's watermark);
+    * reads: :meth:`key_state`, :meth:`key_count`, :meth:`state_keys`,
+      :meth:`open_sessions`, :meth:`is_controlled`, and the attributes
+      ``watermark`` (R20: the largest valid event time seen, or the time an
+      idle partition was advanced to) and ``counts`` (§7.4), which only the
+      engine writes.
+
+    ``control`` is the R19 console opt-out table (device, ``"app/device"`` or
+    ``"app/*"`` -> opted out); it is shared, not copied: the caller keeps it up
+    to date (the worker's control reader), and every engine sees each change.
+    """
 
     def __init__(
         self,
@@ -286,6 +313,7 @@ class Engine:
         dumps: Dumps,
         track_dirty: bool = False,
         on_internal_error: OnInternalError | None = None,
+        control: dict[str, bool] | None = None,
     ) -> None:
         self.config = config
         self.loads = loads
@@ -299,7 +327,7 @@ class Engine:
         self.counts = Counts()
         self.out: list[Output] = []
         # R19 console opt-out entries: device, "app/device" or "app/*" -> opted out.
-        self.control: dict[str, bool] = {}
+        self.control: dict[str, bool] = {} if control is None else control
         # Keys whose state changed since the last take_dirty(), for the changelog.
         self.dirty: set[str] | None = set() if track_dirty else None
         self._rules: dict[str, AppRules] = {}
@@ -313,31 +341,99 @@ class Engine:
     # ----------------------------------------------------------------- API
 
     def take_output(self) -> list[Output]:
+        """The outputs emitted since the last call, in order; the engine forgets them.
+
+        Each is ``(topic, key, value)``: ``topic`` an index into ``TOPIC_NAMES``
+        (``EVENTS``, ``SESSIONS``, ``DEAD_LETTERS``), ``key`` the session key
+        (``str``) or, for a dead letter, the source record's key as given, and
+        ``value`` the record's JSON value (encoded by ``sessionizer.encode``).
+        """
         out = self.out
         self.out = []
         return out
 
+    def has_pending(self) -> bool:
+        """True when outputs or changed keys (``track_dirty``) wait to be taken."""
+        return bool(self.out or self.dirty)
+
     def take_dirty(self) -> set[str]:
+        """The keys whose state changed since the last call (``track_dirty`` only):
+        write :meth:`snapshot_key` of each (None: the key is forgotten)."""
         dirty = self.dirty or set()
         self.dirty = set()
         return dirty
 
     def snapshot_key(self, key: str) -> list[Any] | None:
+        """The key's state as a JSON-able value for :meth:`restore`; None if not held."""
         st = self.keys.get(key)
         return None if st is None else st.snapshot()
 
     def restore_key(self, key: str, value: list[Any]) -> None:
+        """Puts one key's :meth:`snapshot_key` back (see :meth:`restore`)."""
         st = KeyState.restore(key, value)
         self.keys[key] = st
         self._schedule(st)
 
+    def restore(self, snapshots: Iterable[tuple[str, list[Any]]], watermark: int) -> int:
+        """A restart: the keys' snapshots and the watermark the state was written at.
+
+        The watermark comes from the partition's marker, written with the
+        snapshots (it never goes back, R20); sessions already due close at the
+        next :meth:`advance`. Returns the number of keys restored.
+        """
+        n = 0
+        for key, value in snapshots:
+            self.restore_key(key, value)
+            n += 1
+        self.advance_watermark(watermark)
+        return n
+
+    def advance(self, to_ms: int | None = None) -> None:
+        """Time moves on: the watermark to ``to_ms`` when later (R22, an idle
+        partition), then every session it has passed expires (R21).
+
+        Cheap when nothing is due: a runner may call it after every record.
+        """
+        if to_ms is not None and to_ms > self.watermark:
+            self.watermark = to_ms
+        heap = self.heap
+        if heap and heap[0][0] <= self.watermark:
+            self.expire()
+
+    def end_of_input(self, *, keep_open: bool = False) -> None:
+        """§9: a bounded input (a file, a replay window) ends. Sessions the
+        watermark has not closed end with ``end_of_input``, in the order their
+        keys first appeared; with ``keep_open`` they stay open (expiry only)."""
+        if keep_open:
+            self.expire()
+        else:
+            self.close_all()
+
+    def key_state(self, key: str) -> KeyState | None:
+        """One session key's (``"app/device"``) state, read-only; None if not held."""
+        return self.keys.get(key)
+
+    def key_count(self) -> int:
+        """Session keys held (open, closed or kept for late events)."""
+        return len(self.keys)
+
+    def state_keys(self) -> list[str]:
+        """The session keys held, in the order they first appeared."""
+        return list(self.keys)
+
+    def is_controlled(self, app: str, device: str) -> bool:
+        """R19: a console opt-out entry covers the device of ``app``."""
+        return controlled(self.control, app, device)
+
     def set_control(self, key: str, opted_out: bool | None) -> None:
+        """Sets (True/False) or removes (None) one R19 console opt-out entry."""
         if opted_out is None:
             self.control.pop(key, None)
         else:
             self.control[key] = opted_out
 
     def open_sessions(self) -> int:
+        """Sessions open now (not those the watermark closed provisionally, R21)."""
         return sum(1 for st in self.keys.values() if st.open is not None and st.open.status == OPEN)
 
     def rules(self, app: str) -> AppRules:

@@ -4,23 +4,62 @@ The §7.4 counts live in each engine's ``Counts`` and only grow; an engine is
 replaced when its partition is reassigned, so the counts of dropped engines are
 kept in ``retired`` and added to the live ones: counters never go down. The
 hot path pays for one histogram observation per batch, nothing per event.
+
+What is read of the worker is the small :class:`WorkerView` protocol (the
+worker's ``Pipeline`` is one), so this module does not depend on the worker.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import asyncio
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from faust.types import TP
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..core.engine import Engine
 from ..core.model import Counts
+from .state import StateStore
 
-if TYPE_CHECKING:
-    from .worker import Pipeline
+
+class RunnerView(Protocol):
+    """One engine partition of a worker (``worker.PartitionRunner``)."""
+
+    @property
+    def applied(self) -> int:
+        """Highest source offset whose effects are in the state; -1: none."""
+
+    @property
+    def engine(self) -> Engine: ...
+
+
+class ControlView(Protocol):
+    @property
+    def ready(self) -> asyncio.Event:
+        """Set once the opt-out control topic is read up to its end at start-up."""
+
+
+class WorkerView(Protocol):
+    """What metrics and /health read of a worker (``worker.Pipeline``)."""
+
+    @property
+    def app(self) -> Any:
+        """The Faust app: assignment, consumer highwaters, rebalancing state."""
+
+    @property
+    def runners(self) -> Mapping[int, RunnerView]:
+        """The live engine partitions."""
+
+    @property
+    def store(self) -> StateStore: ...
+
+    @property
+    def control_reader(self) -> ControlView: ...
+
 
 PREFIX = "sessionizer_"
 
@@ -97,11 +136,11 @@ class Metrics:
         """An engine is dropped (partition revoked): keep what it counted."""
         add_counts(self.retired, counts.as_dict())
 
-    def watch(self, pipe: Pipeline, topic: str) -> None:
+    def watch(self, pipe: WorkerView, topic: str) -> None:
         """Expose ``pipe``'s engines; ``topic`` is the topic the engines consume."""
         self.registry.register(_EngineCollector(self, pipe, topic))
 
-    def totals(self, pipe: Pipeline) -> dict[str, Any]:
+    def totals(self, pipe: WorkerView) -> dict[str, Any]:
         out: dict[str, Any] = {}
         add_counts(out, self.retired)
         for r in list(pipe.runners.values()):
@@ -109,7 +148,7 @@ class Metrics:
         return out
 
 
-def partition_stats(pipe: Pipeline, topic: str) -> list[PartitionStats]:
+def partition_stats(pipe: WorkerView, topic: str) -> list[PartitionStats]:
     """Assigned engine partitions (and any live engine) with offsets, watermark and lag."""
     app = pipe.app
     try:
@@ -124,7 +163,7 @@ def partition_stats(pipe: Pipeline, topic: str) -> list[PartitionStats]:
             eng = r.engine
             applied, wm = r.applied, eng.watermark
             open_n: int | None = eng.open_sessions()
-            keys: int | None = len(eng.keys)
+            keys: int | None = eng.key_count()
         else:
             # No batch since the assignment: what the state says was applied.
             marker = pipe.store.marker(p)
@@ -146,7 +185,7 @@ def _lag(app: Any, topic: str, partition: int, applied: int) -> int | None:
     return max(0, int(hw) - applied - 1)
 
 
-def ready(pipe: Pipeline) -> bool:
+def ready(pipe: WorkerView) -> bool:
     """Joined the group at least once, not rebalancing, and the opt-out topic read."""
     app = pipe.app
     return bool(
@@ -155,7 +194,7 @@ def ready(pipe: Pipeline) -> bool:
 
 
 class _EngineCollector(Collector):
-    def __init__(self, metrics: Metrics, pipe: Pipeline, topic: str) -> None:
+    def __init__(self, metrics: Metrics, pipe: WorkerView, topic: str) -> None:
         self.metrics = metrics
         self.pipe = pipe
         self.topic = topic

@@ -2,19 +2,19 @@
 
 Faust's ``producer.send`` costs a future, sensor calls and a murmur2 hash in
 pure Python per message; a batch of outputs pays those once per partition.
+A message without a partition goes where ``encode.partition_for`` says (the
+key's murmur2 hash; a keyless one by its value's, never a random partition).
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Iterable
 from typing import Any
 
-from aiokafka.partitioner import murmur2
+from ..encode import Message, partition_for, record_hash
 
-# (topic, key, value, partition or None to hash the key)
-Message = tuple[str, bytes | None, bytes | None, int | None]
+__all__ = ["BatchSender", "Message"]
 
 _HASH_CACHE_MAX = 200_000
 
@@ -31,23 +31,22 @@ class BatchSender:
             n = self._partitions[topic] = len(await self.producer.partitions_for(topic))
         return n
 
-    def _partition(self, key: bytes | None, n: int) -> int:
+    def _partition(self, key: bytes | None, value: bytes | None, n: int) -> int:
         if key is None:
-            return random.randrange(n)
+            return partition_for(None, value, n)
         h = self._hash.get(key)
         if h is None:
             if len(self._hash) >= _HASH_CACHE_MAX:
                 self._hash.clear()
-            # The Java client's partitioner, so keys land where other clients put them.
-            h = self._hash[key] = murmur2(key) & 0x7FFFFFFF
-        return h % n
+            h = self._hash[key] = record_hash(key)
+        return h % n  # = partition_for(key, value, n)
 
     async def send(self, messages: Iterable[Message]) -> None:
         """Sends in order per partition and returns once the broker acknowledged all."""
         groups: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
         for topic, key, value, partition in messages:
             if partition is None:
-                partition = self._partition(key, await self._count(topic))
+                partition = self._partition(key, value, await self._count(topic))
             groups.setdefault((topic, partition), []).append((key, value))
         producer = self.producer
         futures = []

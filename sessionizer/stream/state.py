@@ -11,16 +11,18 @@ changelog topic):
 The worker writes the changelog itself (one batch per partition), so it also
 writes the local store directly: by partition, which is what a RocksDB store
 needs (Faust's own ``store[key] = value`` takes the partition from the event
-being processed, and there is none in a timer).
+being processed, and there is none in a timer). Nothing outside this module
+spells the layout: the worker and ``/sessions`` go through :class:`StateStore`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from .. import codec
+from ..encode import Message
 
 MARKER_NAME = "\x00marker"
 
@@ -90,3 +92,49 @@ class StateStore:
     def marker(self, partition: int) -> Marker:
         raw = self.get(partition, state_key(partition, MARKER_NAME))
         return NO_MARKER if raw is None else Marker.decode(raw)
+
+    def snapshot(self, partition: int, key: str) -> Any:
+        """One session key's decoded snapshot in the local store, or None."""
+        raw = self.get(partition, state_key(partition, key))
+        return None if raw is None else codec.loads(raw)
+
+    def load(self, partition: int) -> tuple[Marker, list[tuple[str, Any]]]:
+        """The partition's marker and its keys' decoded snapshots, for ``Engine.restore``."""
+        marker = NO_MARKER
+        snapshots: list[tuple[str, Any]] = []
+        for name, value in self.entries(partition):
+            if name == MARKER_NAME:
+                marker = Marker.decode(value)
+            else:
+                snapshots.append((name, codec.loads(value)))
+        return marker, snapshots
+
+    def changelog(self) -> str:
+        name: str = self.table.changelog_topic.get_topic_name()
+        return name
+
+    def put_keys(self, partition: int, snapshots: Iterable[tuple[str, Any]]) -> list[Message]:
+        """Puts each key's snapshot (None: the key is forgotten) in the local store;
+        returns the changelog records to send, in partition ``partition``."""
+        changelog = self.changelog()
+        dumps = codec.dumps
+        out: list[Message] = []
+        for key, snap in snapshots:
+            tkey = state_key(partition, key)
+            encoded = None if snap is None else dumps(snap)
+            self.put(partition, tkey, encoded)
+            out.append((changelog, tkey, encoded, partition))
+        return out
+
+    def put_marker(self, partition: int, marker: Marker) -> Message:
+        """Puts the partition's marker in the local store; returns its changelog record.
+
+        Send it last and alone, once the keys' records are acknowledged: recovery
+        reads the changelog up to its end offset, and some brokers (Tansu) report
+        a batch's base offset + 1 as the end, so a marker sharing a batch could
+        hide the states before it.
+        """
+        mkey = state_key(partition, MARKER_NAME)
+        value = marker.encode()
+        self.put(partition, mkey, value)
+        return (self.changelog(), mkey, value, partition)

@@ -11,33 +11,56 @@ so two workers that briefly disagree about the assignment cannot bounce it.
 ``/sessions`` shows user data: ``security.web_auth`` decides who may read it
 (a bearer ``web_token``, or a loopback-only server without one), and forwarded
 requests carry the token. ``/health`` and ``/metrics`` are open (docs/security.md).
+
+What is read of the worker is the :class:`WebView` protocol (the worker's
+``Pipeline`` is one), so this module does not depend on the worker.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiokafka.partitioner import DefaultPartitioner
 from faust.web import Request, Response, View
 from prometheus_client.exposition import choose_encoder
 from yarl import URL
 
-from .. import codec
+from ..core.engine import controlled
 from ..core.state import OPEN, KeyState, Session
-from .metrics import partition_stats, ready
+from ..settings import Settings
+from .metrics import Metrics, WorkerView, partition_stats, ready
 from .security import bearer_headers, redact_logs, web_auth
-from .state import state_key
 
 if TYPE_CHECKING:
     import faust
-
-    from .worker import Pipeline
 
 STATUS = ("open", "expired", "closed")  # Session.status
 _partitioner = DefaultPartitioner()
 
 
-def register(app: faust.App, pipe: Pipeline, topic: str) -> None:
+class WebView(WorkerView, Protocol):
+    """What the views read of a worker, beyond what its metrics read."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def table(self) -> Any:
+        """The Faust table of the state: its changelog topic and partition count."""
+
+    @property
+    def control(self) -> Mapping[str, bool]:
+        """The R19 console opt-out entries read so far."""
+
+    def problems(self, lag: Mapping[int, int | None]) -> list[str]:
+        """Why the worker is not healthy; empty when it is."""
+
+
+def register(app: faust.App, pipe: WebView, topic: str) -> None:
     """Adds the views to ``app``'s web server; ``topic`` is the engines' input topic."""
     pipe.metrics.watch(pipe, topic)
 
@@ -83,7 +106,7 @@ def device_partition(device: bytes, partitions: int) -> int:
     return int(_partitioner(device, list(range(partitions)), []))
 
 
-def owner_url(pipe: Pipeline, partition: int) -> str | None:
+def owner_url(pipe: WebView, partition: int) -> str | None:
     """The web URL of the worker that has ``partition`` of the state table, if known."""
     table = pipe.table
     changelog = table.changelog_topic.get_topic_name()
@@ -97,10 +120,9 @@ def owner_url(pipe: Pipeline, partition: int) -> str | None:
     return None
 
 
-async def _session(view: View, request: Request, pipe: Pipeline, app: str, device: str) -> Response:
+async def _session(view: View, request: Request, pipe: WebView, app: str, device: str) -> Response:
     skey = f"{app}/{device}"
-    c = pipe.control
-    if c.get(skey) or c.get(device) or c.get(app + "/*"):
+    if controlled(pipe.control, app, device):
         return view.json({"opted_out": True})  # R18: nothing else of the key, anywhere
     p = device_partition(device.encode(), pipe.table.partitions or pipe.settings.partitions)
     found = _local(pipe, skey, p)
@@ -119,27 +141,27 @@ async def _session(view: View, request: Request, pipe: Pipeline, app: str, devic
     return view.json(key_view(st, partition, watermark, source, str(pipe.app.conf.canonical_url)))
 
 
-def _local(pipe: Pipeline, skey: str, p: int) -> tuple[KeyState, int, int | None, str] | None:
+def _local(pipe: WebView, skey: str, p: int) -> tuple[KeyState, int, int | None, str] | None:
     # The device's partition first; records not keyed by device may sit elsewhere.
     runners = dict(pipe.runners)
     order = [p, *(q for q in runners if q != p)]
     for q in order:
         r = runners.get(q)
-        st = r.engine.keys.get(skey) if r is not None else None
+        st = r.engine.key_state(skey) if r is not None else None
         if st is not None and r is not None:
             return st, q, r.engine.watermark, "engine"
     return None
 
 
-def _from_table(pipe: Pipeline, skey: str, p: int) -> tuple[KeyState, int, int | None, str] | None:
+def _from_table(pipe: WebView, skey: str, p: int) -> tuple[KeyState, int, int | None, str] | None:
     # Owned, but no batch since the assignment: the snapshot in the table.
-    raw = pipe.store.get(p, state_key(p, skey))
-    if raw is None:
+    snap = pipe.store.snapshot(p, skey)
+    if snap is None:
         return None
-    return KeyState.restore(skey, codec.loads(raw)), p, None, "table"
+    return KeyState.restore(skey, snap), p, None, "table"
 
 
-async def _forward(view: View, request: Request, pipe: Pipeline, owner: str) -> Response:
+async def _forward(view: View, request: Request, pipe: WebView, owner: str) -> Response:
     target = URL(owner).with_path(request.rel_url.raw_path, encoded=True).with_query(routed="1")
     client: Any = pipe.app.http_client
     try:

@@ -25,7 +25,8 @@ from faust.types import EventT
 
 from .. import codec
 from ..core.engine import Engine
-from ..core.model import DEAD_LETTERS, SESSIONS
+from ..core.model import SESSIONS
+from ..encode import OutputEncoder
 from ..offline import tune_gc
 from ..settings import Settings
 from .compat import (
@@ -40,7 +41,7 @@ from .compat import (
 from .kafka import ControlReader, client_options
 from .metrics import Metrics
 from .sender import BatchSender
-from .state import MARKER_NAME, NO_MARKER, Marker, StateStore, state_key
+from .state import Marker, StateStore
 
 log = logging.getLogger("sessionizer.worker")
 
@@ -213,6 +214,7 @@ class Pipeline:
         self.source = source
         t = settings.topics
         self.out_topics = (t.sessionized_events, t.sessions, t.dead_letters)
+        self.encoder = OutputEncoder(self.out_topics)  # the encoder of replay and process-file
         self.control: dict[str, bool] = {}
         self.control_reader = ControlReader(settings, self.control)
         self.runners: dict[int, PartitionRunner] = {}
@@ -234,15 +236,14 @@ class Pipeline:
     # ------------------------------------------------------------ state
 
     def _new_engine(self) -> Engine:
-        eng = Engine(
+        return Engine(
             self.settings.engine,
             loads=codec.loads,
             dumps=codec.dumps,
             track_dirty=True,
             on_internal_error=_log_internal_error,
+            control=self.control,  # shared: the control reader keeps it up to date
         )
-        eng.control = self.control
-        return eng
 
     def runner(self, partition: int) -> PartitionRunner | None:
         """The partition's runner; built from the recovered table once it is safe to read.
@@ -260,15 +261,8 @@ class Pipeline:
     def _rebuild(self, partition: int) -> PartitionRunner:
         """The deadline index and engine of a partition, from the recovered table."""
         eng = self._new_engine()
-        marker = NO_MARKER
-        n = 0
-        for name, value in self.store.entries(partition):
-            if name == MARKER_NAME:
-                marker = Marker.decode(value)
-            else:
-                eng.restore_key(name, codec.loads(value))
-                n += 1
-        eng.watermark = marker.watermark
+        marker, snapshots = self.store.load(partition)
+        n = eng.restore(snapshots, marker.watermark)
         log.info(
             "partition %d: restored %d keys, applied through offset %d, watermark %d",
             partition,
@@ -351,7 +345,7 @@ class Pipeline:
         r.applied = nxt - 1
         r.last_rx_wall = r.progress_wall = now
         r.wm_at_rx = eng.watermark
-        eng.expire()
+        eng.advance()
         await self._publish(r)
 
     async def _fill_gap(self, r: PartitionRunner, start: int, end: int, now: int) -> None:
@@ -416,13 +410,12 @@ class Pipeline:
                     continue
                 target = r.wm_at_rx + (now - r.last_rx_wall)
                 if target > r.engine.watermark:
-                    r.engine.advance_watermark(target)
-                    r.engine.expire()
+                    r.engine.advance(target)
                     # Only what recovery needs: an idle partition whose clock moved
                     # but closed nothing writes nothing (no marker a second forever).
                     # A restore then starts from the last written watermark, and R22
                     # moves it on again from the wall clock.
-                    if r.engine.out or r.engine.dirty:
+                    if r.engine.has_pending():
                         await self._publish(r)
 
     async def stop(self) -> None:
@@ -458,45 +451,20 @@ class Pipeline:
 
     async def _publish(self, r: PartitionRunner) -> None:
         eng = r.engine
-        topics = self.out_topics
-        dumps = codec.dumps
         send = self.sender().send
         out = eng.take_output()
         observe = self.metrics.session_seconds.observe
         for topic, _key, value in out:
             if topic == SESSIONS and value["record"] == "session_end" and not value["revision"]:
                 observe(value["session_duration_ms"] / 1000)
-        # Dead letters keep the source record's key bytes; other keys are text.
-        await send(
-            [
-                (
-                    topics[topic],
-                    key if topic == DEAD_LETTERS or key is None else key.encode(),
-                    dumps(value),
-                    None,
-                )
-                for topic, key, value in out
-            ]
-        )
+        await send(self.encoder.records(out, eng))
         # Outputs are acknowledged: now the state may say they were applied.
         p = r.partition
-        changelog = self.table.changelog_topic.get_topic_name()
-        put = self.store.put
-        state = []
-        for key in eng.take_dirty():
-            tkey = state_key(p, key)
-            snap = eng.snapshot_key(key)
-            encoded = None if snap is None else dumps(snap)
-            put(p, tkey, encoded)
-            state.append((changelog, tkey, encoded, p))
-        await send(state)
-        # The marker goes last and alone: recovery reads the changelog up to its
-        # end offset, and some brokers (Tansu) report a batch's base offset + 1
-        # as the end, so a marker sharing a batch could hide the states before it.
-        marker = Marker(r.applied, eng.watermark, r.src).encode()
-        mkey = state_key(p, MARKER_NAME)
-        put(p, mkey, marker)
-        await send([(changelog, mkey, marker, p)])
+        store = self.store
+        snapshot = eng.snapshot_key
+        await send(store.put_keys(p, [(key, snapshot(key)) for key in eng.take_dirty()]))
+        # The marker goes last and alone (StateStore.put_marker says why).
+        await send([store.put_marker(p, Marker(r.applied, eng.watermark, r.src))])
 
 
 def build_app(settings: Settings, *, web: bool = True) -> faust.App:
