@@ -8,8 +8,9 @@ changes, occasional opt-outs, a few late and bad records), keyed by device.
 Each pipeline gets its own input topic, filled before it starts, and runs as
 its own process:
 
-* **raw** — aiokafka group consumer → ``orjson.loads`` → ``orjson.dumps`` →
-  aiokafka producer, committing each fetch: the ceiling for a Python client.
+* **raw** — ``bench/raw_passthrough.py``: aiokafka group consumer → ``orjson.loads``
+  → ``orjson.dumps`` → aiokafka producer, committing each fetch: the ceiling for a
+  Python client.
 * **worker** — ``python -m sessionizer worker`` with its default settings.
 * **2 workers** (``--workers 2``) — two such workers in one group, started
   together so they join in one generation, on their own copy of the input.
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -45,7 +45,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 from common import (
     ROOT,
     CpuSampler,
@@ -65,6 +64,8 @@ from common import (
     scrape,
     wait_committed,
 )
+
+from sessionizer import procs
 
 TARGET_RATIO = 0.33  # issue 9: the worker at >= 0.33 of raw, ~3 events per record
 SPY = ROOT / ".venv" / "bin" / "py-spy"
@@ -107,34 +108,14 @@ class Ctx:
     profiled: bool = False
 
 
-CHILDREN: list[subprocess.Popen[bytes]] = []  # all stopped when main() ends, whatever happens
-
-
 def env_without_sessionizer() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SESSIONIZER_", "NAIVE_"))}
     return {**env, "PYTHONUNBUFFERED": "1"}
 
 
 def spawn(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        p = subprocess.Popen(
-            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT
-        )
-    CHILDREN.append(p)
-    return p
-
-
-def stop(p: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 20) -> None:
-    if p.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(p.pid, sig)
-    try:
-        p.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGKILL)
-        p.wait(5)
+    """A pipeline's process (``sessionizer.procs``: stopped when main() ends, whatever happens)."""
+    return procs.spawn(cmd, log, env=env, cwd=ROOT)
 
 
 async def measure(
@@ -142,7 +123,7 @@ async def measure(
     res: Result,
     w: Workload,
     *,
-    procs: dict[str, subprocess.Popen[bytes]],
+    pipeline: dict[str, subprocess.Popen[bytes]],
     started: float,
     group: str,
     in_topic: str,
@@ -150,12 +131,12 @@ async def measure(
     out_topics: list[str],
     before_stop: Any = None,
 ) -> None:
-    """Waits for ``group`` to commit the input, stops ``procs``, rates their outputs."""
-    sampler = CpuSampler({"broker": ctx.broker_pid, **{n: p.pid for n, p in procs.items()}})
+    """Waits for ``group`` to commit the input, stops ``pipeline``, rates their outputs."""
+    sampler = CpuSampler({"broker": ctx.broker_pid, **{n: p.pid for n, p in pipeline.items()}})
     task = asyncio.create_task(sampler.run())
 
     def alive() -> str | None:
-        dead = [f"{n} exited ({p.returncode})" for n, p in procs.items() if p.poll() is not None]
+        dead = [f"{n} exited ({p.returncode})" for n, p in pipeline.items() if p.poll() is not None]
         return "; ".join(dead) or None
 
     done_ms = None
@@ -172,8 +153,8 @@ async def measure(
     finally:
         task.cancel()
         sampler.sample()
-        for p in procs.values():
-            stop(p)
+        for p in pipeline.values():
+            procs.stop(p)
     stamps = await read_timestamps(ctx.bootstrap, out_topics)
     n_out = sum(len(s) for s in stamps.values())
     # Outputs after the input was committed come from timers (R22 idle partitions), not input.
@@ -185,7 +166,7 @@ async def measure(
         return
     res.ready_s = res.rate.first_ms / 1000 - started
     t0, t1 = res.rate.first_ms / 1000, res.rate.last_ms / 1000
-    for name in procs:
+    for name in pipeline:
         res.cores[name] = sampler.cores(name, t0, t1)
     res.cores["broker"] = sampler.cores("broker", t0, t1)
     res.cores["machine"] = sampler.cores(None, t0, t1)
@@ -202,52 +183,13 @@ async def fill(ctx: Ctx, topic: str, w: Workload) -> dict[int, int]:
 # ------------------------------------------------------------------ raw passthrough
 
 
-async def raw_passthrough(spec: dict[str, Any]) -> None:
-    """The child: group consumer -> orjson.loads -> orjson.dumps -> producer, until ``records``."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-
-    loads, dumps, bad = orjson.loads, orjson.dumps, orjson.JSONDecodeError
-    out = spec["out"]
-    consumer = AIOKafkaConsumer(
-        spec["in"],
-        bootstrap_servers=spec["bootstrap"],
-        group_id=spec["group"],
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=spec["bootstrap"], linger_ms=5, max_batch_size=512 * 1024, acks=1
-    )
-    await producer.start()
-    await consumer.start()
-    seen = 0
-    try:
-        while seen < spec["records"]:
-            batches = await consumer.getmany(timeout_ms=500, max_records=5000)
-            futs = []
-            for msgs in batches.values():
-                seen += len(msgs)
-                for m in msgs:
-                    try:
-                        obj = loads(m.value)
-                    except bad:
-                        continue
-                    futs.append(await producer.send(out, dumps(obj), key=m.key))
-            await asyncio.gather(*futs)
-            if batches:
-                await consumer.commit()
-    finally:
-        await consumer.stop()
-        await producer.stop()
-
-
 async def run_raw(ctx: Ctx, w: Workload, run: str) -> Result:
     t_in, t_out = f"{run}-raw-in", f"{run}-raw-out"
     ends = await fill(ctx, t_in, w)
     await create_topics(ctx.bootstrap, [t_out], ctx.args.partitions)
     spec = {"bootstrap": ctx.bootstrap, "in": t_in, "out": t_out, "group": f"{run}-raw"}
     spec["records"] = w.records
-    cmd = [sys.executable, str(Path(__file__)), "--raw-child", json.dumps(spec)]
+    cmd = [sys.executable, str(ROOT / "bench" / "raw_passthrough.py"), json.dumps(spec)]
     res = Result("raw")
     started = time.time()
     proc = spawn(cmd, ctx.work / f"{run}-raw.log", env_without_sessionizer())
@@ -255,7 +197,7 @@ async def run_raw(ctx: Ctx, w: Workload, run: str) -> Result:
         ctx,
         res,
         w,
-        procs={"raw": proc},
+        pipeline={"raw": proc},
         started=started,
         group=spec["group"],
         in_topic=t_in,
@@ -316,9 +258,7 @@ async def run_workers(ctx: Ctx, w: Workload, run: str, n: int) -> Result:
     started = time.time()
     for wp in workers:
         wp.start()
-        if wp.proc is not None:
-            CHILDREN.append(wp.proc)
-    procs = {f"w{i}": wp.proc for i, wp in enumerate(workers) if wp.proc is not None}
+    pipeline = {f"w{i}": wp.proc for i, wp in enumerate(workers) if wp.proc is not None}
     spy_task = None
     if ctx.args.py_spy and n == 1 and not ctx.profiled:
         ctx.profiled = True
@@ -335,13 +275,13 @@ async def run_workers(ctx: Ctx, w: Workload, run: str, n: int) -> Result:
         if spy_task is not None:
             spy = await spy_task
             if spy is not None:
-                stop(spy, signal.SIGINT, 30)  # py-spy writes its profile on SIGINT
+                procs.stop(spy, signal.SIGINT, 30)  # py-spy writes its profile on SIGINT
 
     await measure(
         ctx,
         res,
         w,
-        procs=procs,  # type: ignore[arg-type]
+        pipeline=pipeline,
         started=started,
         group=names.app_id,
         in_topic=t["raw_events"],
@@ -412,7 +352,7 @@ async def run_naive(ctx: Ctx, w: Workload, run: str) -> Result:
         ctx,
         res,
         w,
-        procs={"naive": proc},
+        pipeline={"naive": proc},
         started=started,
         group=app_id,
         in_topic=t_in,
@@ -450,8 +390,8 @@ def report(ctx: Ctx, results: dict[str, list[Result]], w: Workload) -> int:
         ratio = (
             r.rps / raw.rps if raw and raw.ok and r.ok and key in ("worker", "workers") else None
         )
-        procs = [v for k, v in r.cores.items() if k not in ("broker", "machine")]
-        cpu = " + ".join(fmt(c, ".2f") for c in procs)
+        used = [v for k, v in r.cores.items() if k not in ("broker", "machine")]
+        cpu = " + ".join(fmt(c, ".2f") for c in used)
         cpu += f" / {fmt(r.cores.get('broker'), '.2f')} / {fmt(r.cores.get('machine'), '.2f')}"
         runs = " ".join(fmt(x.rps) for x in results[key]) if a.reps > 1 else ""
         notes = escape("; ".join(r.notes) + (f" (every run, records/s: {runs})" if runs else ""))
@@ -565,11 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--py-spy", metavar="FILE", help="profile the worker (collapsed stacks)")
     ap.add_argument("--py-spy-native", action="store_true", help="with native frames (orjson)")
     ap.add_argument("--out", help="keep logs here (default: a temporary directory)")
-    ap.add_argument("--raw-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.raw_child:
-        asyncio.run(raw_passthrough(json.loads(args.raw_child)))
-        return 0
     if any("=" not in kv for kv in args.worker_env):
         ap.error("--worker-env wants K=V")
 
@@ -602,8 +538,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 results = asyncio.run(bench(ctx, w))
             finally:
-                for p in reversed(CHILDREN):
-                    stop(p, timeout=10)
+                procs.stop_all(timeout=10)
     except KeyboardInterrupt:
         console.print(f"[red]interrupted[/]; logs in {work}")
         return 130

@@ -46,9 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import contextlib
-import os
 import random
 import re
 import shutil
@@ -59,7 +57,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,18 +69,24 @@ for _p in (ROOT, ROOT / "tests" / "integration"):
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
-from harness import Names, WorkerProc, device_key  # noqa: E402
+from harness import (  # noqa: E402
+    CLOCK_APP,
+    Names,
+    WorkerProc,
+    clock_records,
+    max_event_ts,
+    optout_device,
+)
 
-from sessionizer import codec  # noqa: E402
+from sessionizer import codec, procs  # noqa: E402
 from sessionizer.broker import EmbeddedBroker  # noqa: E402
 from sessionizer.core.config import EngineConfig  # noqa: E402
-from sessionizer.core.engine import MIN_TS, Engine  # noqa: E402
+from sessionizer.core.engine import Engine  # noqa: E402
 from sessionizer.core.model import DEAD_LETTERS, EVENTS, SESSIONS  # noqa: E402
-from sessionizer.testing import MIN, NOW, T0, batch, custom, launch, opt_out, screen, set_attr  # noqa: E402
+from sessionizer.stream.kafka import topic_partitions  # noqa: E402
+from sessionizer.stream.worker import device_key  # noqa: E402
+from sessionizer.testing import NOW  # noqa: E402
 from sessionizer.workload import generate  # noqa: E402
-
-CLOCK_APP = "zz.clock"
-MAX_VALID_TS = 4_102_444_800_000  # 2100-01-01: above it, a bad (µs) timestamp
 
 # Lines of a worker's log (Faust's and ours) that tell what it is doing; the
 # phase at a moment is the label of the latest of them.
@@ -119,19 +123,6 @@ LOG_PATTERNS = (  # counted in every worker log after a run
 )
 
 
-# Every worker process this script started: killed at exit, whatever way it exits.
-_CHILDREN: list[subprocess.Popen[bytes]] = []
-
-
-def _reap_children() -> None:
-    for proc in _CHILDREN:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
-
-
 def log(msg: str) -> None:
     print(msg, flush=True)
 
@@ -146,39 +137,9 @@ def workload(
         generate(events, devices=devices, apps=3, seed=seed, bad_rate=bad_rate, late_rate=late_rate)
     )
     # A device that opts out mid-session and back in (R17/R18), spread over the run.
-    d = f"optout-{seed}"
-    script = [
-        codec.dumps(batch(d, launch(T0), screen(T0 + 1000), set_attr(T0 + 2000, "tier", "gold"))),
-        codec.dumps(batch(d, opt_out(T0 + 3000), custom(T0 + 4000))),
-        codec.dumps(batch(d, opt_out(T0 + 5000, False), custom(T0 + 6000))),
-    ]
-    for i, rec in enumerate(script):
+    for i, rec in enumerate(optout_device(seed)):
         recs.insert((i + 1) * len(recs) // 4, rec)
     return recs
-
-
-def max_ts(recs: Iterable[bytes]) -> int:
-    hi = 0
-    for v in recs:
-        try:
-            obj = codec.loads(v)
-        except Exception:
-            continue
-        evs = obj.get("events") if type(obj) is dict else None
-        for ev in evs if type(evs) is list else ():
-            data = ev.get("data") if type(ev) is dict else None
-            ts = data.get("timestamp_unixtime_ms") if type(data) is dict else None
-            if type(ts) is int and MIN_TS <= ts < MAX_VALID_TS and ts > hi:
-                hi = ts
-    return hi
-
-
-def clock_records(last_ts: int, partitions: int) -> list[bytes]:
-    # One far-future record per partition moves every watermark past every deadline.
-    return [
-        codec.dumps(batch(f"clock-{p}", custom(last_ts + 24 * 60 * MIN), app=CLOCK_APP))
-        for p in range(partitions)
-    ]
 
 
 # ------------------------------------------------------------------ expected and observed
@@ -385,22 +346,10 @@ def explain(
             + ", ".join(f"{q} x{n}" for q, n in sorted(by_part.items()))
         )
         for k in missing_e[:limit]:
-            ev = codec.loads(k[1])
-            d = ev.get("data") or {}
-            out.append(
-                f"  missing event {k[0]} {ev.get('event_type')} "
-                f"ts={d.get('timestamp_unixtime_ms')} event_num={d.get('event_num')} "
-                f"(record {where(exp.origin.get(k, [-1])[0])})"
-            )
+            out.append(_event_line("missing", k, f"(record {where(exp.origin.get(k, [-1])[0])})"))
     extra_e = [k for k in got_e if k not in want_e]
     for k in extra_e[:limit]:
-        ev = codec.loads(k[1])
-        d = ev.get("data") or {}
-        out.append(
-            f"  unexpected event {k[0]} {ev.get('event_type')} "
-            f"ts={d.get('timestamp_unixtime_ms')} session={d.get('session_uuid')} "
-            f"event_num={d.get('event_num')}"
-        )
+        out.append(_event_line("unexpected", k))
     want_d, got_d = set(exp.view.dead), set(got.dead)
     for reason, payload in sorted(want_d - got_d)[:limit]:
         out.append(
@@ -410,6 +359,16 @@ def explain(
     for reason, payload in sorted(got_d - want_d)[:limit]:
         out.append(f"  unexpected dead letter {reason} {payload[:80]!r}")
     return out
+
+
+def _event_line(what: str, k: EvKey, where: str = "") -> str:
+    ev = codec.loads(k[1])
+    d = ev.get("data") or {}
+    session = "" if where else f" session={d.get('session_uuid')}"
+    return (
+        f"  {what} event {k[0]} {ev.get('event_type')} ts={d.get('timestamp_unixtime_ms')}"
+        f"{session} event_num={d.get('event_num')}{' ' + where if where else ''}"
+    )
 
 
 def duplicate_examples(
@@ -474,27 +433,6 @@ class Kill:
     note: str = ""
 
 
-class Worker(WorkerProc):
-    """A harness worker that can run a snapshot of the code (``cwd`` holds its package)."""
-
-    def __init__(self, *args: Any, cwd: Path | None = None, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.cwd = cwd
-
-    def start(self) -> None:
-        # `python -m` puts the working directory first on sys.path: the snapshot wins.
-        log_file = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sessionizer", "worker", "--loglevel", "info"],
-            env=self.env,
-            cwd=self.cwd,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log_file.close()
-
-
 def snapshot_code(dest: Path) -> Path:
     """A copy of the sessionizer package, so that every worker of a run runs the
     same code while the tree is being edited."""
@@ -531,7 +469,7 @@ class Slot:
         self.run = run
         self.idx = idx
         self.gen = 0
-        self.worker: Worker | None = None
+        self.worker: WorkerProc | None = None
         self.tail: LogTail | None = None
         self.busy = False  # a kill/restart sequence owns it
         self.expected_exit = True
@@ -548,12 +486,11 @@ class Slot:
     def start(self) -> None:
         self.gen += 1
         r = self.run
-        self.worker = Worker(
+        # A snapshot of the package in ``cwd`` (r.code) wins over the tree being edited.
+        self.worker = WorkerProc(
             r.bootstrap, r.names, r.log_dir, partitions=r.args.partitions, tag=self.tag, cwd=r.code
         )
         self.worker.start()
-        assert self.worker.proc is not None
-        _CHILDREN.append(self.worker.proc)
         self.expected_exit = False
         self.tail = LogTail(self.worker.log_path)
         self.logs.append(self.worker.log_path)
@@ -570,16 +507,11 @@ class Slot:
     def signal(self, sig: signal.Signals) -> None:
         self.expected_exit = True
         assert self.worker is not None and self.worker.proc is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.worker.proc.pid, sig)
+        procs.signal_group(self.worker.proc, sig)
 
     async def wait_exit(self, timeout: float) -> int | None:
         assert self.worker is not None and self.worker.proc is not None
-        proc = self.worker.proc
-        deadline = time.monotonic() + timeout
-        while proc.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        return proc.poll()
+        return await procs.wait_async(self.worker.proc, timeout)
 
 
 class Run:
@@ -938,16 +870,7 @@ class Run:
         view = View()
         t = time.monotonic()
         try:
-            tps = []
-            for topic in topics:
-                parts = None
-                for _ in range(100):
-                    parts = c.partitions_for_topic(topic)
-                    if parts:
-                        break
-                    await c._client.force_metadata_update()
-                    await asyncio.sleep(0.1)
-                tps += [TopicPartition(topic, q) for q in sorted(parts or ())]
+            tps = [tp for topic in topics for tp in await topic_partitions(c, topic, tries=100)]
             c.assign(tps)
             await c.seek_to_beginning(*tps)
             last_new = time.monotonic()
@@ -983,7 +906,7 @@ class Run:
         a = self.args
         recs = workload(self.seed, a.events, a.devices, a.bad_rate, a.late_rate)
         n_events = a.events + 9  # the opt-out script's events
-        clocks = clock_records(max_ts(recs), a.partitions)
+        clocks = clock_records(max_event_ts(recs), a.partitions)
         t = time.monotonic()
         exp = expected(recs + clocks)
         log(
@@ -1206,7 +1129,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    atexit.register(_reap_children)
     # SIGTERM exits like Ctrl-C does: workers and broker are stopped on the way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     return asyncio.run(amain(args))

@@ -13,8 +13,6 @@ import contextlib
 import math
 import os
 import re
-import socket
-import subprocess
 import sys
 import time
 import urllib.request
@@ -23,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 ROOT = Path(__file__).resolve().parent.parent
 for _p in (ROOT, ROOT / "tests" / "integration"):
     if str(_p) not in sys.path:
@@ -32,7 +28,9 @@ for _p in (ROOT, ROOT / "tests" / "integration"):
 
 from harness import Names, WorkerProc  # noqa: E402  (tests/integration/harness.py)
 
-__all__ = ["ROOT", "Names", "Worker"]
+from sessionizer.procs import free_port  # noqa: E402
+
+__all__ = ["ROOT", "Names", "Worker", "free_port"]
 
 
 class Worker(WorkerProc):
@@ -45,20 +43,8 @@ class Worker(WorkerProc):
     def __init__(self, *args: Any, wrapper: list[str] | None = None, **kw: Any) -> None:
         super().__init__(*args, **kw)
         del self.env["SESSIONIZER_BATCH_WITHIN"]  # the tests' setting, not the default
-        self.wrapper = wrapper
-
-    def start(self) -> None:
-        if not self.wrapper:
-            return super().start()
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, *self.wrapper, "worker", "--loglevel", "info"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return None
+        if wrapper:
+            self.argv = [sys.executable, *wrapper, *self.argv[3:]]  # python WRAPPER worker ...
 
 
 # ------------------------------------------------------------------ workload
@@ -93,22 +79,12 @@ class Workload:
 
 
 def _generate(events: int, devices: int, apps: int, seed: int, upload_ms: int | None) -> Workload:
-    from sessionizer.core.engine import identity
+    from sessionizer.produce import count_and_key
     from sessionizer.workload import generate
 
     w = Workload([], [], [], upload_ms)
     for value in generate(events, devices=devices, apps=apps, seed=seed, upload_ms=upload_ms):
-        try:
-            obj = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            obj = None
-        n = 0
-        key = None
-        if type(obj) is dict:
-            ev = obj.get("events")
-            n = len(ev) if type(ev) is list else int("event_type" in obj)
-            ident = identity(obj)
-            key = None if ident is None else ident[1].encode()
+        key, n = count_and_key(value)  # keyed as `sessionizer produce` keys it
         w.values.append(value)
         w.keys.append(key)
         w.counts.append(n)
@@ -158,12 +134,6 @@ def embedded_broker(log_path: Path | None = None) -> Iterator[Any]:
         yield b
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def create_topics(bootstrap: str, names: Iterable[str], partitions: int) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
@@ -211,18 +181,6 @@ async def produce(
     return ends
 
 
-async def _topic_partitions(consumer: Any, topic: str) -> list[Any]:
-    from aiokafka import TopicPartition
-
-    for _ in range(100):
-        parts = consumer.partitions_for_topic(topic)
-        if parts:
-            return [TopicPartition(topic, p) for p in sorted(parts)]
-        await consumer._client.force_metadata_update()
-        await asyncio.sleep(0.1)
-    return []
-
-
 async def read_timestamps(
     bootstrap: str, topics: list[str], *, quiet_s: float = 1.5, timeout: float = 300
 ) -> dict[str, list[int]]:
@@ -232,6 +190,8 @@ async def read_timestamps(
     (Tansu's ends are lower bounds).
     """
     from aiokafka import AIOKafkaConsumer
+
+    from sessionizer.stream.kafka import topic_partitions
 
     c = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
@@ -244,7 +204,7 @@ async def read_timestamps(
     await asyncio.wait_for(c.start(), 30)
     out: dict[str, list[int]] = {t: [] for t in topics}
     try:
-        tps = [tp for t in topics for tp in await _topic_partitions(c, t)]
+        tps = [tp for t in topics for tp in await topic_partitions(c, t, tries=100)]
         if not tps:
             return out
         c.assign(tps)

@@ -52,22 +52,9 @@ app = faust.App(
     **_tuning(),
 )
 
-source = app.topic(
-    _env("TOPIC_IN", "naive-raw-events"),
-    key_type=bytes,
-    value_type=bytes,
-    key_serializer="raw",
-    value_serializer="raw",
-    partitions=PARTITIONS,
-)
-out = app.topic(
-    _env("TOPIC_OUT", "naive-events"),
-    key_type=bytes,
-    value_type=bytes,
-    key_serializer="raw",
-    value_serializer="raw",
-    partitions=PARTITIONS,
-)
+RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+source = app.topic(_env("TOPIC_IN", "naive-raw-events"), partitions=PARTITIONS, **RAW)
+out = app.topic(_env("TOPIC_OUT", "naive-events"), partitions=PARTITIONS, **RAW)
 # Keyed by device like the source, so each write lands in the source partition's changelog.
 counts = app.Table("event-counts", default=int, partitions=PARTITIONS, key_type=str)
 

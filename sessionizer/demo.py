@@ -19,8 +19,8 @@ import re
 import secrets
 import select
 import signal
-import socket
 import stat
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,18 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import codec
+from . import codec, procs
 from .core.config import MINUTE_MS
-from .workload import _F_FLUSH, _F_LOGIN, _Device, _Generator, _mpid
+from .procs import free_port, port_busy
+from .workload import Population, Scheduler, Upload
 
-__all__ = ["DEMO_ENV", "LiveTraffic", "Output", "Stats", "StopSignals", "run"]
+__all__ = ["DEMO_TIMINGS", "LiveTraffic", "Output", "Stats", "StopSignals", "run"]
 
-# Demo-friendly timings, used unless the environment or --config sets them.
-DEMO_ENV = {
-    "SESSIONIZER_TIMEOUT": ("2m", "timeout_ms", 30 * MINUTE_MS),
-    "SESSIONIZER_GRACE": ("10s", "grace_ms", 2 * MINUTE_MS),
-    "SESSIONIZER_IDLE_TIMEOUT": ("5s", "idle_timeout_ms", 10_000),
-}
+# Demo-friendly timings (by setting), used unless the user sets them (--config or environment).
+DEMO_TIMINGS = {"timeout": "2m", "grace": "10s", "idle_timeout": "5s"}
 # workload.py draws its gaps around a 30 min timeout: we replay it this much faster
 # than real time so that the demo's timeout means the same to its devices.
 WORKLOAD_TIMEOUT_MS = 30 * MINUTE_MS
@@ -54,21 +51,12 @@ SUMMARY_EVERY_S = 5.0
 # --------------------------------------------------------------------------- live traffic
 
 
-class _DemoShapes(_Generator):
-    def _visit_gap(self) -> int:
-        # Visits come back within the hour (a few minutes of demo time), not hours.
-        r = self.rng
-        if r.random() < 0.08:
-            return int(r.uniform(2, 25) * MINUTE_MS)  # back within the timeout
-        return int(r.uniform(35, 75) * MINUTE_MS)
-
-
 class LiveTraffic:
     """workload.py's devices, each event stamped with the wall-clock time it happens at.
 
-    Workload time runs ``speed`` times faster than the wall clock. Each device
-    buffers its events and uploads a batch when the SDK would (background, exit,
-    batch full or upload timer), at the wall-clock time of that moment.
+    Workload time runs ``speed`` times faster than the wall clock. The workload's
+    scheduler uploads each device's buffered events when its SDK would (background,
+    exit, batch full, upload timer or login), at the wall-clock time of that moment.
     """
 
     UPLOAD_MS = 2 * MINUTE_MS  # workload time; the SDKs' 10 min would hide events for long
@@ -86,69 +74,49 @@ class LiveTraffic:
         self.speed = speed
         self.clock = clock
         self.bad_rate = bad_rate
-        self._g = g = _DemoShapes(0, devices, apps, seed if seed is not None else time.time_ns(), 0)
+        # Visits come back within the hour (a few minutes of demo time), not hours.
+        self.population = p = Population(
+            devices,
+            apps,
+            seed if seed is not None else time.time_ns(),
+            0,
+            away_ms=(35 * MINUTE_MS, 75 * MINUTE_MS),
+        )
         self._wall0 = int(clock() * 1000)
-        self._heap: list[tuple[int, int, int]] = []
-        self._seq = itertools.count()
-        for i, d in enumerate(g.devices):
+        for d in p.devices:
             # Start each device somewhere in a visit cycle (~1 h) and skip what came before
             # time 0: some devices are mid-visit, so traffic is steady from the first second.
-            d.gen = (g._web if d.web else g._mobile)(d, -int(g.rng.uniform(0, 60 * MINUTE_MS)))
+            d.gen = p.script(d, -int(p.rng.uniform(0, 60 * MINUTE_MS)))
             d.upload_ms = min(d.upload_ms, self.UPLOAD_MS)
             d.next = next(d.gen)
             while d.next[0] < 0:
                 d.next = next(d.gen)
-            self._push(d.next[0], i)
+        self.scheduler = Scheduler(p, stamp=self.wall_ms)
 
     @property
     def devices(self) -> int:
-        return len(self._g.devices)
+        return len(self.population.devices)
 
     def wall_ms(self, t: int) -> int:
         return self._wall0 + int(t / self.speed)
 
-    def _push(self, t: int, i: int) -> None:
-        heapq.heappush(self._heap, (t, next(self._seq), i))
-
     async def records(self) -> AsyncIterator[bytes]:
         """Record values, each when its time comes; never ends."""
         while True:
-            t, _, i = self._heap[0]
+            t = self.scheduler.peek()
+            assert t is not None  # the devices' scripts never end
             delay = self.wall_ms(t) / 1000 - self.clock()
             if delay > 0:
                 await asyncio.sleep(delay)
-            heapq.heappop(self._heap)
-            for rec in self._advance(self._g.devices[i], t):
-                yield rec
-            d = self._g.devices[i]
-            assert d.next is not None
-            wake = d.next[0]
-            if d.flush_due and d.flush_due < wake:
-                wake = d.flush_due
-            self._push(wake, i)
+            for up in self.scheduler.advance():
+                for rec in self.upload(up):
+                    yield rec
 
-    def _advance(self, d: _Device, t: int) -> Iterator[bytes]:
-        step = d.next
-        assert step is not None
-        if d.flush_due and t == d.flush_due and t < step[0]:
-            yield from self._upload(d, t)  # the upload timer fired
-            return
-        ts, ev, flag = step
-        ev["data"]["timestamp_unixtime_ms"] = self.wall_ms(ts)
-        if not d.buf:
-            d.flush_due = ts + d.upload_ms
-        d.buf.append(ev)
-        if flag == _F_LOGIN:
-            yield from self._upload(d, ts)
-            d.mpid = _mpid(self._g.rng)
-        elif flag == _F_FLUSH or len(d.buf) >= d.target:
-            yield from self._upload(d, ts)
-        d.next = next(d.gen)
-
-    def _upload(self, d: _Device, t: int) -> Iterator[bytes]:
-        g = self._g
-        rec = g._record(d, self.wall_ms(t))
-        cut = g._corrupt(rec) if g.rng.random() < self.bad_rate else None
+    def upload(self, up: Upload) -> Iterator[bytes]:
+        """The record of an upload, after a cut-off copy of it now and then."""
+        p = self.population
+        rec = p.record(up.device, self.wall_ms(up.t))
+        cut = p.corrupt(rec) if p.rng.random() < self.bad_rate else None
         if cut is not None:
             yield cut  # cut off mid-way; the SDK retries it whole
         yield codec.dumps(rec)
@@ -371,70 +339,20 @@ def render(stats: Stats, now: float, broker: str, height: int = 40) -> Any:
 # --------------------------------------------------------------------------- processes
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def port_busy(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    # Linux: the worker gets SIGTERM if the demo itself is killed (SIGKILL, crash).
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        with contextlib.suppress(Exception):
-            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 class Worker:
     """The worker subprocess, in its own process group."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, log_path: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], log_path: Path) -> None:
         self.proc = proc
         self.log_path = log_path
 
     @classmethod
-    async def start(cls, args: list[str], env: dict[str, str], log_path: Path) -> Worker:
-        with open(log_path, "wb") as log:
-            proc = await asyncio.create_subprocess_exec(
-                *args,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env=env,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        return cls(proc, log_path)
-
-    def _signal(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
+    def start(cls, args: list[str], env: dict[str, str], log_path: Path) -> Worker:
+        # Dies with us even if we are SIGKILLed.
+        return cls(procs.spawn(args, log_path, env=env, die_with_parent=True), log_path)
 
     async def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
-        if self.proc.returncode is None:
-            self._signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), timeout)
-            except asyncio.TimeoutError:
-                self._signal(signal.SIGKILL)
-                await self.proc.wait()
-        # Anything it left in its group goes too.
-        self._signal(signal.SIGKILL)
-        return self.proc.returncode or 0
-
-    def kill(self) -> None:
-        """The last resort, without an event loop: SIGKILL to its whole group."""
-        self._signal(signal.SIGKILL)
+        return await procs.stop_async(self.proc, timeout=timeout) or 0
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -531,14 +449,13 @@ class Options:
 
 def demo_env(config: str | None, base: dict[str, str]) -> dict[str, str]:
     """``base`` plus the demo's timings where neither it nor the config file sets them."""
-    from .settings import load_settings
+    from .settings import env_var, load_settings
 
     env = dict(base)
     current = load_settings(config, env=env)
-    for var, (value, attr, default) in DEMO_ENV.items():
-        holder = current if attr == "idle_timeout_ms" else current.engine
-        if var not in env and getattr(holder, attr) == default:
-            env[var] = value
+    for key, value in DEMO_TIMINGS.items():
+        if not current.is_set(key):
+            env[env_var(key)] = value
     return env
 
 
@@ -664,12 +581,11 @@ async def run_demo(
     *,
     out: Output | None = None,
     signals: StopSignals | None = None,
-    workers: list[Worker] | None = None,
 ) -> int:
     """Worker, traffic and view until ``opts.duration``, a stop signal or a lost stdout.
 
-    Returns the exit code. ``workers`` receives the worker as soon as it exists,
-    so that the caller can kill it whatever happens here.
+    Returns the exit code. The worker is a ``procs`` child: ``procs.kill_all()``
+    kills it whatever happens here.
     """
     from .stream.kafka import ensure_topics
 
@@ -690,9 +606,7 @@ async def run_demo(
         args += ["--app-id", settings.app_id, "--web-port", str(web_port)]
         if opts.config:
             args += ["--config", opts.config]
-        worker = await Worker.start(args, env, data_dir / "worker.log")
-        if workers is not None:
-            workers.append(worker)
+        worker = Worker.start(args, env, data_dir / "worker.log")
         web = f"http://{settings.web_host}:{web_port}"
         try:
             failure = await _supervise(settings, opts, stats, reader, worker, stop, out, web)
@@ -784,7 +698,7 @@ async def _supervise(
     tasks = {
         "producer": asyncio.create_task(producer),
         "output reader": asyncio.create_task(reader.run()),
-        "worker": asyncio.create_task(worker.proc.wait()),
+        "worker": asyncio.create_task(procs.wait_async(worker.proc, poll=0.2)),
     }
     live: Any = None
     if opts.view:
@@ -865,17 +779,16 @@ def _run(broker_url: str | None, port: int | None, opts: Options, signals: StopS
     from aiokafka.errors import KafkaError
 
     from .broker import BrokerError, BrokerUnavailable, EmbeddedBroker
-    from .settings import load_settings
+    from .settings import env_var, load_settings
 
     out = Output()
-    workers: list[Worker] = []
     with (
         tempfile.TemporaryDirectory(prefix="sessionizer-demo-") as tmp,
         contextlib.ExitStack() as stack,
     ):
         env = demo_env(opts.config, dict(os.environ))
-        env["SESSIONIZER_DATA_DIR"] = tmp
-        env.setdefault("SESSIONIZER_APP_ID", f"sessionizer-demo-{os.getpid()}-{int(time.time())}")
+        env[env_var("data_dir")] = tmp
+        env.setdefault(env_var("app_id"), f"sessionizer-demo-{os.getpid()}-{int(time.time())}")
         if broker_url is not None:
             # A user's broker: its live topics and groups are not ours to touch.
             opts.own_prefix = f"sessionizer-demo-{secrets.token_hex(4)}"
@@ -894,12 +807,10 @@ def _run(broker_url: str | None, port: int | None, opts: Options, signals: StopS
                 return 1
             broker_url = broker.url
         # Runs before the broker stops: whatever went wrong, no worker outlives us.
-        stack.callback(_kill_all, workers)
+        stack.callback(procs.kill_all)
         settings = load_settings(opts.config, env=env, broker_url=broker_url)
         try:
-            return asyncio.run(
-                run_demo(settings, env, opts, Path(tmp), out=out, signals=signals, workers=workers)
-            )
+            return asyncio.run(run_demo(settings, env, opts, Path(tmp), out=out, signals=signals))
         except (KafkaError, OSError, asyncio.TimeoutError) as err:
             out.say(f"sessionizer: cannot use the broker {broker_url}: {err}", err=True)
             return 1
@@ -909,20 +820,10 @@ def _run(broker_url: str | None, port: int | None, opts: Options, signals: StopS
 
 def own_topics_env(settings: Any, prefix: str) -> dict[str, str]:
     """Environment that moves every topic and the group of the demo under ``prefix``."""
-    t = settings.topics
-    names = {
-        "RAW_EVENTS": t.raw_events,
-        "SESSIONIZED_EVENTS": t.sessionized_events,
-        "SESSIONS": t.sessions,
-        "DEAD_LETTERS": t.dead_letters,
-        "OPT_OUT_CONTROL": t.opt_out_control,
-    }
-    env = {f"SESSIONIZER_TOPIC_{role}": f"{prefix}.{name}" for role, name in names.items()}
+    from .settings import env_var, setting_values
+
+    topics = setting_values(settings.topics)
+    env = {env_var(key): f"{prefix}.{name}" for key, name in topics.items()}
     # Faust names its changelog and assignor topics after the app id: the same prefix.
-    env["SESSIONIZER_APP_ID"] = prefix
+    env[env_var("app_id")] = prefix
     return env
-
-
-def _kill_all(workers: list[Worker]) -> None:
-    for worker in workers:
-        worker.kill()

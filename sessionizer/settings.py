@@ -4,25 +4,34 @@ Loaded once at start-up into frozen values. Every bad setting raises one
 ``ConfigError`` whose message is a single line naming the setting and where
 its value came from; unknown keys are errors so that typos cannot pass silently.
 
-One table of ``_Spec`` rows drives parsing, the environment names and the
-generated reference (``python -m sessionizer.settings --markdown``).
+Each setting is declared once, as a field of ``Settings`` (or of one of its
+groups: ``Topics``, ``Security``, the ``[session]`` table that becomes
+``Settings.engine``): its flat name, TOML path, default, parse rule and
+description. The typed object's defaults, the environment names, parsing,
+``Settings.sources`` and the generated reference
+(``python -m sessionizer.settings --markdown``) all come from those fields.
 """
+
+# The settings are dataclass fields made by _setting/_optional/_group (dataclasses.field()s).
+# ruff: noqa: RUF009
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import hmac
+import importlib
 import json
 import os
 import re
 import ssl
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 from .core.config import DAY_MS, HOUR_MS, MINUTE_MS, AppOverrides, ConfigError, EngineConfig
 
@@ -38,13 +47,16 @@ __all__ = [
     "Security",
     "SettingDoc",
     "Settings",
+    "Source",
     "Topics",
     "describe_settings",
+    "env_var",
     "load_settings",
     "main",
     "parse_duration_ms",
     "parse_size_bytes",
     "render_markdown",
+    "setting_values",
 ]
 
 ENV_PREFIX = "SESSIONIZER_"
@@ -57,8 +69,10 @@ Store = Literal["memory", "rocksdb"]
 ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+Origin = Literal["default", "file", "env", "command line"]
 
 _T = TypeVar("_T")
+_S = TypeVar("_S", bound=str)
 
 
 # --------------------------------------------------------------------------- values
@@ -91,67 +105,31 @@ class Secret:
 
 
 @dataclass(frozen=True, slots=True)
-class Topics:
-    raw_events: str = "raw-events"
-    sessionized_events: str = "sessionized-events"
-    sessions: str = "sessions"
-    dead_letters: str = "dead-letters"
-    opt_out_control: str = "opt-out-control"
+class Source:
+    """Where a setting's value came from: ``origin`` and the variable or file behind it."""
 
-
-@dataclass(frozen=True, slots=True)
-class Security:
-    """Kafka connection security; validated here, applied by the broker clients."""
-
-    protocol: SecurityProtocol = "PLAINTEXT"
-    sasl_mechanism: SaslMechanism | None = None
-    sasl_username: str | None = None
-    sasl_password: Secret | None = None
-    ssl_cafile: Path | None = None
-    ssl_certfile: Path | None = None
-    ssl_keyfile: Path | None = None
+    origin: Origin
+    where: str = (
+        ""  # the environment variable (for a default: the one that would set it), or the file
+    )
 
     @property
-    def uses_ssl(self) -> bool:
-        return self.protocol in ("SSL", "SASL_SSL")
+    def user_set(self) -> bool:
+        """Set by the user (file, environment or command line), not left at its default."""
+        return self.origin != "default"
 
     @property
-    def uses_sasl(self) -> bool:
-        return self.protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+    def typed(self) -> bool:
+        """A source with types of its own (the TOML file, SESSIONIZER_APPS), not plain text."""
+        return self.origin == "file" or self.where == APPS_ENV
 
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Everything a command needs; ``Settings()`` is the built-in defaults."""
-
-    broker_url: str = "kafka://127.0.0.1:9092"
-    broker_hosts: tuple[str, ...] = ("127.0.0.1:9092",)
-    topics: Topics = field(default_factory=Topics)
-    partitions: int = 8
-    replication_factor: int = 1
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    idle_timeout_ms: int = 10_000
-    store: Store = "memory"
-    processing_guarantee: ProcessingGuarantee = "at_least_once"
-    web_port: int = 6066
-    web_host: str = "127.0.0.1"
-    web_token: Secret | None = None
-    stall_timeout_ms: int = 60_000
-    data_dir: Path = Path(".data")
-    broker_bin: Path | None = None
-    app_id: str = "sessionizer"
-    repartition: bool = False
-    batch_size: int = 1000
-    batch_within_ms: int = 100
-    security: Security = field(default_factory=Security)
-    config_file: Path | None = None
-    # Flat key -> where its value came from ("SESSIONIZER_X", "in FILE", "command line").
-    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
-
-    def label(self, key: str) -> str:
-        """``name (source)`` of a setting by flat key, as configuration errors name it."""
-        spec = _BY_KEY[key]
-        return f"{spec.name} ({self.sources.get(key, spec.env)})"
+    def __str__(self) -> str:
+        # As errors name it: the environment variable, "in FILE" or "command line".
+        if self.origin == "file":
+            return f"in {_quote(self.where)}"
+        if self.origin == "command line":
+            return "command line"
+        return self.where
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +225,7 @@ def _bare_number(raw: object) -> int | None:
     return None
 
 
-def _duration(minimum: int, example: str) -> _Parse:
+def _duration(minimum: int, example: str) -> Callable[[object], int]:
     what = "a positive duration" if minimum > 0 else "a duration of 0 or more"
 
     def parse(raw: object) -> int:
@@ -273,7 +251,7 @@ def _size(raw: object) -> int:
     return size
 
 
-def _integer(minimum: int, maximum: int | None = None) -> _Parse:
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[object], int]:
     what = f"an integer >= {minimum}" if maximum is None else f"an integer {minimum}-{maximum}"
 
     def parse(raw: object) -> int:
@@ -303,20 +281,16 @@ def _boolean(raw: object) -> bool:
 _NATIVE: dict[_Parse, str] = {_boolean: "true or false"}
 
 
-def _typed(source: str) -> bool:
-    return source.startswith("in ") or source == APPS_ENV
-
-
-def _parse(parse: _Parse, raw: object, source: str) -> object:
+def _parse(parse: _Parse, raw: object, source: Source) -> object:
     """``parse(raw)``, refusing a quoted number or boolean from a typed source."""
     value = parse(raw)
     native = _NATIVE.get(parse)
-    if native is not None and isinstance(raw, str) and _typed(source):
+    if native is not None and isinstance(raw, str) and source.typed:
         raise _Bad(f"must be {native} without quotes, got the string {_show(raw)}")
     return value
 
 
-def _refuse_exactly_once(raw: object) -> str:
+def _refuse_exactly_once(raw: object) -> ProcessingGuarantee:
     choice = _choice("at_least_once", "exactly_once")(raw)
     if choice == "exactly_once":
         # Outputs are plain record batches, not Kafka transactions (docs/decisions.md#worker).
@@ -324,14 +298,14 @@ def _refuse_exactly_once(raw: object) -> str:
             "exactly_once is not supported: outputs are not written in Kafka transactions; "
             "use at_least_once (duplicates after a crash are byte-identical)"
         )
-    return str(choice)
+    return cast(ProcessingGuarantee, choice)
 
 
-def _choice(*options: str) -> _Parse:
+def _choice(*options: _S) -> Callable[[object], _S]:
     # Case-insensitive in, canonical spelling out.
     canonical = {o.lower(): o for o in options}
 
-    def parse(raw: object) -> str:
+    def parse(raw: object) -> _S:
         if isinstance(raw, str) and raw.strip().lower() in canonical:
             return canonical[raw.strip().lower()]
         raise _Bad(f"must be one of {', '.join(options)}, got {_show(raw)}")
@@ -381,7 +355,7 @@ def _existing_file(raw: object) -> Path:
     return path
 
 
-def _topic(raw: object) -> str:
+def _topic_name(raw: object) -> str:
     if isinstance(raw, str) and _TOPIC_RE.fullmatch(raw) and raw not in (".", ".."):
         return raw
     raise _Bad(
@@ -424,14 +398,50 @@ def _valid_host(host: str) -> bool:
     return _HOST_RE.fullmatch(host) is not None
 
 
-# --------------------------------------------------------------------------- the table
+_URL_RE = re.compile(r"https?://[^\s/?#]+[^\s]*", re.IGNORECASE)
+
+
+def _url(raw: object) -> str:
+    # Empty: the destination's documented public endpoint.
+    if isinstance(raw, str) and (raw == "" or _URL_RE.fullmatch(raw)):
+        return raw
+    raise _Bad(f'must be an http(s) URL such as "https://api.example.com/batch", got {_show(raw)}')
+
+
+def _destinations() -> tuple[str, ...]:
+    # Imported when needed: the integrations may read the settings themselves.
+    registry = importlib.import_module("sessionizer.integrations").REGISTRY
+    return tuple(sorted(registry))
+
+
+def _integrations(raw: object) -> tuple[str, ...]:
+    """Destination names: a TOML array, or comma-separated text (the environment)."""
+    if isinstance(raw, str):
+        names = [n.strip() for n in raw.split(",")]
+    elif isinstance(raw, list) and all(isinstance(n, str) for n in raw):
+        names = [n.strip() for n in raw]
+    else:
+        raise _Bad(f'must be a list of destinations such as ["amplitude", "ga4"], got {_show(raw)}')
+    chosen: list[str] = []
+    for name in names:
+        if not name and isinstance(raw, str):
+            continue  # "amplitude,,ga4", "" (none)
+        known = _destinations()  # only when there is a name: not at import time
+        if name.lower() not in known:
+            raise _Bad(f"unknown destination {_show(name)}; known: {', '.join(known)}")
+        if name.lower() not in chosen:
+            chosen.append(name.lower())
+    return tuple(chosen)
+
+
+# --------------------------------------------------------------------------- declarations
 
 
 @dataclass(frozen=True, slots=True)
 class _Spec:
     key: str  # flat name: env var suffix and load_settings() keyword
     path: tuple[str, ...]  # where it lives in the TOML file
-    type: str
+    type: str | Callable[[], str]  # for the reference; a function when it is worked out late
     default: object  # raw, fed through ``parse``; None = unset
     doc_default: str
     description: str
@@ -447,65 +457,116 @@ class _Spec:
         return ENV_PREFIX + self.key.upper()
 
 
+_SETTING = "sessionizer.setting"  # field metadata: the field's _Spec
+_GROUP = "sessionizer.group"  # field metadata: the class declaring a group's settings
+
+
 def _spec(
     key: str,
-    type_: str,
+    type_: str | Callable[[], str],
     default: object,
     description: str,
     parse: _Parse,
     *,
+    table: str | None,
+    name: str | None,
+    doc_default: str | None,
+    optional: bool = False,
+) -> dict[str, Any]:
+    """Field metadata declaring one setting."""
+    leaf = name or key
+    shown = _show(default) if isinstance(default, bool) else str(default)
+    spec = _Spec(
+        key,
+        (table, leaf) if table else (leaf,),
+        type_,
+        default,
+        shown if doc_default is None else doc_default,
+        description,
+        parse,
+        optional,
+    )
+    return {_SETTING: spec}
+
+
+def _setting(
+    key: str,
+    type_: str | Callable[[], str],
+    default: object,
+    description: str,
+    parse: Callable[[object], _T],
+    *,
     table: str | None = None,
     name: str | None = None,
     doc_default: str | None = None,
-    optional: bool = False,
-) -> _Spec:
-    leaf = name or key
-    return _Spec(
-        key=key,
-        path=(table, leaf) if table else (leaf,),
-        type=type_,
-        default=default,
-        doc_default=doc_default if doc_default is not None else str(default),
-        description=description,
-        parse=parse,
-        optional=optional,
+) -> _T:
+    """A field declaring one setting; its default is ``parse(default)``."""
+    meta = _spec(
+        key, type_, default, description, parse, table=table, name=name, doc_default=doc_default
+    )
+    return field(default=parse(default), metadata=meta)
+
+
+def _optional(
+    key: str,
+    type_: str,
+    description: str,
+    parse: Callable[[object], _T],
+    *,
+    table: str | None = None,
+    doc_default: str = "(unset)",
+) -> _T | None:
+    """A field declaring a setting that is unset (None) by default."""
+    meta = _spec(
+        key,
+        type_,
+        None,
+        description,
+        parse,
+        table=table,
+        name=None,
+        doc_default=doc_default,
+        optional=True,
+    )
+    return field(default=None, metadata=meta)
+
+
+def _group(declared_by: type, factory: Callable[[], _T]) -> _T:
+    """A field holding a group of settings, declared as the fields of ``declared_by``."""
+    return field(default_factory=factory, metadata={_GROUP: declared_by})
+
+
+def _topic(name: str, default: str, role: str) -> str:
+    return _setting(
+        f"topic_{name}", "topic name", default, role, _topic_name, table="topics", name=name
     )
 
 
-def _topic_spec(name: str, default: str, role: str) -> _Spec:
-    return _spec(f"topic_{name}", "topic name", default, role, _topic, table="topics", name=name)
-
-
-_SPECS: tuple[_Spec, ...] = (
-    _spec(
-        "broker_url",
-        "broker list",
-        "kafka://127.0.0.1:9092",
-        'Kafka bootstrap servers: "kafka://host:port[,host:port]" or "host:port[,host:port]".',
-        _broker,
-    ),
-    _topic_spec("raw_events", "raw-events", "Input topic of raw mParticle records (§1)."),
-    _topic_spec(
+@dataclass(frozen=True, slots=True)
+class Topics:
+    raw_events: str = _topic(
+        "raw_events", "raw-events", "Input topic of raw mParticle records (§1)."
+    )
+    sessionized_events: str = _topic(
         "sessionized_events", "sessionized-events", "Output: events enriched with sessions (§7.1)."
-    ),
-    _topic_spec("sessions", "sessions", "Output: session start and end records (§7.2)."),
-    _topic_spec("dead_letters", "dead-letters", "Output: records that could not be used (§7.3)."),
-    _topic_spec("opt_out_control", "opt-out-control", "Compacted console opt-out topic (R19)."),
-    _spec(
-        "partitions",
-        "integer >= 1",
-        8,
-        "Partitions of the topics the worker creates.",
-        _integer(1),
-    ),
-    _spec(
-        "replication_factor",
-        "integer >= 1",
-        1,
-        "Replication factor of the topics the worker creates.",
-        _integer(1),
-    ),
-    _spec(
+    )
+    sessions: str = _topic("sessions", "sessions", "Output: session start and end records (§7.2).")
+    dead_letters: str = _topic(
+        "dead_letters", "dead-letters", "Output: records that could not be used (§7.3)."
+    )
+    opt_out_control: str = _topic(
+        "opt_out_control", "opt-out-control", "Compacted console opt-out topic (R19)."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Session:
+    """The ``[session]`` table: the fields of ``EngineConfig`` by the same names, but ``apps``.
+
+    ``Settings.engine`` is the EngineConfig of these values and the per-app overrides.
+    """
+
+    timeout_ms: int = _setting(
         "timeout",
         "duration > 0",
         "30m",
@@ -513,74 +574,146 @@ _SPECS: tuple[_Spec, ...] = (
         "events (R4, R5, R8).",
         _duration(1, "30m"),
         table="session",
-    ),
-    _spec(
+    )
+    foreground_idle_timeout_ms: int | None = _optional(
         "foreground_idle_timeout",
         "duration > 0",
-        None,
         "Inactivity timeout of a foregrounded session that never sends its background (R5).",
         _duration(1, "2h"),
         table="session",
         doc_default="4 x timeout",
-        optional=True,
-    ),
-    _spec(
+    )
+    resume_on_launch: bool = _setting(
         "resume_on_launch",
         "bool",
         False,
         "A launch resumes the open session instead of starting a new one (R2).",
         _boolean,
         table="session",
-        doc_default="false",
-    ),
-    _spec(
+    )
+    grace_ms: int = _setting(
         "grace",
         "duration >= 0",
         "2m",
         "How far the watermark must pass a deadline before the session closes (R21).",
         _duration(0, "2m"),
         table="session",
-    ),
-    _spec(
+    )
+    state_ttl_ms: int = _setting(
         "state_ttl",
         "duration > 0",
         "30d",
         "Keys idle this long (watermark time) are forgotten, opt-out flags excepted (§2).",
         _duration(1, "30d"),
         table="session",
-    ),
-    _spec(
+    )
+    max_session_attributes: int = _setting(
         "max_session_attributes",
         "integer >= 1",
         100,
         "Most session attribute names per session (R15).",
         _integer(1),
         table="session",
-    ),
-    _spec(
+    )
+    max_record_bytes: int = _setting(
         "max_record_bytes",
         "size > 0",
         "1MiB",
         "Larger input records are dead-lettered as too_large (§7.3).",
         _size,
         table="session",
-    ),
-    _spec(
+    )
+    max_future_skew_ms: int = _setting(
         "max_future_skew",
         "duration >= 0",
         "24h",
         "How far past the wall clock an event time may lie (§1.3).",
         _duration(0, "24h"),
         table="session",
-    ),
-    _spec(
+    )
+
+
+def _default_engine() -> EngineConfig:
+    return EngineConfig(**_field_values(_Session()))
+
+
+@dataclass(frozen=True, slots=True)
+class Security:
+    """Kafka connection security; validated here, applied by the broker clients."""
+
+    protocol: SecurityProtocol = _setting(
+        "security_protocol",
+        "PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL",
+        "PLAINTEXT",
+        "Kafka connection security.",
+        _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    )
+    sasl_mechanism: SaslMechanism | None = _optional(
+        "sasl_mechanism",
+        "PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512",
+        "SASL mechanism; required with SASL_PLAINTEXT and SASL_SSL.",
+        _choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+    )
+    sasl_username: str | None = _optional(
+        "sasl_username", "string", "SASL user; required with SASL_*.", _text
+    )
+    sasl_password: Secret | None = _optional(
+        "sasl_password", "secret", "SASL password; required with SASL_*. Never printed.", _secret
+    )
+    ssl_cafile: Path | None = _optional(
+        "ssl_cafile",
+        "file",
+        "CA bundle for SSL and SASL_SSL (default: system CAs).",
+        _existing_file,
+    )
+    ssl_certfile: Path | None = _optional(
+        "ssl_certfile", "file", "Client certificate (PEM) for SSL and SASL_SSL.", _existing_file
+    )
+    ssl_keyfile: Path | None = _optional(
+        "ssl_keyfile", "file", "Client private key (PEM); needs ssl_certfile.", _existing_file
+    )
+
+    @property
+    def uses_ssl(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a command needs; ``Settings()`` is the built-in defaults."""
+
+    broker_url: str = ""  # "": kafka:// and broker_hosts
+    broker_hosts: tuple[str, ...] = _setting(
+        "broker_url",
+        "broker list",
+        "kafka://127.0.0.1:9092",
+        'Kafka bootstrap servers: "kafka://host:port[,host:port]" or "host:port[,host:port]".',
+        _broker,
+    )
+    topics: Topics = _group(Topics, Topics)
+    partitions: int = _setting(
+        "partitions", "integer >= 1", 8, "Partitions of the topics the worker creates.", _integer(1)
+    )
+    replication_factor: int = _setting(
+        "replication_factor",
+        "integer >= 1",
+        1,
+        "Replication factor of the topics the worker creates.",
+        _integer(1),
+    )
+    engine: EngineConfig = _group(_Session, _default_engine)
+    idle_timeout_ms: int = _setting(
         "idle_timeout",
         "duration > 0",
         "10s",
         "Live mode: a partition silent this long advances its watermark by wall clock (R22).",
         _duration(1, "10s"),
-    ),
-    _spec(
+    )
+    store: Store = _setting(
         "store",
         "memory | rocksdb",
         "memory",
@@ -588,8 +721,8 @@ _SPECS: tuple[_Spec, ...] = (
         "start) or rocksdb (on disk in data_dir; needs the rocksdict package, else the "
         "worker refuses it at start-up).",
         _choice("memory", "rocksdb"),
-    ),
-    _spec(
+    )
+    processing_guarantee: ProcessingGuarantee = _setting(
         "processing_guarantee",
         "at_least_once",
         "at_least_once",
@@ -597,151 +730,184 @@ _SPECS: tuple[_Spec, ...] = (
         "exactly_once is refused at start-up (outputs are not written in Kafka transactions; "
         "duplicates after a crash are byte-identical, see [decisions.md](decisions.md#worker)).",
         _refuse_exactly_once,
-    ),
-    _spec(
+    )
+    web_port: int = _setting(
         "web_port", "integer 0-65535", 6066, "Port of the worker's web server.", _integer(0, 65535)
-    ),
-    _spec("web_host", "host", "127.0.0.1", "Address the worker's web server binds.", _host),
-    _spec(
+    )
+    web_host: str = _setting(
+        "web_host", "host", "127.0.0.1", "Address the worker's web server binds.", _host
+    )
+    web_token: Secret | None = _optional(
         "web_token",
         "secret",
-        None,
         "Bearer token that `/sessions` requires (`Authorization: Bearer <token>`); "
         "unset: `/sessions` answers only when web_host is loopback. Never printed.",
         _token,
-        doc_default="(unset)",
-        optional=True,
-    ),
-    _spec(
+    )
+    stall_timeout_ms: int = _setting(
         "stall_timeout",
         "duration > 0",
         "60s",
         "`/health` reports a partition stalled when it has lag and has made no progress "
         "for this long.",
         _duration(1, "60s"),
-    ),
-    _spec("data_dir", "path", ".data", "Directory for local state (tables, broker data).", _path),
-    _spec(
-        "broker_bin",
-        "path",
-        None,
-        "Broker executable for `sessionizer broker`, if not built in.",
-        _path,
-        doc_default="(unset)",
-        optional=True,
-    ),
-    _spec(
+    )
+    data_dir: Path = _setting(
+        "data_dir", "path", ".data", "Directory for local state (tables, broker data).", _path
+    )
+    broker_bin: Path | None = _optional(
+        "broker_bin", "path", "Broker executable for `sessionizer broker`, if not built in.", _path
+    )
+    app_id: str = _setting(
         "app_id",
         "text",
         "sessionizer",
         "Worker group id; also names the state changelog topic. Workers sharing it share "
         "the partitions.",
         _text,
-    ),
-    _spec(
+    )
+    repartition: bool = _setting(
         "repartition",
         "bool",
         False,
         "Re-key raw records by device through an internal topic before sessionizing; "
         "needed when producers do not key records by device (§1.2).",
         _boolean,
-        doc_default="false",
-    ),
-    _spec(
+    )
+    batch_size: int = _setting(
         "batch_size",
         "integer >= 1",
         1000,
         "Most records the worker processes per batch.",
         _integer(1),
-    ),
-    _spec(
+    )
+    batch_within_ms: int = _setting(
         "batch_within",
         "duration > 0",
         "100ms",
         "Longest the worker waits to fill a batch.",
         _duration(1, "100ms"),
-    ),
-    _spec(
-        "security_protocol",
-        "PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL",
-        "PLAINTEXT",
-        "Kafka connection security.",
-        _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
-    ),
-    _spec(
-        "sasl_mechanism",
-        "PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512",
-        None,
-        "SASL mechanism; required with SASL_PLAINTEXT and SASL_SSL.",
-        _choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
-        doc_default="(unset)",
-        optional=True,
-    ),
-    _spec(
-        "sasl_username",
-        "string",
-        None,
-        "SASL user; required with SASL_*.",
-        _text,
-        doc_default="(unset)",
-        optional=True,
-    ),
-    _spec(
-        "sasl_password",
+    )
+    security: Security = _group(Security, Security)
+    integrations: tuple[str, ...] = _setting(
+        "integrations",
+        lambda: "list of " + ", ".join(_destinations()),
+        "",
+        "Destinations the sessionized events are forwarded to ([integrations.md]"
+        '(integrations.md)); in the file an array, `integrations = ["amplitude"]`, in '
+        "`SESSIONIZER_INTEGRATIONS` comma-separated.",
+        _integrations,
+        doc_default="(none)",
+    )
+    forward_endpoint: str = _setting(
+        "forward_endpoint",
+        "URL",
+        "",
+        "Where the forwarder sends; empty: the destination's documented public endpoint.",
+        _url,
+        doc_default="(the destination's)",
+    )
+    forward_api_key: Secret | None = _optional(
+        "forward_api_key",
         "secret",
-        None,
-        "SASL password; required with SASL_*. Never printed.",
+        "API key (or write key, measurement secret) of the destination. Never printed.",
         _secret,
-        doc_default="(unset)",
-        optional=True,
-    ),
-    _spec(
-        "ssl_cafile",
-        "file",
-        None,
-        "CA bundle for SSL and SASL_SSL (default: system CAs).",
-        _existing_file,
-        doc_default="(unset)",
-        optional=True,
-    ),
-    _spec(
-        "ssl_certfile",
-        "file",
-        None,
-        "Client certificate (PEM) for SSL and SASL_SSL.",
-        _existing_file,
-        doc_default="(unset)",
-        optional=True,
-    ),
-    _spec(
-        "ssl_keyfile",
-        "file",
-        None,
-        "Client private key (PEM); needs ssl_certfile.",
-        _existing_file,
-        doc_default="(unset)",
-        optional=True,
-    ),
-)
+    )
+    forward_batch_size: int = _setting(
+        "forward_batch_size",
+        "integer >= 0",
+        0,
+        "Most events per request to the destination; 0: the destination's documented maximum.",
+        _integer(0),
+    )
+    forward_timeout_ms: int = _setting(
+        "forward_timeout",
+        "duration > 0",
+        "10s",
+        "Longest the forwarder waits for one request to the destination.",
+        _duration(1, "10s"),
+    )
+    forward_max_backoff_ms: int = _setting(
+        "forward_max_backoff",
+        "duration > 0",
+        "60s",
+        "Longest pause between the forwarder's retries of a failed request (the pauses "
+        "double up to it).",
+        _duration(1, "60s"),
+    )
+    config_file: Path | None = None
+    # Flat key -> where its value came from; a key not in it has its default.
+    sources: Mapping[str, Source] = field(default_factory=dict, compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        if not self.broker_url:
+            object.__setattr__(self, "broker_url", "kafka://" + ",".join(self.broker_hosts))
+
+    def source(self, key: str) -> Source:
+        """Where the setting of flat name ``key`` came from."""
+        return self.sources.get(key) or Source("default", _BY_KEY[key].env)
+
+    def is_set(self, key: str) -> bool:
+        """Set by the user (file, environment or command line), even to its default value."""
+        return self.source(key).user_set
+
+    def label(self, key: str) -> str:
+        """``name (source)`` of a setting by flat key, as configuration errors name it."""
+        return f"{_BY_KEY[key].name} ({self.source(key)})"
+
+
+def _declared(cls: type) -> Iterator[tuple[dataclasses.Field[Any], _Spec | None, type | None]]:
+    for f in dataclasses.fields(cls):
+        yield f, f.metadata.get(_SETTING), f.metadata.get(_GROUP)
+
+
+def _walk(cls: type) -> Iterator[_Spec]:
+    """The settings ``cls`` declares, groups expanded where they stand."""
+    for _, spec, group in _declared(cls):
+        if spec is not None:
+            yield spec
+        elif group is not None:
+            yield from _walk(group)
+
+
+def _field_values(obj: Any) -> dict[str, Any]:
+    """Field name -> value of the settings a group object declares (not its groups)."""
+    return {f.name: getattr(obj, f.name) for f, spec, _ in _declared(type(obj)) if spec}
+
+
+def setting_values(obj: Any) -> dict[str, Any]:
+    """Flat setting name -> value of the settings a ``Settings``, ``Topics`` or ``Security``
+    declares directly, e.g. ``{"topic_raw_events": "raw-events", ...}`` for ``settings.topics``."""
+    return {spec.key: getattr(obj, f.name) for f, spec, _ in _declared(type(obj)) if spec}
+
+
+def env_var(key: str) -> str:
+    """The environment variable of the setting of flat name ``key``."""
+    return _BY_KEY[key].env
+
+
+_SPECS: tuple[_Spec, ...] = tuple(_walk(Settings))
 _BY_KEY = {s.key: s for s in _SPECS}
 _BY_PATH = {s.path: s for s in _SPECS}
 _TABLES = frozenset(s.path[0] for s in _SPECS if len(s.path) == 2)
 _KNOWN_ENV = frozenset({s.env for s in _SPECS} | {APPS_ENV})
+# Field names of the [session] settings: EngineConfig's and AppOverrides' too.
+_SESSION_FIELDS = {spec.path[-1]: f.name for f, spec, _ in _declared(_Session) if spec}
 
-_APP_FIELDS: dict[str, tuple[_Parse, str]] = {
-    "timeout": (_duration(1, "30m"), "This app's session.timeout (R8)."),
+# Per-app overrides: these [session] settings, with the same parse rules.
+_APP_DOCS = {
+    "timeout": "This app's session.timeout (R8).",
     "foreground_idle_timeout": (
-        _duration(1, "2h"),
-        "This app's session.foreground_idle_timeout (R8); unset: 4 x the app's timeout.",
+        "This app's session.foreground_idle_timeout (R8); unset: 4 x the app's timeout."
     ),
-    "resume_on_launch": (_boolean, "This app's session.resume_on_launch (R2)."),
+    "resume_on_launch": "This app's session.resume_on_launch (R2).",
 }
-
+_APP_FIELDS = {leaf: _BY_PATH[("session", leaf)] for leaf in _APP_DOCS}
 # --------------------------------------------------------------------------- loading
 
-# A raw value and where it came from, e.g. ("-5", "SESSIONIZER_TIMEOUT").
-_Raw = tuple[object, str]
+# A raw value and where it came from, e.g. ("-5", Source("env", "SESSIONIZER_TIMEOUT")).
+_Raw = tuple[object, Source]
+_COMMAND_LINE = Source("command line")
 
 
 def load_settings(
@@ -769,15 +935,15 @@ def load_settings(
         raw, file_apps = _read_file(path)
     for spec in _SPECS:
         if spec.env in env:
-            raw[spec.key] = (env[spec.env], spec.env)
+            raw[spec.key] = (env[spec.env], Source("env", spec.env))
         value = overrides.get(spec.key)
         if value is not None:
-            raw[spec.key] = (value, "command line")
+            raw[spec.key] = (value, _COMMAND_LINE)
 
     values: dict[str, object] = {}
-    sources: dict[str, str] = {}
+    sources: dict[str, Source] = {}
     for spec in _SPECS:
-        value, source = raw.get(spec.key, (spec.default, spec.env))
+        value, source = raw.get(spec.key, (spec.default, Source("default", spec.env)))
         sources[spec.key] = source
         if spec.optional and (value is None or value == ""):
             values[spec.key] = None
@@ -791,7 +957,7 @@ def load_settings(
     return _build(values, sources, apps, path)
 
 
-def _label(key: str, sources: Mapping[str, str]) -> str:
+def _label(key: str, sources: Mapping[str, Source]) -> str:
     return f"{_BY_KEY[key].name} ({sources[key]})"
 
 
@@ -839,36 +1005,34 @@ def _read_file(path: Path) -> tuple[dict[str, _Raw], dict[str, dict[str, _Raw]]]
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(label, "not valid TOML: " + " ".join(str(err).split())) from None
 
-    where = f"in {_quote(str(path))}"
+    where = Source("file", str(path))
     raw: dict[str, _Raw] = {}
     apps: dict[str, dict[str, _Raw]] = {}
     known = [s.name for s in _SPECS] + sorted(_TABLES) + ["apps"]
     for key, value in doc.items():
         if key == "apps":
             apps = _apps_table(value, where)
-        elif key in _TABLES:
+            continue
+        if key in _TABLES:
             if not isinstance(value, dict):
                 raise ConfigError(f"{_toml_name(key)} ({where})", f"must be a table [{key}]")
-            for sub, sub_value in value.items():
-                spec = _BY_PATH.get((key, sub))
-                if spec is None:
-                    name = _toml_name(key, sub)
-                    raise ConfigError(
-                        f"{name} ({where})", "unknown setting" + _did_you_mean(name, known)
-                    )
-                raw[spec.key] = (sub_value, where)
+            entries: list[tuple[tuple[str, ...], object]] = [
+                ((key, sub), sub_value) for sub, sub_value in value.items()
+            ]
         else:
-            spec = _BY_PATH.get((key,))
+            entries = [((key,), value)]
+        for spec_path, spec_value in entries:
+            spec = _BY_PATH.get(spec_path)
             if spec is None:
-                name = _toml_name(key)
+                name = _toml_name(*spec_path)
                 raise ConfigError(
                     f"{name} ({where})", "unknown setting" + _did_you_mean(name, known)
                 )
-            raw[spec.key] = (value, where)
+            raw[spec.key] = (spec_value, where)
     return raw, apps
 
 
-def _apps_table(value: object, where: str) -> dict[str, dict[str, _Raw]]:
+def _apps_table(value: object, where: Source) -> dict[str, dict[str, _Raw]]:
     """``{app: {field: raw}}`` from the file's ``[apps."<app>"]`` tables or SESSIONIZER_APPS."""
     if not isinstance(value, dict):
         raise ConfigError(
@@ -914,7 +1078,7 @@ def _env_apps(env: Mapping[str, str]) -> dict[str, dict[str, _Raw]]:
             f"apps ({APPS_ENV})",
             'must be a JSON object such as {"com.example.app": {"timeout": "10m"}}',
         )
-    return _apps_table(value, APPS_ENV)
+    return _apps_table(value, Source("env", APPS_ENV))
 
 
 def _merge_apps(*layers: dict[str, dict[str, _Raw]]) -> dict[str, AppOverrides]:
@@ -925,94 +1089,42 @@ def _merge_apps(*layers: dict[str, dict[str, _Raw]]) -> dict[str, AppOverrides]:
             merged.setdefault(app, {}).update(fields)
     apps: dict[str, AppOverrides] = {}
     for app in sorted(merged):
-        parsed: dict[str, object] = {}
+        parsed: dict[str, Any] = {}
         for key, (raw, source) in merged[app].items():
             try:
-                parsed[key] = _parse(_APP_FIELDS[key][0], raw, source)
+                parsed[_SESSION_FIELDS[key]] = _parse(_APP_FIELDS[key].parse, raw, source)
             except _Bad as bad:
                 raise ConfigError(f"{_app_name(app)}.{key} ({source})", str(bad)) from None
-        apps[app] = AppOverrides(
-            timeout_ms=_opt(parsed, "timeout", int),
-            foreground_idle_timeout_ms=_opt(parsed, "foreground_idle_timeout", int),
-            resume_on_launch=_opt(parsed, "resume_on_launch", bool),
-        )
+        apps[app] = AppOverrides(**parsed)
     return apps
 
 
-def _get(values: Mapping[str, object], key: str, kind: type[_T]) -> _T:
-    value = values[key]
-    assert isinstance(value, kind), (key, kind)
-    return value
-
-
-def _opt(values: Mapping[str, object], key: str, kind: type[_T]) -> _T | None:
-    return None if values.get(key) is None else _get(values, key, kind)
+def _group_values(cls: type, values: Mapping[str, object]) -> dict[str, Any]:
+    """Keyword arguments of ``cls``: its settings' parsed values by field name."""
+    return {f.name: values[spec.key] for f, spec, _ in _declared(cls) if spec}
 
 
 def _build(
     values: Mapping[str, object],
-    sources: Mapping[str, str],
+    sources: Mapping[str, Source],
     apps: Mapping[str, AppOverrides],
     config_file: Path | None,
 ) -> Settings:
-    topics = Topics(
-        raw_events=_get(values, "topic_raw_events", str),
-        sessionized_events=_get(values, "topic_sessionized_events", str),
-        sessions=_get(values, "topic_sessions", str),
-        dead_letters=_get(values, "topic_dead_letters", str),
-        opt_out_control=_get(values, "topic_opt_out_control", str),
-    )
     _check_topics_distinct(values, sources)
-    security = Security(
-        protocol=cast(SecurityProtocol, _get(values, "security_protocol", str)),
-        sasl_mechanism=cast("SaslMechanism | None", _opt(values, "sasl_mechanism", str)),
-        sasl_username=_opt(values, "sasl_username", str),
-        sasl_password=_opt(values, "sasl_password", Secret),
-        ssl_cafile=_opt(values, "ssl_cafile", Path),
-        ssl_certfile=_opt(values, "ssl_certfile", Path),
-        ssl_keyfile=_opt(values, "ssl_keyfile", Path),
-    )
+    security = Security(**_group_values(Security, values))
     _check_security(security, sources)
     _check_tls(security, sources)
-    engine = EngineConfig(
-        timeout_ms=_get(values, "timeout", int),
-        foreground_idle_timeout_ms=_opt(values, "foreground_idle_timeout", int),
-        resume_on_launch=_get(values, "resume_on_launch", bool),
-        apps=dict(apps),
-        grace_ms=_get(values, "grace", int),
-        state_ttl_ms=_get(values, "state_ttl", int),
-        max_session_attributes=_get(values, "max_session_attributes", int),
-        max_record_bytes=_get(values, "max_record_bytes", int),
-        max_future_skew_ms=_get(values, "max_future_skew", int),
-    )
-    hosts = _get(values, "broker_url", tuple)
     return Settings(
-        broker_url="kafka://" + ",".join(hosts),
-        broker_hosts=hosts,
-        topics=topics,
-        partitions=_get(values, "partitions", int),
-        replication_factor=_get(values, "replication_factor", int),
-        engine=engine,
-        idle_timeout_ms=_get(values, "idle_timeout", int),
-        store=cast(Store, _get(values, "store", str)),
-        processing_guarantee=cast(ProcessingGuarantee, _get(values, "processing_guarantee", str)),
-        web_port=_get(values, "web_port", int),
-        web_host=_get(values, "web_host", str),
-        web_token=_opt(values, "web_token", Secret),
-        stall_timeout_ms=_get(values, "stall_timeout", int),
-        data_dir=_get(values, "data_dir", Path),
-        broker_bin=_opt(values, "broker_bin", Path),
-        app_id=_get(values, "app_id", str),
-        repartition=_get(values, "repartition", bool),
-        batch_size=_get(values, "batch_size", int),
-        batch_within_ms=_get(values, "batch_within", int),
+        **_group_values(Settings, values),
+        topics=Topics(**_group_values(Topics, values)),
+        engine=EngineConfig(**_group_values(_Session, values), apps=dict(apps)),
         security=security,
         config_file=config_file,
         sources=dict(sources),
     )
 
 
-def _check_topics_distinct(values: Mapping[str, object], sources: Mapping[str, str]) -> None:
+def _check_topics_distinct(values: Mapping[str, object], sources: Mapping[str, Source]) -> None:
     # Two roles on one topic would loop outputs into the input or mix record kinds.
     seen: dict[object, str] = {}
     for spec in _SPECS:
@@ -1028,7 +1140,7 @@ def _check_topics_distinct(values: Mapping[str, object], sources: Mapping[str, s
         seen[topic] = spec.key
 
 
-def _check_security(sec: Security, sources: Mapping[str, str]) -> None:
+def _check_security(sec: Security, sources: Mapping[str, Source]) -> None:
     protocol = f"security_protocol is {sec.protocol}"
     sasl = {
         "sasl_mechanism": sec.sasl_mechanism,
@@ -1073,7 +1185,7 @@ def _tls_reason(err: Exception) -> str:
     return "not PEM, or the key does not belong to the certificate" if text == "PEM lib" else text
 
 
-def _check_tls(sec: Security, sources: Mapping[str, str]) -> None:
+def _check_tls(sec: Security, sources: Mapping[str, Source]) -> None:
     """Loads the TLS files once: a wrong file is a configuration error at start-up.
 
     Every command (tail, produce, worker, replay, demo) then stops with one line
@@ -1116,19 +1228,17 @@ def _check_tls(sec: Security, sources: Mapping[str, str]) -> None:
 
 def describe_settings() -> list[SettingDoc]:
     """One entry per setting, in file order, per-app overrides last."""
-    docs = [SettingDoc(s.name, s.env, s.type, s.doc_default, s.description) for s in _SPECS]
-    app_types = {
-        "timeout": "duration > 0",
-        "foreground_idle_timeout": "duration > 0",
-        "resume_on_launch": "bool",
-    }
-    for key, (_parse, description) in _APP_FIELDS.items():
+    docs = [SettingDoc(s.name, s.env, _type_of(s), s.doc_default, s.description) for s in _SPECS]
+    for key, description in _APP_DOCS.items():
+        spec = _APP_FIELDS[key]
         docs.append(
-            SettingDoc(
-                f'apps."<app>".{key}', APPS_ENV, app_types[key], f"session.{key}", description
-            )
+            SettingDoc(f'apps."<app>".{key}', APPS_ENV, _type_of(spec), spec.name, description)
         )
     return docs
+
+
+def _type_of(spec: _Spec) -> str:
+    return spec.type if isinstance(spec.type, str) else spec.type()
 
 
 _EXAMPLE_TOML = """\

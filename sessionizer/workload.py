@@ -9,6 +9,10 @@ in production. A few batches arrive late and a few records are bad.
 
 Same arguments → byte-identical output: one ``random.Random(seed)``, no wall
 clock, no hash-order dependence.
+
+``Population`` (the devices and their scripts) and ``Scheduler`` (their SDKs on
+one event-time clock) are public: ``generate`` runs them as fast as it can, the
+demo (``sessionizer.demo.LiveTraffic``) against the wall clock.
 """
 
 from __future__ import annotations
@@ -16,14 +20,22 @@ from __future__ import annotations
 import gzip
 import heapq
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from io import BufferedWriter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
-__all__ = ["DEFAULT_START_MS", "generate", "generate_to_file"]
+__all__ = [
+    "DEFAULT_START_MS",
+    "Device",
+    "Population",
+    "Scheduler",
+    "Upload",
+    "generate",
+    "generate_to_file",
+]
 
 DEFAULT_START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
@@ -73,7 +85,9 @@ def _mpid(rng: random.Random) -> int:
     return rng.getrandbits(64) - (1 << 63) or 1
 
 
-class _Device:
+class Device:
+    """One simulated device: its app, identity, SDK buffer and script."""
+
     __slots__ = (
         "api_key",
         "app_info",
@@ -107,23 +121,35 @@ class _Device:
         self.next: _Step | None = None
 
 
-class _Generator:
-    def __init__(self, n_events: int, devices: int, apps: int, seed: int, start_ms: int) -> None:
-        if n_events < 0 or devices < 1 or apps < 1:
-            raise ValueError("n_events >= 0, devices >= 1 and apps >= 1 are required")
+class Population:
+    """The simulated devices, their scripted visits and their SDKs' batches, from one seed.
+
+    ``away_ms``: how long visitors stay away between visits, (shortest, longest),
+    drawn uniformly; None: hours (exponential, 4 h mean), as in production.
+    """
+
+    def __init__(
+        self,
+        devices: int,
+        apps: int,
+        seed: int,
+        start_ms: int,
+        *,
+        away_ms: tuple[int, int] | None = None,
+    ) -> None:
+        if devices < 1 or apps < 1:
+            raise ValueError("devices >= 1 and apps >= 1 are required")
         self.rng = random.Random(seed)
-        self.n_events = n_events
         self.start_ms = start_ms
-        self.bad_rate = 0.001
-        self.late_rate = 0.005
+        self.away_ms = away_ms
         rng = self.rng
         names = [_APPS[i % len(_APPS)] + ("" if i < len(_APPS) else str(i)) for i in range(apps)]
         app_keys = [
             (name, f"{rng.getrandbits(64):016x}", f"{rng.getrandbits(64):016x}") for name in names
         ]
-        self.devices: list[_Device] = []
+        self.devices: list[Device] = []
         for _ in range(devices):
-            d = _Device()
+            d = Device()
             name, mobile_key, web_key = rng.choice(app_keys)
             d.web = rng.random() < 0.15
             d.device_id = _uuid(rng)
@@ -157,13 +183,16 @@ class _Generator:
                 d.upload_ms = 10 * MIN  # the SDKs' default upload interval
             d.target = self._target(d)
             # Stagger first visits so many devices are active at once from the start.
-            script = self._web if d.web else self._mobile
-            d.gen = script(d, start_ms + int(rng.random() * 3 * HOUR))
+            d.gen = self.script(d, start_ms + int(rng.random() * 3 * HOUR))
             self.devices.append(d)
+
+    def script(self, d: Device, t: int) -> Iterator[_Step]:
+        """The device's visits from event time ``t`` on: (time, event, flag) steps."""
+        return self._web(d, t) if d.web else self._mobile(d, t)
 
     # ---------------------------------------------------------------- scripts
 
-    def _target(self, d: _Device) -> int:
+    def _target(self, d: Device) -> int:
         # Events per upload, 1-20; background, exit and the upload timer cut batches shorter.
         r = self.rng
         return r.randint(2, 14) if d.web else min(20, 5 + int(r.expovariate(1 / 10.0)))
@@ -245,6 +274,8 @@ class _Generator:
         r = self.rng
         if r.random() < 0.08:
             return int(r.uniform(2, 25) * MIN)
+        if self.away_ms is not None:
+            return int(r.uniform(*self.away_ms))
         return int(r.expovariate(1 / (4 * HOUR))) + 10 * MIN
 
     def _login(self, t: int) -> _Step:
@@ -267,7 +298,7 @@ class _Generator:
             # The device keeps sending (server-side feeds do), so R18 drops are exercised.
             yield t, self._opt(t, True), _F_NONE
 
-    def _mobile(self, d: _Device, t: int) -> Iterator[_Step]:
+    def _mobile(self, d: Device, t: int) -> Iterator[_Step]:
         rng = self.rng
         lc = self._lc
         first = True
@@ -323,7 +354,7 @@ class _Generator:
             # else: killed in the foreground, nothing more is sent (R5 idle ends it)
             t += self._visit_gap()
 
-    def _web(self, d: _Device, t: int) -> Iterator[_Step]:
+    def _web(self, d: Device, t: int) -> Iterator[_Step]:
         rng = self.rng
         opted = False
         while True:
@@ -344,7 +375,8 @@ class _Generator:
 
     # ---------------------------------------------------------------- batches
 
-    def _record(self, d: _Device, t: int) -> _Event:
+    def record(self, d: Device, t: int) -> _Event:
+        """The batch device ``d`` uploads at ``t``: its buffer, which it empties."""
         rec: _Event = {
             "events": d.buf,
             "source_request_id": _uuid(self.rng),
@@ -364,7 +396,7 @@ class _Generator:
         d.target = self._target(d)
         return rec
 
-    def _corrupt(self, rec: _Event) -> bytes | None:
+    def corrupt(self, rec: _Event) -> bytes | None:
         """Make one record bad the ways producers do: a cut-off copy, or None: bad in place."""
         rng = self.rng
         kind = rng.randrange(4)
@@ -388,78 +420,131 @@ class _Generator:
                 data["increment"] = "five"
         return None
 
-    def run(self) -> Iterator[bytes]:
-        rng = self.rng
-        dumps = orjson.dumps
-        heap: list[tuple[int, int, int]] = []
-        late: list[tuple[int, int, bytes]] = []
-        devs = self.devices
+
+class Upload(NamedTuple):
+    device: Device
+    t: int  # event time of the upload
+
+
+class Scheduler:
+    """The devices' SDKs on one event-time clock: ``generate`` and the demo's live traffic.
+
+    Every device's script yields (time, event, flag) steps; its SDK buffers the
+    events and uploads them as a batch when the app leaves the foreground (a
+    flagged step), when the batch is full, when its upload timer fires, or before
+    a login (after which the device has a new mpid and user identities).
+    ``advance()`` runs the earliest step of any device and yields the uploads it
+    makes; build each record (``Population.record``) before asking for the next,
+    since a login changes the identity afterwards.
+    """
+
+    def __init__(
+        self,
+        population: Population,
+        *,
+        jitter_ms: int = 0,
+        stamp: Callable[[int], int] | None = None,
+    ) -> None:
+        """``jitter_ms``: flushes upload up to this long after their event (random);
+        ``stamp``: rewrites each event's timestamp from its event time when it is buffered."""
+        self.population = population
+        self.jitter_ms = jitter_ms
+        self.stamp = stamp
+        self.events = 0  # buffered so far
+        devs = population.devices
+        self._heap: list[tuple[int, int, int]] = []
         for i, d in enumerate(devs):
-            d.next = next(d.gen)
-            heap.append((d.next[0], i, i))
-        heapq.heapify(heap)
-        seq = len(devs)
-        remaining = self.n_events
-        bad_rate = self.bad_rate
-        late_rate = self.late_rate
-        heappush = heapq.heappush
-        heappop = heapq.heappop
+            if d.next is None:
+                d.next = next(d.gen)
+            self._heap.append((d.next[0], i, i))
+        heapq.heapify(self._heap)
+        self._seq = len(devs)
 
-        def emit(d: _Device, t: int) -> Iterator[bytes]:
-            nonlocal seq
-            rec = self._record(d, t)
-            while late and late[0][0] <= t:
-                yield heappop(late)[2]
-            cut = self._corrupt(rec) if rng.random() < bad_rate else None
-            if cut is not None:
-                # A cut-off upload holds no events; the SDK retries it whole, so every
-                # asked-for event still arrives in a decodable record.
-                yield cut
-            raw = dumps(rec)
-            if rng.random() < late_rate:
-                seq += 1
-                heappush(late, (t + int(rng.uniform(1 * MIN, 8 * MIN)), seq, raw))
-            else:
-                yield raw
+    def peek(self) -> int | None:
+        """The event time of the next step, None when no device has one."""
+        return self._heap[0][0] if self._heap else None
 
-        while remaining > 0 and heap:
-            t, _, i = heappop(heap)
-            d = devs[i]
-            step = d.next
-            assert step is not None
-            if d.flush_due and t == d.flush_due and t < step[0]:
-                # The SDK's upload timer fired before the device's next event.
-                yield from emit(d, t)
-            else:
-                ts, ev, flag = step
-                buf = d.buf
-                if not buf:
-                    d.flush_due = ts + d.upload_ms
-                buf.append(ev)
-                remaining -= 1
-                if flag == _F_LOGIN:
-                    yield from emit(d, ts)
-                    d.mpid = _mpid(rng)
-                    d.user_ids = {
-                        "customer_id": f"C{rng.getrandbits(32):010d}",
-                        "email": f"user{rng.getrandbits(24)}@example.com",
-                    }
-                elif flag or len(buf) >= d.target:
-                    yield from emit(d, ts + int(rng.random() * 500))
-                d.next = step = next(d.gen)
-            wake = step[0]
-            if d.flush_due and d.flush_due < wake:
-                wake = d.flush_due
-            seq += 1
-            heappush(heap, (wake, seq, i))
-        # Out of events: every SDK uploads what it holds, in time order.
+    def advance(self) -> Iterator[Upload]:
+        """Runs the earliest step: an event buffered, or an upload timer firing."""
+        g = self.population
+        rng = g.rng
+        t, _, i = heapq.heappop(self._heap)
+        d = g.devices[i]
+        step = d.next
+        assert step is not None
+        if d.flush_due and t == d.flush_due and t < step[0]:
+            # The SDK's upload timer fired before the device's next event.
+            yield Upload(d, t)
+        else:
+            ts, ev, flag = step
+            if self.stamp is not None:
+                ev["data"]["timestamp_unixtime_ms"] = self.stamp(ts)
+            buf = d.buf
+            if not buf:
+                d.flush_due = ts + d.upload_ms
+            buf.append(ev)
+            self.events += 1
+            if flag == _F_LOGIN:
+                yield Upload(d, ts)
+                d.mpid = _mpid(rng)
+                d.user_ids = {
+                    "customer_id": f"C{rng.getrandbits(32):010d}",
+                    "email": f"user{rng.getrandbits(24)}@example.com",
+                }
+            elif flag or len(buf) >= d.target:
+                yield Upload(d, ts + int(rng.random() * self.jitter_ms) if self.jitter_ms else ts)
+            d.next = step = next(d.gen)
+        wake = step[0]
+        if d.flush_due and d.flush_due < wake:
+            wake = d.flush_due
+        self._seq += 1
+        heapq.heappush(self._heap, (wake, self._seq, i))
+
+    def flush_all(self) -> Iterator[Upload]:
+        """Every SDK uploads what it holds, in time order (out of events)."""
+        devs = self.population.devices
         tail = sorted(
             (d.buf[-1]["data"]["timestamp_unixtime_ms"], i) for i, d in enumerate(devs) if d.buf
         )
         for ts, i in tail:
-            yield from emit(devs[i], ts)
-        while late:
+            yield Upload(devs[i], ts)
+
+
+def _batches(g: Population, n_events: int, bad_rate: float, late_rate: float) -> Iterator[bytes]:
+    """Records of the first ``n_events`` events, some bad and some late (see ``generate``)."""
+    rng = g.rng
+    dumps = orjson.dumps
+    late: list[tuple[int, int, bytes]] = []
+    seq = 0
+    heappush = heapq.heappush
+    heappop = heapq.heappop
+
+    def emit(up: Upload) -> Iterator[bytes]:
+        nonlocal seq
+        d, t = up
+        rec = g.record(d, t)
+        while late and late[0][0] <= t:
             yield heappop(late)[2]
+        cut = g.corrupt(rec) if rng.random() < bad_rate else None
+        if cut is not None:
+            # A cut-off upload holds no events; the SDK retries it whole, so every
+            # asked-for event still arrives in a decodable record.
+            yield cut
+        raw = dumps(rec)
+        if rng.random() < late_rate:
+            seq += 1
+            heappush(late, (t + int(rng.uniform(1 * MIN, 8 * MIN)), seq, raw))
+        else:
+            yield raw
+
+    sched = Scheduler(g, jitter_ms=500)
+    while sched.events < n_events and sched.peek() is not None:
+        for up in sched.advance():
+            yield from emit(up)
+    for up in sched.flush_all():
+        yield from emit(up)
+    while late:
+        yield heappop(late)[2]
 
 
 def generate(
@@ -484,15 +569,15 @@ def generate(
     make more, smaller batches (30 s gives about 3 events per record, the
     default about 8).
     """
-    g = _Generator(n_events, devices, apps, seed, start_ms)
-    g.bad_rate = bad_rate
-    g.late_rate = late_rate
+    if n_events < 0:
+        raise ValueError("n_events >= 0 is required")
+    g = Population(devices, apps, seed, start_ms)
     if upload_ms is not None:
         if upload_ms < 1:
             raise ValueError("upload_ms >= 1 is required")
         for d in g.devices:
             d.upload_ms = upload_ms
-    return g.run()
+    return _batches(g, n_events, bad_rate, late_rate)
 
 
 def generate_to_file(path: str | Path, n_events: int, **kw: Any) -> int:

@@ -9,8 +9,9 @@ import orjson
 import pytest
 from rich.console import Console
 
-from sessionizer.demo import LiveTraffic, Stats, WorkerLog, own_topics_env, render
+from sessionizer.demo import LiveTraffic, Stats, WorkerLog, demo_env, own_topics_env, render
 from sessionizer.settings import load_settings
+from sessionizer.workload import Upload
 
 READY = (
     "sessionizer worker ready: partitions [0, 1, 2, 3] of raw-events; web http://127.0.0.1:43123"
@@ -67,11 +68,11 @@ def test_on_a_users_broker_every_topic_and_the_group_get_the_prefix() -> None:
 def test_live_traffic_retries_a_cut_off_upload() -> None:
     traffic = LiveTraffic(20, speed=15.0, seed=2, bad_rate=1.0, clock=lambda: 1_767_225_600.0)
     retried = 0
-    for d in traffic._g.devices:
+    for d in traffic.population.devices:
         assert d.next is not None
         d.buf.append(d.next[1])
         events = list(d.buf)
-        uploads = list(traffic._upload(d, d.next[0]))
+        uploads = list(traffic.upload(Upload(d, d.next[0])))
         if len(uploads) == 2:  # cut off mid-way, then sent again whole
             with pytest.raises(orjson.JSONDecodeError):
                 orjson.loads(uploads[0])
@@ -80,3 +81,30 @@ def test_live_traffic_retries_a_cut_off_upload() -> None:
         else:
             assert len(uploads) == 1
     assert retried > 0
+
+
+def test_the_demo_timings_apply_only_where_the_user_set_nothing(tmp_path: Path) -> None:
+    assert demo_env(None, {}) == {
+        "SESSIONIZER_TIMEOUT": "2m",
+        "SESSIONIZER_GRACE": "10s",
+        "SESSIONIZER_IDLE_TIMEOUT": "5s",
+    }
+    # Set to the default value, in the file or the environment: still the user's choice.
+    config = tmp_path / "sessionizer.toml"
+    config.write_text('[session]\ntimeout = "30m"\n')
+    env = demo_env(str(config), {"SESSIONIZER_IDLE_TIMEOUT": "10s"})
+    assert env == {"SESSIONIZER_IDLE_TIMEOUT": "10s", "SESSIONIZER_GRACE": "10s"}
+    settings = load_settings(str(config), env=env)
+    assert (settings.engine.timeout_ms, settings.engine.grace_ms) == (30 * 60_000, 10_000)
+
+
+def test_live_traffic_logins_give_user_identities() -> None:
+    # The workload's scheduler: a login uploads, then the device has a new mpid and user ids.
+    traffic = LiveTraffic(200, speed=1e9, seed=4, bad_rate=0.0, clock=lambda: 1_767_225_600.0)
+    with_ids = 0
+    for _ in range(60_000):
+        for up in traffic.scheduler.advance():
+            with_ids += "user_identities" in orjson.loads(next(traffic.upload(up)))
+        if with_ids:
+            break
+    assert with_ids

@@ -10,15 +10,26 @@ from pathlib import Path
 
 import pytest
 
-from sessionizer.core.config import DAY_MS, HOUR_MS, MINUTE_MS, AppOverrides, ConfigError
+from sessionizer.core.config import (
+    DAY_MS,
+    HOUR_MS,
+    MINUTE_MS,
+    AppOverrides,
+    ConfigError,
+    EngineConfig,
+)
+from sessionizer.integrations import REGISTRY
 from sessionizer.settings import (
     Secret,
     Settings,
+    Source,
     describe_settings,
+    env_var,
     load_settings,
     parse_duration_ms,
     parse_size_bytes,
     render_markdown,
+    setting_values,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +49,14 @@ def error(*args: object, **kwargs: object) -> ConfigError:
     message = str(err)
     assert "\n" not in message and "\r" not in message, message
     assert message.startswith("invalid setting "), message
+    return err
+
+
+def file_error(tmp_path: Path, toml: str, name: str) -> ConfigError:
+    """The error of a file holding ``toml``, which must name the setting ``name`` in the file."""
+    path = write(tmp_path, toml + "\n")
+    err = error(path, env={})
+    assert err.setting == f"{name} (in {path})"
     return err
 
 
@@ -439,9 +458,7 @@ def test_bad_env_value_is_one_line_naming_the_setting(
 def test_bad_file_value_names_the_setting_and_file(
     tmp_path: Path, toml: str, name: str, problem: str
 ) -> None:
-    path = write(tmp_path, toml + "\n")
-    err = error(path, env={})
-    assert err.setting == f"{name} (in {path})"
+    err = file_error(tmp_path, toml, name)
     assert problem in err.problem
 
 
@@ -496,9 +513,7 @@ def test_bad_sessionizer_apps(value: str, problem: str) -> None:
 def test_unknown_file_key_is_an_error_naming_it(
     tmp_path: Path, toml: str, name: str, hint: str
 ) -> None:
-    path = write(tmp_path, toml + "\n")
-    err = error(path, env={})
-    assert err.setting == f"{name} (in {path})"
+    err = file_error(tmp_path, toml, name)
     assert err.problem.startswith("unknown setting")
     assert hint in err.problem
 
@@ -1077,9 +1092,7 @@ def test_the_reference_says_what_is_supported() -> None:
 def test_a_bare_number_in_a_duration_is_an_error_with_a_hint(
     tmp_path: Path, toml: str, name: str
 ) -> None:
-    path = write(tmp_path, toml + "\n")
-    err = error(path, env={})
-    assert err.setting == f"{name} (in {path})"
+    err = file_error(tmp_path, toml, name)
     n = toml.rsplit("=", 1)[1].strip().strip('"')
     assert err.problem.startswith(f'needs a unit, such as "{n}s" or "{n}m"'), err.problem
 
@@ -1125,9 +1138,7 @@ def test_the_demo_timings_and_documented_durations_have_units() -> None:
 def test_a_quoted_number_or_boolean_in_the_file_is_an_error(
     tmp_path: Path, toml: str, name: str, shown: str
 ) -> None:
-    path = write(tmp_path, toml + "\n")
-    err = error(path, env={})
-    assert err.setting == f"{name} (in {path})"
+    err = file_error(tmp_path, toml, name)
     assert err.problem.endswith(f"without quotes, got the string {shown}")
 
 
@@ -1147,3 +1158,108 @@ def test_environment_values_are_text_and_stay_accepted() -> None:
     s = load_settings(env=env)
     assert (s.partitions, s.web_port, s.repartition) == (8, 7000, True)
     assert s.engine.resume_on_launch is True
+
+
+# --------------------------------------------------------------------------- declared once
+
+
+def test_the_engine_defaults_are_the_declared_ones() -> None:
+    # core/config.py has defaults of its own for library use: they must agree.
+    assert Settings().engine == EngineConfig()
+    assert load_settings(env={}).engine == EngineConfig()
+
+
+def test_every_value_knows_its_origin(tmp_path: Path) -> None:
+    path = write(tmp_path, '[session]\ntimeout = "30m"\n')  # the default value, set by the user
+    s = load_settings(path, env={"SESSIONIZER_GRACE": "2m"}, web_port=6066)
+    assert s.source("timeout") == Source("file", str(path))
+    assert s.source("grace") == Source("env", "SESSIONIZER_GRACE")
+    assert s.source("web_port") == Source("command line")
+    assert s.source("idle_timeout") == Source("default", "SESSIONIZER_IDLE_TIMEOUT")
+    assert s.is_set("timeout") and s.is_set("grace") and s.is_set("web_port")
+    assert not s.is_set("idle_timeout") and not Settings().is_set("timeout")
+    assert s.engine == Settings().engine  # same values, yet set
+    assert str(s.source("timeout")) == f"in {path}"
+
+
+def test_environment_names_come_from_the_declarations() -> None:
+    assert env_var("timeout") == "SESSIONIZER_TIMEOUT"
+    assert env_var("topic_raw_events") == "SESSIONIZER_TOPIC_RAW_EVENTS"
+    assert setting_values(Settings().topics)["topic_dead_letters"] == "dead-letters"
+    assert setting_values(Settings())["idle_timeout"] == 10_000
+
+
+def test_integrations(tmp_path: Path) -> None:
+    assert Settings().integrations == ()
+    s = load_settings(env={"SESSIONIZER_INTEGRATIONS": "amplitude, GA4,,amplitude"})
+    assert s.integrations == ("amplitude", "ga4")
+    assert load_settings(env={"SESSIONIZER_INTEGRATIONS": ""}).integrations == ()
+    path = write(tmp_path, 'integrations = ["segment", "snowplow", "mixpanel"]\n')
+    assert load_settings(path, env={}).integrations == ("segment", "snowplow", "mixpanel")
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "shown"),
+    [
+        ("", {"SESSIONIZER_INTEGRATIONS": "amplitude,heap"}, '"heap"'),
+        ('integrations = ["ga4", "Heap"]\n', {}, '"Heap"'),
+    ],
+)
+def test_an_unknown_integration_is_named(
+    tmp_path: Path, toml: str, env: dict[str, str], shown: str
+) -> None:
+    path = write(tmp_path, toml)
+    err = error(path, env=env)
+    where = "SESSIONIZER_INTEGRATIONS" if env else f"in {path}"
+    assert err.setting == f"integrations ({where})"
+    known = ", ".join(sorted(REGISTRY))  # amplitude, ga4, mixpanel, segment, snowplow, ...
+    assert err.problem == f"unknown destination {shown}; known: {known}"
+
+
+def test_integrations_must_be_a_list_in_the_file(tmp_path: Path) -> None:
+    err = error(write(tmp_path, "integrations = 3\n"), env={})
+    assert err.problem.startswith("must be a list of destinations")
+
+
+def test_forwarder_settings(tmp_path: Path) -> None:
+    s = Settings()
+    assert (s.forward_endpoint, s.forward_api_key, s.forward_batch_size) == ("", None, 0)
+    assert (s.forward_timeout_ms, s.forward_max_backoff_ms) == (10_000, 60_000)
+    path = write(
+        tmp_path,
+        'forward_endpoint = "https://eu.example.com/batch"\nforward_api_key = "k-123"\n'
+        'forward_batch_size = 500\nforward_timeout = "3s"\nforward_max_backoff = "5m"\n',
+    )
+    s = load_settings(path, env={})
+    assert s.forward_endpoint == "https://eu.example.com/batch"
+    assert s.forward_api_key == Secret("k-123") and "k-123" not in repr(s)
+    assert (s.forward_batch_size, s.forward_timeout_ms, s.forward_max_backoff_ms) == (
+        500,
+        3000,
+        5 * MINUTE_MS,
+    )
+    assert load_settings(env={"SESSIONIZER_FORWARD_API_KEY": ""}).forward_api_key is None
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        ({"SESSIONIZER_FORWARD_TIMEOUT": "10"}, "needs a unit"),
+        ({"SESSIONIZER_FORWARD_MAX_BACKOFF": "0"}, "must be a positive duration"),
+        ({"SESSIONIZER_FORWARD_BATCH_SIZE": "-1"}, "must be an integer >= 0"),
+        ({"SESSIONIZER_FORWARD_ENDPOINT": "eu.example.com"}, "must be an http(s) URL"),
+    ],
+)
+def test_bad_forwarder_settings(env: dict[str, str], problem: str) -> None:
+    err = error(env=env)
+    assert err.setting.endswith(f"({next(iter(env))})")
+    assert err.problem.startswith(problem), err.problem
+
+
+def test_the_forwarder_key_never_shows() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(
+            env={"SESSIONIZER_FORWARD_API_KEY": "sk-live-1", "SESSIONIZER_PARTITIONS": "x"}
+        )
+    assert "sk-live-1" not in str(info.value)
+    assert "sk-live-1" not in repr(load_settings(env={"SESSIONIZER_FORWARD_API_KEY": "sk-live-1"}))

@@ -10,7 +10,13 @@ from typing import Any
 import orjson
 import pytest
 
-from sessionizer.workload import DEFAULT_START_MS, generate, generate_to_file
+from sessionizer.workload import (
+    DEFAULT_START_MS,
+    Population,
+    Scheduler,
+    generate,
+    generate_to_file,
+)
 
 N = 20_000
 DEVICES = 300
@@ -252,3 +258,19 @@ def test_bad_records_present_but_rare() -> None:
 def test_bad_rate_zero_means_all_good() -> None:
     recs = _records(bad_rate=0)
     assert not any(_bad_kinds(orjson.loads(r)) for r in recs)
+
+
+def test_the_scheduler_uploads_every_event_once_and_logins_bring_user_ids() -> None:
+    p = Population(40, 2, 5, DEFAULT_START_MS)
+    sched = Scheduler(p)
+    sent = 0
+    identified = 0
+    while sched.events < 5000:
+        for up in sched.advance():
+            rec = p.record(up.device, up.t)
+            sent += len(rec["events"])
+            identified += "user_identities" in rec
+    for up in sched.flush_all():
+        sent += len(p.record(up.device, up.t)["events"])
+    assert sent == sched.events == 5000
+    assert identified > 0

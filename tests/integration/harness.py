@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,10 +11,30 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from sessionizer import codec
-from sessionizer.core.engine import identity
+from sessionizer import codec, procs
+from sessionizer.core.engine import MIN_TS
+from sessionizer.procs import free_port
+from sessionizer.stream.kafka import topic_partitions
+from sessionizer.stream.worker import device_key
+from sessionizer.testing import MIN, T0, batch, custom, launch, opt_out, screen, set_attr
+
+__all__ = [
+    "CLOCK_APP",
+    "Names",
+    "WorkerProc",
+    "clock_records",
+    "device_key",
+    "final_sessions",
+    "max_event_ts",
+    "optout_device",
+    "produce",
+    "read_all",
+]
+
+CLOCK_APP = "zz.clock"
+MAX_VALID_TS = 4_102_444_800_000  # 2100-01-01: above it, a bad (µs) timestamp
 
 ROLES = ("raw_events", "sessionized_events", "sessions", "dead_letters", "opt_out_control")
 
@@ -35,6 +54,8 @@ class Names:
 
 
 class WorkerProc:
+    """``python -m sessionizer worker`` (``argv``, run in ``cwd``) as a ``procs`` child."""
+
     def __init__(
         self,
         bootstrap: str,
@@ -44,6 +65,8 @@ class WorkerProc:
         partitions: int = 4,
         env: dict[str, str] | None = None,
         tag: str = "w",
+        loglevel: str = "info",
+        cwd: Path | None = None,
     ) -> None:
         self.log_path = log_dir / f"{names.prefix}-{tag}.log"
         self.env = {
@@ -51,24 +74,18 @@ class WorkerProc:
             **names.env(),
             "SESSIONIZER_BROKER_URL": f"kafka://{bootstrap}",
             "SESSIONIZER_PARTITIONS": str(partitions),
-            "SESSIONIZER_WEB_PORT": str(_free_port()),
+            "SESSIONIZER_WEB_PORT": str(free_port()),
             "SESSIONIZER_DATA_DIR": str(log_dir / f"{names.prefix}-{tag}-data"),
             "SESSIONIZER_BATCH_WITHIN": "50ms",
             **(env or {}),
         }
+        self.argv = [sys.executable, "-m", "sessionizer", "worker", "--loglevel", loglevel]
+        self.cwd = cwd  # `python -m` puts it first on sys.path: a copy of the package there wins
         self.proc: subprocess.Popen[bytes] | None = None
         self.web_port = int(self.env["SESSIONIZER_WEB_PORT"])
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sessionizer", "worker", "--loglevel", "info"],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
+        self.proc = procs.spawn(self.argv, self.log_path, env=self.env, cwd=self.cwd)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -86,34 +103,13 @@ class WorkerProc:
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+            procs.kill(self.proc)
 
     def terminate(self, timeout: float = 30.0) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+            procs.stop(self.proc, timeout=timeout)
         return self.proc.returncode
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def device_key(value: bytes) -> bytes | None:
-    try:
-        ident = identity(codec.loads(value))
-    except Exception:
-        return None
-    return None if ident is None else ident[1].encode()
 
 
 async def produce(
@@ -154,16 +150,7 @@ async def read_all(
     await c.start()
     out: dict[str, list[Any]] = {t: [] for t in topics}
     try:
-        tps = []
-        for t in topics:
-            parts = None
-            for _ in range(100):
-                parts = c.partitions_for_topic(t)
-                if parts:
-                    break
-                await c._client.force_metadata_update()
-                await asyncio.sleep(0.1)
-            tps += [TopicPartition(t, p) for p in sorted(parts or ())]
+        tps = [tp for t in topics for tp in await topic_partitions(c, t, tries=100)]
         c.assign(tps)
         await c.seek_to_beginning(*tps)
         deadline = time.monotonic() + timeout
@@ -196,3 +183,42 @@ def final_sessions(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any
         if cur is None or r["revision"] >= cur["revision"]:
             best[r["session_uuid"]] = r
     return {u: {k: v for k, v in r.items() if k != "revision"} for u, r in best.items()}
+
+
+# --------------------------------------------------------------------------- workloads
+
+
+def optout_device(seed: int) -> list[bytes]:
+    """A device's three records: it opts out mid-session and back in (R17/R18)."""
+    d = f"optout-{seed}"
+    return [
+        codec.dumps(batch(d, launch(T0), screen(T0 + 1000), set_attr(T0 + 2000, "tier", "gold"))),
+        codec.dumps(batch(d, opt_out(T0 + 3000), custom(T0 + 4000))),
+        codec.dumps(batch(d, opt_out(T0 + 5000, False), custom(T0 + 6000))),
+    ]
+
+
+def max_event_ts(values: Iterable[bytes]) -> int:
+    """The latest valid event timestamp in these records (bad ones left out)."""
+    hi = 0
+    for v in values:
+        try:
+            obj = codec.loads(v)
+        except codec.JSONDecodeError:
+            continue
+        evs = obj.get("events") if type(obj) is dict else None
+        for ev in evs if type(evs) is list else ():
+            data = ev.get("data") if type(ev) is dict else None
+            ts = data.get("timestamp_unixtime_ms") if type(data) is dict else None
+            if type(ts) is int and MIN_TS <= ts < MAX_VALID_TS and ts > hi:
+                hi = ts
+    return hi
+
+
+def clock_records(last_ts: int, partitions: int) -> list[bytes]:
+    """One far-future record per partition: moves every partition's watermark past every
+    deadline, so live and offline close the same sessions the same way."""
+    return [
+        codec.dumps(batch(f"clock-{p}", custom(last_ts + 24 * 60 * MIN), app=CLOCK_APP))
+        for p in range(partitions)
+    ]

@@ -10,7 +10,6 @@ import pty
 import re
 import select
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -25,9 +24,10 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from sessionizer import codec
+from sessionizer import codec, procs
 from sessionizer.core.engine import identity
 from sessionizer.demo import LiveTraffic
+from sessionizer.procs import free_port
 from sessionizer.produce import TokenBucket, produce_records
 from sessionizer.settings import load_settings
 from sessionizer.workload import generate
@@ -134,12 +134,6 @@ async def test_live_traffic_is_stamped_with_the_wall_clock() -> None:
 # --------------------------------------------------------------------------- the demo
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _processes_mentioning(*needles: str) -> list[str]:
     found = []
     for pid in os.listdir("/proc"):
@@ -158,7 +152,7 @@ class Demo:
     """`sessionizer demo` as a subprocess, its output collected line by line."""
 
     def __init__(self, *args: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONIZER_")}
         cmd = [sys.executable, "-m", "sessionizer", "demo", "--port", str(self.port), *args]
         self.proc = subprocess.Popen(
@@ -193,8 +187,7 @@ class Demo:
         try:
             rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+            procs.kill(self.proc)
             raise
         self._reader.join(5)
         return rc
@@ -222,8 +215,7 @@ def test_demo_shows_ended_sessions_and_stops_on_ctrl_c() -> None:
             demo.proc.send_signal(signal.SIGINT)
         rc = demo.wait(timeout=40)
     finally:
-        if demo.proc.poll() is None:
-            os.killpg(demo.proc.pid, signal.SIGKILL)
+        procs.kill(demo.proc)
     out = demo.output()
     assert shown, out
     assert rc == 0, out
@@ -241,8 +233,7 @@ def test_demo_stops_by_itself_after_duration() -> None:
     try:
         rc = demo.wait(timeout=60)
     finally:
-        if demo.proc.poll() is None:
-            os.killpg(demo.proc.pid, signal.SIGKILL)
+        procs.kill(demo.proc)
     out = demo.output()
     assert rc == 0, out
     assert "demo: ran" in out
@@ -344,9 +335,7 @@ class StoppableDemo:
                 os.close(self.fd)
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        procs.kill(self.proc)
         self.close_output()
 
 
