@@ -399,6 +399,34 @@ def replay(
     )
 
 
+@main.command("forward")
+@click.argument("name")
+@click.option("--config", "config", default=None, help="TOML settings file.")
+@click.option("--broker", "broker_url", default=None, help="Kafka URL, e.g. kafka://host:9092.")
+@click.option("--endpoint", default=None, help="Destination URL (default: forward_endpoint).")
+@click.option("--web-port", type=int, default=None, help="Port of /health and /metrics.")
+def forward(
+    name: str,
+    config: str | None,
+    broker_url: str | None,
+    endpoint: str | None,
+    web_port: int | None,
+) -> None:
+    """Deliver the topic integrations.NAME to the destination's HTTP API (docs/integrations.md)."""
+    from .forward import run_cli
+
+    sys.exit(
+        run_cli(
+            _settings,
+            name,
+            config=config,
+            broker_url=broker_url,
+            endpoint=endpoint,
+            web_port=web_port,
+        )
+    )
+
+
 @main.command("report")
 @click.option(
     "--since",

@@ -1,129 +1,471 @@
-from sessionizer import codec
-from sessionizer.integrations import REGISTRY, amplitude
+"""Translations (sessionizer/integrations, docs/integrations.md) against each
+destination's rules, its official client library or its published schema."""
 
-REC = {
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jsonschema import Draft4Validator, FormatChecker
+
+from sessionizer import codec, testing, workload
+from sessionizer.core.config import EngineConfig
+from sessionizer.core.engine import Engine
+from sessionizer.core.model import EVENTS, SESSIONS
+from sessionizer.integrations import (
+    NAMES,
+    REGISTRY,
+    SessionFacts,
+    engine_lookup,
+    ga4,
+    mixpanel,
+    parse_names,
+    snowplow,
+    translate,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMAS = ROOT / "schemas" / "integrations"
+SUUID = "8EE22D68-918A-5247-B5D4-61D74E4080D5"
+PREV = "094A2EC2-1C2B-537A-B981-AEA4728E2291"
+T = 1767225600000
+IDENT = {
     "mpid": 4242,
     "mp_deviceid": "8d5f3c1e-dev",
-    "events": [
-        {
-            "event_type": "screen_view",
-            "data": {
-                "screen_name": "Home",
-                "timestamp_unixtime_ms": 1767225601000,
-                "session_uuid": "8EE22D68-918A-5247-B5D4-61D74E4080D5",
-                "session_id": -2906315348217095851,
-                "session_start_unixtime_ms": 1767225600000,
-                "event_num": 2,
-            },
-        },
-        {
-            "event_type": "custom_event",
-            "data": {
-                "event_name": "late_one",
-                "timestamp_unixtime_ms": 1767225000000,
-                "session_uuid": None,
-                "session_id": None,
-                "session_start_unixtime_ms": None,
-                "event_num": None,
-                "late": True,
-            },
-        },
-    ],
+    "application_info": {"package": "com.example.shop", "application_version": "4.2.0"},
+    "environment": "production",
+    "device_info": {"platform": "Android"},
+    "user_identities": {"customer_id": "cust-00042"},
 }
 
 
-def test_registry():
-    assert "amplitude" in REGISTRY
+def ev(name: str, ts: int, num: int | None, **data: Any) -> dict[str, Any]:
+    session = {
+        "session_uuid": SUUID if num is not None else None,
+        "session_id": -2906315348217095851 if num is not None else None,
+        "session_start_unixtime_ms": T if num is not None else None,
+        "event_num": num,
+    }
+    if num is None:
+        session["late"] = True
+    return {
+        "event_type": "custom_event",
+        "data": {"event_name": name, "timestamp_unixtime_ms": ts, **data, **session},
+    }
 
 
-def test_amplitude_deterministic_and_late():
-    a, dead = amplitude.translate_events([REC])
-    b, _ = amplitude.translate_events([REC])
-    assert codec.dumps(a) == codec.dumps(b)
+START = {
+    "record": "session_start",
+    "session_uuid": SUUID,
+    "session_id": -2906315348217095851,
+    "app": "com.example.shop",
+    "device": "8d5f3c1e-dev",
+    "mpid": 4242,
+    "start_unixtime_ms": T,
+    "session_number": 3,
+    "previous_session_uuid": PREV,
+}
+
+
+def end(revision: int, count: int) -> dict[str, Any]:
+    return {
+        **START,
+        "record": "session_end",
+        "end_unixtime_ms": T + 60000,
+        "session_duration_ms": 60000,
+        "foreground_duration_ms": 60000,
+        "event_count": count,
+        "screen_view_count": 0,
+        "session_attributes": {"plan": "pro"},
+        "end_reason": "timeout",
+        "revision": revision,
+        "mpids": [4242],
+    }
+
+
+BATCH = {**IDENT, "events": [ev("add_to_cart", T + 1000, 1, custom_attributes={"sku": "A1"})]}
+LATE = {**IDENT, **ev("very_late", T - 7200_000, None)}
+STEP = [
+    ("sessions", SUUID, START),
+    ("sessionized-events", "8d5f3c1e-dev", BATCH),
+    ("sessionized_events", "8d5f3c1e-dev", LATE),
+    (SESSIONS, SUUID, end(0, 1)),
+    (SESSIONS, SUUID, end(1, 2)),
+]
+
+
+# ------------------------------------------------------------ every runner agrees
+
+
+def stepwise(records: list[Any]) -> tuple[dict[str, list[bytes]], list[Any]]:
+    """Translations after every engine step (as the worker does) and all outputs."""
+    eng = Engine(EngineConfig(), loads=codec.loads, dumps=codec.dumps)
+    got: dict[str, list[bytes]] = {n: [] for n in NAMES}
+    every: list[Any] = []
+
+    def step() -> None:
+        out = [(t, k, codec.loads(codec.dumps(v))) for t, k, v in eng.take_output()]
+        every.extend(out)
+        for n in NAMES:
+            payloads, _dead = translate(n, out, engine_lookup(eng))
+            got[n] += [codec.dumps([k, p]) for k, p in payloads]
+
+    for off, v in enumerate(testing.encode(records)):
+        eng.process_record(v, None, "t", 0, off, None, testing.NOW)
+        eng.expire()
+        step()
+    eng.close_all()
+    step()
+    return got, every
+
+
+@cache
+def workload_outputs(seed: int = 7) -> tuple[dict[str, list[bytes]], tuple[Any, ...]]:
+    recs = list(workload.generate(400, devices=8, seed=seed, late_rate=0.2, bad_rate=0.05))
+    got, every = stepwise(recs)
+    return got, tuple(every)
+
+
+def payloads(name: str) -> list[dict[str, Any]]:
+    _got, every = workload_outputs()
+    return [p for _k, p in translate(name, list(every))[0]]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_stepwise_equals_one_pass(name: str) -> None:
+    """The worker (one step at a time, engine lookup) and process-file (all outputs
+    at once) write the same bytes in the same order, and nothing is dead-lettered."""
+    got, every = workload_outputs()
+    one, dead = translate(name, list(every))
+    assert got[name] == [codec.dumps([k, p]) for k, p in one]
     assert dead == []
-    assert a[0]["insert_id"] == "8ee22d68-918a-5247-b5d4-61d74e4080d5-2"
-    assert a[0]["session_id"] == 1767225600000
-    assert a[1]["session_id"] == -1 and "insert_id" not in a[1]
+    assert one
 
 
-def test_amplitude_short_device_dead_letter():
-    out, dead = amplitude.translate_events([{**REC, "mp_deviceid": "ab"}])
-    assert out == [] and len(dead) == 2
+def test_deterministic_and_keyed_by_device() -> None:
+    for name in NAMES:
+        a = translate(name, STEP)
+        assert codec.dumps(a) == codec.dumps(translate(name, STEP))
+        assert {k for k, _ in a[0]} <= {"8d5f3c1e-dev"}
 
 
-def test_mixpanel_insert_id_and_late():
-    from sessionizer.integrations import mixpanel
+def test_parse_names() -> None:
+    assert parse_names("Amplitude, ga4,amplitude") == ["amplitude", "ga4"]
+    with pytest.raises(ValueError):
+        parse_names("amplitude,nope")
+    assert set(REGISTRY) == {"amplitude", "ga4", "mixpanel", "rudderstack", "segment", "snowplow"}
 
-    out, dead = mixpanel.translate_events([REC])
+
+def test_dead_letters_and_outputs_of_dead_letters_translate_to_nothing() -> None:
+    dl = {"reason": "bad_event", "detail": "x", "source": {}, "payload": "", "payload_encoding": ""}
+    for name in NAMES:
+        assert translate(name, [("dead-letters", None, dl)]) == ([], [])
+
+
+def test_event_without_its_time_is_a_dead_letter() -> None:
+    rec = {**IDENT, "event_type": "custom_event", "data": {"event_name": "x"}}
+    for name in NAMES:
+        out, dead = translate(name, [(EVENTS, None, rec)])
+        assert out == [] and len(dead) == 1
+        assert dead[0]["reason"] == "integration_unsendable" and dead[0]["destination"] == name
+        validator("dead-letter.schema.json").validate(dead[0])
+
+
+def test_opted_out_device_never_appears() -> None:
+    """Translations add nothing the outputs do not have: a workload with an opted-out
+    device yields no payload carrying that device."""
+    recs = list(workload.generate(200, devices=4, seed=3))
+    opted = "opted-dev-1"
+    recs.append({**IDENT, "mp_deviceid": opted, **ev("x", T, None)})
+    recs[-1]["data"].pop("late")
+    recs.insert(0, {**IDENT, "mp_deviceid": opted, "event_type": "opt_out",
+                    "data": {"is_opted_out": True, "timestamp_unixtime_ms": T}})  # fmt: skip
+    got, _ = stepwise(recs)
+    for name, lines in got.items():
+        assert opted.encode() not in b"".join(lines), name
+
+
+# ------------------------------------------------------------------- amplitude
+
+
+def test_amplitude_ids_sessions_revisions_and_late() -> None:
+    out, dead = translate("amplitude", STEP)
     assert dead == []
-    iid = out[0]["properties"]["$insert_id"]
-    assert mixpanel._INSERT_ID.match(iid)
-    assert iid == mixpanel.translate_events([REC])[0][0]["properties"]["$insert_id"]
-    assert "$insert_id" not in out[1]["properties"]
-    assert "session_id" not in out[1]["properties"]
+    by_type = {p["event_type"]: p for _k, p in out}
+    assert by_type["add_to_cart"]["insert_id"] == f"{SUUID.lower()}-1"
+    assert by_type["add_to_cart"]["session_id"] == T and by_type["add_to_cart"]["event_id"] == 1
+    assert by_type["add_to_cart"]["user_id"] == "cust-00042"
+    assert by_type["very_late"]["session_id"] == -1 and "event_id" not in by_type["very_late"]
+    assert by_type["very_late"]["insert_id"].startswith("late-")
+    assert by_type["session_start"]["insert_id"] == f"{SUUID.lower()}-start"
+    assert by_type["session_end"]["insert_id"] == f"{SUUID.lower()}-end-0"
+    assert by_type["session_revised"]["insert_id"] == f"{SUUID.lower()}-end-1"
+    assert by_type["session_revised"]["event_properties"]["event_count"] == 2
 
 
-def test_segment_message_id_and_late():
-    from sessionizer.integrations import segment
+def test_amplitude_payloads_are_what_the_official_library_sends() -> None:
+    """Each event is a fixed point of amplitude-analytics' own serialisation
+    (types checked, strings cut to 1024, property objects valid)."""
+    from amplitude import BaseEvent
+    from amplitude.event import is_validate_object
 
-    out, dead = segment.translate_events([REC])
+    items = payloads("amplitude") + [p for _k, p in translate("amplitude", STEP)[0]]
+    for p in items:
+        e = BaseEvent(**p)
+        assert e.get_event_body() == p
+        assert is_validate_object(p.get("event_properties", {}))
+        assert 1 <= len(p["device_id"]) <= 1024 and len(p["insert_id"]) <= 1024
+
+
+def test_amplitude_long_strings_are_cut() -> None:
+    rec = {**IDENT, **ev("n" * 2000, T, 1, custom_attributes={"k": "v" * 5000})}
+    (_k, p), *_ = translate("amplitude", [(EVENTS, None, rec)])[0]
+    assert len(p["event_type"]) == 1024 and len(p["event_properties"]["k"]) == 1024
+
+
+# -------------------------------------------------------------------- mixpanel
+
+
+def test_mixpanel_ids_and_shape_of_the_official_library() -> None:
+    from mixpanel import Mixpanel
+
+    class Capture:
+        def send(self, endpoint: str, message: str, *a: Any) -> None:
+            self.sent = (endpoint, json.loads(message))
+
+    out, dead = translate("mixpanel", STEP)
     assert dead == []
-    assert out[0]["messageId"] == segment.translate_events([REC])[0][0]["messageId"]
-    assert out[0]["context"]["sessionId"] == 1767225600000
-    assert "sessionStart" not in out[0]["context"]  # event_num 2
-    assert "messageId" not in out[1] and out[1]["context"] == {}
+    names = [p["event"] for _k, p in out]
+    assert names == ["session_start", "add_to_cart", "very_late", "session_end", "session_revised"]
+    ids = [p["properties"]["$insert_id"] for _k, p in out]
+    assert len(set(ids)) == len(ids)
+    for p in [p for _k, p in out] + payloads("mixpanel"):
+        props = p["properties"]
+        assert mixpanel.INSERT_ID.match(props["$insert_id"])
+        assert len(props) < 255 and len(p["event"]) <= 255
+        cap = Capture()
+        mp = Mixpanel("token", consumer=cap)
+        mp.import_data(None, props["distinct_id"], p["event"], props["time"], props)
+        endpoint, msg = cap.sent
+        assert endpoint == "imports" and msg["event"] == p["event"]
+        lib_only = set(msg["properties"]) - set(props)
+        assert lib_only <= {"token", "mp_lib", "$lib_version"}
+        assert {k: msg["properties"][k] for k in props} == props
+    late = out[2][1]["properties"]
+    assert "session_id" not in late and mixpanel.INSERT_ID.match(late["$insert_id"])
 
 
-def test_snowplow_client_session_validates():
-    import json
-    from pathlib import Path
+def test_mixpanel_reserved_custom_property_names_are_renamed() -> None:
+    rec = {**IDENT, **ev("x", T, 1, custom_attributes={"$email": "a", "time": 1, "mp_x": 2})}
+    (_k, p), *_ = translate("mixpanel", [(EVENTS, None, rec)])[0]
+    props = p["properties"]
+    assert props["attr_$email"] == "a" and props["attr_time"] == 1 and props["attr_mp_x"] == 2
+    assert props["time"] == T
 
-    import jsonschema
 
-    from sessionizer.integrations import snowplow
+# -------------------------------------------------------------------- segment
 
-    schema = json.loads(
-        (Path(snowplow.__file__).parent / "client_session-1-0-2.schema.json").read_text()
-    )
-    out, dead = snowplow.translate_events([REC])
+
+@pytest.mark.parametrize("name", ["segment", "rudderstack"])
+def test_segment_calls_are_what_the_official_library_queues(name: str) -> None:
+    if name == "segment":
+        from segment.analytics import Client
+    else:
+        from rudderstack.analytics import Client
+    client = Client("write-key", send=False)
+    out, dead = translate(name, STEP)
     assert dead == []
-    ctx = out[0]["co"]["data"][0]
-    assert ctx["schema"] == snowplow.CLIENT_SESSION
-    jsonschema.Draft202012Validator(schema).validate(ctx["data"])
-    assert out[0]["eid"] == snowplow.translate_events([REC])[0][0]["eid"]
-    assert "co" not in out[1] and "eid" not in out[1]  # late: no session context
-
-
-def test_ga4_sanitise_and_batching():
-    import re
-
-    from sessionizer.integrations import ga4
-
-    ok = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
-    for raw in ["session_start", "_x", "firebase_y", "ga_z", "Google_q", "9 lives!", "a" * 60, ""]:
-        n = ga4.sanitise_name(raw)
-        assert ok.match(n), (raw, n)
-        assert n.lower() not in ga4.RESERVED
-        assert not n.lower().startswith(ga4.RESERVED_PREFIXES)
-    many = {**REC, "events": REC["events"] * 30}
-    out, dead = ga4.translate_events([many])
-    assert dead == [] and [len(b["events"]) for b in out] == [25, 25, 10]
-
-
-def test_never_raise_on_workload_outputs():
-    from hypothesis import HealthCheck, given, settings
-    from hypothesis import strategies as st
-
-    from sessionizer import testing, workload
-
-    @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(seed=st.integers(0, 10_000), late=st.sampled_from([0.0, 0.2]))
-    def check(seed, late):
-        res = testing.run(
-            list(workload.generate(200, devices=5, seed=seed, late_rate=late, bad_rate=0.05))
+    assert [p["event"] for _k, p in out] == ["add_to_cart", "very_late"]  # no session calls
+    first = out[0][1]
+    assert first["context"] == {"sessionId": T, "sessionStart": True, "app": {"version": "4.2.0"}}
+    assert "sessionId" not in out[1][1]["context"]
+    for p in [p for _k, p in out] + payloads(name):
+        ok, msg = client.track(
+            user_id=p.get("userId"),
+            event=p["event"],
+            properties=p["properties"],
+            context=json.loads(json.dumps(p["context"])),
+            timestamp=datetime.fromisoformat(p["timestamp"]),
+            anonymous_id=p["anonymousId"],
+            message_id=p["messageId"],
         )
-        for name, fn in REGISTRY.items():
-            out, _dead = fn(res.events)
-            assert codec.dumps(out) == codec.dumps(fn(res.events)[0]), name
+        assert ok
+        msg["context"].pop("library")
+        msg.pop("integrations", None)
+        msg.pop("channel", None)  # RudderStack's: "server"
+        # analytics-python writes milliseconds; RudderStack's fork the plain isoformat
+        assert datetime.fromisoformat(msg.pop("timestamp")) == datetime.fromisoformat(
+            p["timestamp"]
+        )
+        assert msg == {k: v for k, v in p.items() if k != "timestamp"}
+    client.shutdown() if hasattr(client, "shutdown") else None
 
-    check()
+
+# ------------------------------------------------------------------- snowplow
+
+
+@cache
+def iglu(name: str) -> Draft4Validator:
+    schema = json.loads((SCHEMAS / name).read_text())
+    return Draft4Validator(schema, format_checker=FormatChecker())
+
+
+def check_snowplow(p: dict[str, Any]) -> dict[str, Any] | None:
+    iglu("iglu-payload_data-1-0-4.json").validate([{**p, "stm": "1"}])
+    uuid.UUID(p["eid"])
+    if "co" not in p:
+        return None
+    co = json.loads(p["co"])
+    assert co["schema"] == snowplow.CONTEXTS
+    iglu("iglu-contexts-1-0-1.json").validate(co["data"])
+    (entity,) = co["data"]
+    assert entity["schema"] == snowplow.CLIENT_SESSION
+    data: dict[str, Any] = entity["data"]
+    iglu("iglu-client_session-1-0-2.json").validate(data)
+    # format checks jsonschema may skip (no optional format packages installed)
+    for k in ("sessionId", "previousSessionId", "firstEventId"):
+        if data.get(k) is not None:
+            assert str(uuid.UUID(data[k])) == data[k]
+    datetime.fromisoformat(data["firstEventTimestamp"])
+    return data
+
+
+def test_snowplow_validates_against_the_published_iglu_schemas() -> None:
+    out, dead = translate("snowplow", STEP)
+    assert dead == []
+    assert [p["se_ac"] for _k, p in out] == ["add_to_cart", "very_late"]
+    data = check_snowplow(out[0][1])
+    assert data == {
+        "userId": snowplow.user_id("8d5f3c1e-dev"),
+        "sessionId": SUUID.lower(),
+        "sessionIndex": 3,
+        "eventIndex": 1,
+        "previousSessionId": PREV.lower(),
+        "storageMechanism": "SQLITE",
+        "firstEventId": snowplow.eid(SUUID, 1),
+        "firstEventTimestamp": "2026-01-01T00:00:00.000+00:00",
+    }
+    assert out[0][1]["eid"] == snowplow.eid(SUUID, 1)
+    assert check_snowplow(out[1][1]) is None  # late: no session
+    n_ctx = sum(check_snowplow(p) is not None for p in payloads("snowplow"))
+    assert n_ctx > 0
+
+
+def test_snowplow_session_number_unknown_is_a_dead_letter() -> None:
+    out, dead = translate("snowplow", [(EVENTS, None, BATCH)])  # no session record, no lookup
+    assert out == [] and "session_number unknown" in dead[0]["detail"]
+    out, dead = translate("snowplow", [(EVENTS, None, BATCH)], lambda key, u: SessionFacts(3, None))
+    assert dead == [] and check_snowplow(out[0][1])["sessionIndex"] == 3  # type: ignore[index]
+
+
+def test_snowplow_tracker_builds_the_same_fields() -> None:
+    """snowplow-tracker's own structured event has the same tracker-protocol keys."""
+    from snowplow_tracker import Emitter, Tracker
+    from snowplow_tracker.self_describing_json import SelfDescribingJson
+
+    sent: list[dict[str, Any]] = []
+
+    class Capture(Emitter):  # type: ignore[misc]
+        def input(self, payload: dict[str, Any]) -> None:
+            sent.append(payload)
+
+    from snowplow_tracker import Subject
+
+    subject = Subject().set_user_id("cust-00042")
+    t = Tracker("ns", Capture("localhost"), subject, app_id="com.example.shop", encode_base64=False)
+    (_k, ours), *_ = translate("snowplow", STEP[:2])[0]
+    ctx = json.loads(ours["co"])["data"][0]
+    t.track_struct_event(
+        category=ours["se_ca"],
+        action=ours["se_ac"],
+        context=[SelfDescribingJson(ctx["schema"], ctx["data"])],
+        tstamp=int(ours["dtm"]),
+    )
+    (theirs,) = sent
+    assert theirs["e"] == ours["e"] == "se"
+    assert json.loads(theirs["co"]) == json.loads(ours["co"])
+    assert set(ours) - {"stm"} <= set(theirs) | {"dtm"}
+    iglu("iglu-payload_data-1-0-4.json").validate([{k: str(v) for k, v in theirs.items()}])
+
+
+# ------------------------------------------------------------------------ ga4
+
+GA4_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
+
+
+def check_ga4_body(body: dict[str, Any]) -> None:
+    assert 1 <= len(body["events"]) <= 25
+    assert ("client_id" in body) != ("app_instance_id" in body)
+    if "app_instance_id" in body:
+        assert re.fullmatch(r"[0-9a-f]{32}", body["app_instance_id"])
+    assert len(codec.dumps(body)) <= 130_000
+    for e in body["events"]:
+        assert GA4_NAME.match(e["name"]) and e["name"].lower() not in ga4.RESERVED
+        assert not e["name"].lower().startswith(ga4.RESERVED_PREFIXES)
+        assert isinstance(e["timestamp_micros"], int)
+        assert len(e["params"]) <= 25 and e["params"]["engagement_time_msec"] > 0
+        for k, v in e["params"].items():
+            assert GA4_NAME.match(k) and not k.lower().startswith(ga4.RESERVED_PREFIXES)
+            assert isinstance(v, (int, float, str)) and (not isinstance(v, str) or len(v) <= 100)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80))
+def test_ga4_names_are_sanitised_not_dropped(raw: str) -> None:
+    n = ga4.sanitise_name(raw)
+    assert GA4_NAME.match(n), (raw, n)
+    assert n.lower() not in ga4.RESERVED and not n.lower().startswith(ga4.RESERVED_PREFIXES)
+    assert n == ga4.sanitise_name(raw)
+
+
+def test_ga4_bodies() -> None:
+    many = {**IDENT, "events": [ev(f"e{i}", T + i, i + 1) for i in range(60)]}
+    attrs = {f"_a{i}": "x" * 300 for i in range(40)} | {"flag": True, "obj": {"a": 1}}
+    wide = {**IDENT, **ev("session_start", T, 61, custom_attributes=attrs)}
+    out, dead = translate(
+        "ga4", [("sessions", SUUID, START), (EVENTS, None, many), (EVENTS, None, wide)]
+    )
+    assert dead == []
+    assert [len(b["events"]) for _k, b in out] == [25, 25, 10, 1]
+    for _k, b in out:
+        check_ga4_body(b)
+        assert b["user_id"] == "cust-00042"
+    p = out[0][1]["events"][0]["params"]
+    assert p["session_id"] == T and p["session_number"] == 3 and p["event_num"] == 1
+    assert out[3][1]["events"][0]["name"] == "mp_session_start"
+    for _k, b in translate("ga4", list(workload_outputs()[1]))[0]:
+        check_ga4_body(b)
+    late = translate("ga4", [(EVENTS, None, LATE)])[0][0][1]["events"][0]
+    assert "session_id" not in late["params"]
+
+
+def test_ga4_session_records_send_nothing() -> None:
+    assert translate("ga4", [(SESSIONS, SUUID, START), (SESSIONS, SUUID, end(1, 2))]) == ([], [])
+
+
+# ------------------------------------------------------------------ schemas
+
+
+@cache
+def validator(name: str) -> Any:
+    from jsonschema import Draft202012Validator
+
+    schema = json.loads((SCHEMAS / name).read_text())
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema, format_checker=FormatChecker())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_integration_record_schemas(name: str) -> None:
+    file = {"rudderstack": "segment"}.get(name, name)
+    v = validator(f"{file}.schema.json")
+    for p in payloads(name) + [p for _k, p in translate(name, STEP)[0]]:
+        v.validate(p)

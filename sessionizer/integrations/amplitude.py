@@ -1,50 +1,95 @@
-"""Amplitude HTTP V2 events from sessionized-events records (docs/integrations.md).
+"""Amplitude HTTP V2 API events (docs/integrations.md#amplitude). Pure.
 
-Pure and deterministic. Returns (payloads, dead_letters).
+One §7.1 event -> one event; a session_start record -> ``session_start``; a
+session_end record -> ``session_end`` (revision 0) or ``session_revised``
+(revision > 0). Amplitude's own limits, as the official ``amplitude-analytics``
+library applies them: strings cut to 1024 characters, at most 1024 property keys.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
-from .common import device_of
+from .common import Event, Unsendable, app_version, platform, truncate
 
-MAX_ID = 1024  # Amplitude: device_id/user_id/insert_id limited length
-MIN_ID = 5  # Amplitude rejects ids shorter than 5 characters
+NAME = "amplitude"
+MAX_STRING = 1024  # amplitude.constants.MAX_STRING_LENGTH
+MAX_KEYS = 1024  # amplitude.constants.MAX_PROPERTY_KEYS
+MAX_ID = 1024  # longer ids would have to be cut, merging devices: a dead letter
 NO_SESSION = -1
 
 
-def translate_events(
-    records: Iterable[dict[str, Any]],
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    out: list[dict[str, Any]] = []
-    dead: list[dict[str, Any]] = []
-    for record in records:
-        device = device_of(record)
-        for event in record.get("events") or []:
-            data = event.get("data") or {}
-            if device is None or not (MIN_ID <= len(device) <= MAX_ID):
-                dead.append(
-                    {
-                        "reason": "amplitude: device_id missing or outside 5..1024 chars",
-                        "event": event,
-                    }
-                )
-                continue
-            suuid = data.get("session_uuid")
-            num = data.get("event_num")
-            start = data.get("session_start_unixtime_ms")
-            late = suuid is None
-            name = data.get("event_name") or event.get("event_type") or "unknown"
-            payload: dict[str, Any] = {
-                "device_id": device,
-                "event_type": str(name)[:1024],
-                "time": data.get("timestamp_unixtime_ms"),
-                "session_id": NO_SESSION if late or start is None else start,
-            }
-            if not late and num is not None:
-                payload["event_id"] = num
-                payload["insert_id"] = f"{suuid.lower()}-{num}"
-            out.append(payload)
-    return out, dead
+def _properties(props: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in props.items():
+        if v is None:
+            continue  # the library drops null properties
+        if len(out) == MAX_KEYS:
+            break  # the library would drop them all: keep the first 1024
+        out[str(k)[:MAX_STRING]] = truncate(v, MAX_STRING)
+    return out
+
+
+def _check_id(value: str, what: str) -> str:
+    if not value or len(value) > MAX_ID:
+        raise Unsendable(f"{what} must be 1..{MAX_ID} characters, got {len(value)}")
+    return value
+
+
+def event(ev: Event) -> dict[str, Any]:
+    p: dict[str, Any] = {"device_id": _check_id(ev.device, "device_id")}
+    cid = ev.customer_id
+    if cid is not None and len(cid) <= MAX_ID:
+        p["user_id"] = cid
+    p["event_type"] = ev.name[:MAX_STRING]
+    p["time"] = ev.ts
+    props = _properties(ev.attributes)
+    if props:
+        p["event_properties"] = props
+    version = app_version(ev.record)
+    if version is not None:
+        p["app_version"] = version[:MAX_STRING]
+    plat = platform(ev.record)
+    if plat is not None:
+        p["platform"] = plat[:MAX_STRING]
+    if ev.session_uuid is None or ev.session_start is None or ev.event_num is None:
+        p["session_id"] = NO_SESSION
+        p["insert_id"] = "late-" + ev.content_digest()[:40]
+    else:
+        p["session_id"] = ev.session_start
+        p["event_id"] = ev.event_num
+        p["insert_id"] = f"{ev.session_uuid.lower()}-{ev.event_num}"
+    return p
+
+
+def session(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    suuid = rec["session_uuid"].lower()
+    props: dict[str, Any] = {
+        "session_uuid": suuid,
+        "session_number": rec["session_number"],
+        "previous_session_uuid": (rec.get("previous_session_uuid") or "").lower() or None,
+    }
+    p: dict[str, Any] = {"device_id": _check_id(str(rec["device"]), "device_id")}
+    if rec["record"] == "session_start":
+        p["event_type"] = "session_start"
+        p["time"] = rec["start_unixtime_ms"]
+        p["insert_id"] = f"{suuid}-start"
+    else:
+        rev = rec["revision"]
+        p["event_type"] = "session_end" if rev == 0 else "session_revised"
+        p["time"] = rec["end_unixtime_ms"]
+        p["insert_id"] = f"{suuid}-end-{rev}"
+        for k in (
+            "session_duration_ms",
+            "foreground_duration_ms",
+            "event_count",
+            "screen_view_count",
+            "end_reason",
+            "revision",
+        ):
+            props[k] = rec[k]
+        if rec.get("session_attributes"):
+            props["session_attributes"] = rec["session_attributes"]
+    p["event_properties"] = _properties(props)
+    p["session_id"] = rec["start_unixtime_ms"]
+    return [p]

@@ -1,13 +1,242 @@
-"""What every destination reads the same way from the §7 outputs."""
+"""What every destination reads the same way from the §7 outputs (docs/integrations.md).
+
+Everything here is pure: the same §7 record always gives the same bytes. Ids that
+a destination deduplicates on are UUIDv5 of the session's ids under fixed
+namespaces (changing one would make every earlier delivery look new).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
-from ..core.engine import identity
+import orjson
+
+from .. import codec
+from ..core.engine import Engine, identity
+
+# Fixed forever (see the module docstring).
+DEDUP_NS = uuid.UUID("a4d2e1f0-6b3c-4e5d-8f7a-1b2c3d4e5f60")
+DEVICE_NS = uuid.UUID("3c0e6f5a-1d2b-4b7a-8e4f-9a6b2c1d0e33")
+
+# Synthesized §7.1 events: the §7.2 session records stand for them (richer, and
+# exactly one per start/close), so translations skip them to send nothing twice.
+SYNTHESIZED = frozenset({"session_start", "session_end"})
+
+UNSENDABLE = "integration_unsendable"  # a translation (or a pre-send check) cannot make it valid
+REJECTED = "integration_rejected"  # the destination answered 4xx (not 429)
 
 
-def device_of(record: dict[str, Any]) -> str | None:
+class Unsendable(Exception):
+    """The item cannot be made valid for the destination: a dead letter, with this reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFacts:
+    """What a §7.1 event does not carry about its session; fixed for the session's life (R13)."""
+
+    number: int
+    previous_uuid: str | None
+
+
+# (session key "app/device", session_uuid) -> facts, or None when unknown.
+SessionLookup = Callable[[str, str], "SessionFacts | None"]
+
+
+def engine_lookup(engine: Engine) -> SessionLookup:
+    """A lookup into an engine's state (its open and last closed session of each key):
+    what a runner passes after an engine step (see ``translate``)."""
+
+    def find(key: str, session_uuid: str) -> SessionFacts | None:
+        st = engine.key_state(key)
+        if st is None:
+            return None
+        for s in (st.open, st.last):
+            if s is not None and s.uuid == session_uuid:
+                return SessionFacts(s.number, s.prev_uuid)
+        return None
+
+    return find
+
+
+class Context:
+    """Session facts of one step: the step's own session records first, then ``lookup``."""
+
+    __slots__ = ("facts", "lookup")
+
+    def __init__(self, facts: dict[str, SessionFacts], lookup: SessionLookup | None) -> None:
+        self.facts = facts
+        self.lookup = lookup
+
+    def session(self, key: str, session_uuid: str) -> SessionFacts | None:
+        f = self.facts.get(session_uuid)
+        if f is None and self.lookup is not None:
+            f = self.lookup(key, session_uuid)
+        return f
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One forwarded §7.1 event with what every destination reads of it and its record."""
+
+    record: dict[str, Any]  # the §7.1 record (batch fields; ``events`` for a batch)
+    event: dict[str, Any]  # the event object: event_type, data
+    index: int  # position in the record's events (0 for a single event)
+    app: str
+    device: str
+    key: str  # session key app/device
+    ts: int
+    session_uuid: str | None  # None: late, no session (R24)
+    session_start: int | None
+    event_num: int | None
+    facts: SessionFacts | None
+
+    @property
+    def data(self) -> dict[str, Any]:
+        d = self.event.get("data")
+        return d if isinstance(d, dict) else {}
+
+    @property
+    def event_type(self) -> str:
+        t = self.event.get("event_type")
+        return t if isinstance(t, str) else "unknown"
+
+    @property
+    def name(self) -> str:
+        """The event's name: ``event_name``, the transition type, else ``event_type``."""
+        d = self.data
+        for k in ("event_name", "application_transition_type"):
+            v = d.get(k)
+            if isinstance(v, str) and v:
+                return v
+        return self.event_type
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        """The event's own properties: ``custom_attributes`` plus ``screen_name``."""
+        d = self.data
+        out: dict[str, Any] = {}
+        ca = d.get("custom_attributes")
+        if isinstance(ca, dict):
+            out.update(ca)
+        sn = d.get("screen_name")
+        if isinstance(sn, str) and "screen_name" not in out:
+            out["screen_name"] = sn
+        return out
+
+    @property
+    def mpid(self) -> Any:
+        return self.record.get("mpid")
+
+    @property
+    def customer_id(self) -> str | None:
+        ui = self.record.get("user_identities")
+        if isinstance(ui, dict):
+            v = ui.get("customer_id")
+            if isinstance(v, str) and v:
+                return v
+        return None
+
+    @property
+    def late(self) -> bool:
+        return self.session_uuid is None
+
+    def content_digest(self) -> str:
+        """Hex digest of the event as forwarded (device, position, canonical JSON): the
+        dedup seed of a late event, which has no session_uuid/event_num."""
+        # Sorted keys: the digest must not depend on how a producer ordered the fields.
+        body = orjson.dumps([self.device, self.index, self.event], option=orjson.OPT_SORT_KEYS)
+        return hashlib.sha256(body).hexdigest()
+
+
+def device_of(record: Mapping[str, Any]) -> str | None:
     """The record's device, by the identity rule (§1.2) the engine keyed it with."""
-    ident = identity(record)
+    ident = identity(dict(record))
     return None if ident is None else ident[1]
+
+
+def dedup_uuid(*parts: object) -> str:
+    """A lower-case UUIDv5 of ``parts`` joined by "/" (36 chars of [0-9a-f-])."""
+    return str(uuid.uuid5(DEDUP_NS, "/".join(str(p) for p in parts)))
+
+
+def event_dedup_uuid(ev: Event) -> str:
+    """The event's dedup id: of (session_uuid, event_num), else of its content (late)."""
+    if ev.session_uuid is not None and ev.event_num is not None:
+        return dedup_uuid(ev.session_uuid.lower(), ev.event_num)
+    return dedup_uuid("late", ev.content_digest())
+
+
+def device_uuid(device: str) -> uuid.UUID:
+    return uuid.uuid5(DEVICE_NS, device)
+
+
+def iso_ms(ms: int) -> str:
+    """``2026-01-01T00:00:00.000+00:00`` (the form analytics-python writes)."""
+    dt = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return dt.isoformat(timespec="milliseconds")
+
+
+def platform(record: Mapping[str, Any]) -> str | None:
+    info = record.get("device_info")
+    if isinstance(info, dict):
+        p = info.get("platform")
+        if isinstance(p, str) and p:
+            return p
+    return None
+
+
+def is_app(record: Mapping[str, Any]) -> bool:
+    """An app (not a web page): an ``application_info.package`` or a mobile platform."""
+    info = record.get("application_info")
+    if isinstance(info, dict) and isinstance(info.get("package"), str) and info["package"]:
+        return True
+    return (platform(record) or "").lower() in {"ios", "android", "tvos", "fireos", "roku"}
+
+
+def app_version(record: Mapping[str, Any]) -> str | None:
+    info = record.get("application_info")
+    if isinstance(info, dict):
+        v = info.get("application_version")
+        if isinstance(v, str) and v:
+            return v
+    return None
+
+
+def truncate(value: Any, limit: int) -> Any:
+    """Strings cut to ``limit`` characters, in lists and dicts too."""
+    if isinstance(value, str):
+        return value[:limit]
+    if isinstance(value, list):
+        return [truncate(v, limit) for v in value]
+    if isinstance(value, dict):
+        return {k: truncate(v, limit) for k, v in value.items()}
+    return value
+
+
+def dead_letter(
+    name: str,
+    reason: str,
+    detail: str,
+    topic: str,
+    payload: Any,
+    *,
+    response: dict[str, Any] | None = None,
+    source: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An integration dead letter (schemas/integrations/dead-letter.schema.json)."""
+    dl: dict[str, Any] = {
+        "reason": reason,
+        "detail": f"{name}: {detail}",
+        "destination": name,
+        "source": source or {"topic": topic, "partition": None, "offset": None, "timestamp": None},
+        "payload": payload if isinstance(payload, str) else codec.dumps(payload).decode(),
+        "payload_encoding": "utf-8",
+    }
+    if response is not None:
+        dl["response"] = response
+    return dl

@@ -1,70 +1,120 @@
-"""GA4 Measurement Protocol request bodies from sessionized-events records (docs/integrations.md).
+"""GA4 Measurement Protocol request bodies (docs/integrations.md#ga4). Pure.
 
-Pure. One body per <= 25 consecutive events of one device. Event names are
-sanitised to [A-Za-z][A-Za-z0-9_]{0,39}, avoiding reserved names and prefixes.
+The events of one §7.1 record (one device) -> bodies of at most 25 events.
+Names are sanitised, never dropped: event and parameter names to
+``[A-Za-z][A-Za-z0-9_]{0,39}`` off the reserved names and prefixes, at most 25
+parameters per event, string values cut to 100 characters. Session records
+send nothing (``session_start`` is reserved; GA4 makes its sessions from
+``params.session_id``). Each event carries its own ``timestamp_micros``; the
+72-hour limit depends on when it is sent, so the forwarder applies it.
 """
 
 from __future__ import annotations
 
 import re
-import uuid
-from collections.abc import Iterable
 from typing import Any
 
-from .common import device_of
+from .. import codec
+from .common import Event, device_uuid, is_app
 
+NAME = "ga4"
 MAX_EVENTS = 25
 MAX_PARAMS = 25
-_NS = uuid.UUID("5e2b7c1d-9f3a-4d6e-8b0c-2a1f4e3d5c77")
+MAX_NAME = 40
+MAX_VALUE = 100
+MAX_USER_ID = 256
 _BAD = re.compile(r"[^A-Za-z0-9_]")
 RESERVED = frozenset(
     {
         "ad_activeview", "ad_click", "ad_exposure", "ad_impression", "ad_query",
-        "adunit_exposure", "app_clear_data", "app_install", "app_update", "app_remove",
-        "error", "first_open", "first_visit", "in_app_purchase", "notification_dismiss",
+        "ad_reward", "adunit_exposure", "app_background", "app_clear_data",
+        "app_exception", "app_install", "app_remove", "app_store_refund",
+        "app_store_subscription_cancel", "app_store_subscription_convert",
+        "app_store_subscription_renew", "app_update", "app_upgrade",
+        "dynamic_link_app_open", "dynamic_link_app_update", "dynamic_link_first_open",
+        "error", "firebase_campaign", "firebase_in_app_message_action",
+        "firebase_in_app_message_dismiss", "firebase_in_app_message_impression",
+        "first_open", "first_visit", "in_app_purchase", "notification_dismiss",
         "notification_foreground", "notification_open", "notification_receive",
-        "os_update", "screen_view", "session_start", "user_engagement",
+        "notification_send", "os_update", "screen_view", "session_start",
+        "user_engagement",
     }
 )  # fmt: skip
-RESERVED_PREFIXES = ("_", "firebase_", "ga_", "google_")
+RESERVED_PARAMS = frozenset({"firebase_conversion"})
+RESERVED_PREFIXES = ("_", "firebase_", "ga_", "google_", "gtag")
 
 
-def sanitise_name(name: str) -> str:
+def sanitise_name(name: str, reserved: frozenset[str] = RESERVED) -> str:
+    """A valid, unreserved GA4 name; the same input always gives the same name."""
     n = _BAD.sub("_", name)
-    if not n or not n[0].isalpha():
+    if not n or not n[0].isalpha() or not n[0].isascii():
         n = "e_" + n
-    while n.lower().startswith(RESERVED_PREFIXES):
+    if n.lower().startswith(RESERVED_PREFIXES):
         n = "e_" + n
-    if n.lower() in RESERVED:
+    if n.lower() in reserved:
         n = "mp_" + n
-    n = n[:40]
-    return n
+    return n[:MAX_NAME]
 
 
 def client_id(device: str) -> str:
-    return str(uuid.uuid5(_NS, device))
+    """A web stream's ``client_id``: a UUID derived from the device."""
+    return str(device_uuid(device))
 
 
-def translate_events(
-    records: Iterable[dict[str, Any]],
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    out: list[dict[str, Any]] = []
-    dead: list[dict[str, Any]] = []
-    for record in records:
-        device = device_of(record)
-        events: list[dict[str, Any]] = []
-        for event in record.get("events") or []:
-            data = event.get("data") or {}
-            if device is None:
-                dead.append({"reason": "ga4: no device to derive app_instance_id", "event": event})
-                continue
-            params: dict[str, Any] = {"engagement_time_msec": 1}
-            suuid = data.get("session_uuid")
-            if suuid is not None:
-                params["session_id"] = str(data.get("session_start_unixtime_ms"))
-                params["event_num"] = data.get("event_num")
-            raw = str(data.get("event_name") or event.get("event_type") or "unknown")
-            events.append({"name": sanitise_name(raw), "params": params})
-        for i in range(0, len(events), MAX_EVENTS):
-            out.append({"app_instance_id": client_id(device), "events": events[i : i + MAX_EVENTS]})
-    return out, dead
+def app_instance_id(device: str) -> str:
+    """An app stream's ``app_instance_id``: 32 hex digits derived from the device."""
+    return device_uuid(device).hex
+
+
+def _value(v: Any) -> Any:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return v
+    if isinstance(v, str):
+        return v[:MAX_VALUE]
+    return codec.dumps(v).decode()[:MAX_VALUE]
+
+
+def event(ev: Event) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if ev.session_start is not None:
+        params["session_id"] = ev.session_start
+        if ev.facts is not None:
+            params["session_number"] = ev.facts.number
+        params["event_num"] = ev.event_num
+    params["engagement_time_msec"] = 1
+    for k, v in ev.attributes.items():
+        if len(params) >= MAX_PARAMS:
+            break
+        if v is None:
+            continue
+        name = sanitise_name(str(k), RESERVED_PARAMS)
+        if name in params:
+            continue  # two attributes sanitised to one name: the first wins
+        params[name] = _value(v)
+    return {
+        "name": sanitise_name(ev.name),
+        "timestamp_micros": ev.ts * 1000,
+        "params": params,
+    }
+
+
+def group(evs: list[Event], items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One device's events of one record -> bodies of at most 25 events."""
+    if not items:
+        return []
+    first = evs[0]
+    head: dict[str, Any] = {}
+    if is_app(first.record):
+        head["app_instance_id"] = app_instance_id(first.device)
+    else:
+        head["client_id"] = client_id(first.device)
+    cid = first.customer_id
+    if cid is not None and len(cid) <= MAX_USER_ID:
+        head["user_id"] = cid
+    return [{**head, "events": items[i : i + MAX_EVENTS]} for i in range(0, len(items), MAX_EVENTS)]
+
+
+def session(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    return []  # session_start is reserved; GA4 sessions come from params.session_id

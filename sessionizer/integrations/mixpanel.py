@@ -1,49 +1,99 @@
-"""Mixpanel import events from sessionized-events records (docs/integrations.md). Pure."""
+"""Mixpanel /import events (docs/integrations.md#mixpanel). Pure.
+
+One §7.1 event -> one event; session records -> ``session_start``,
+``session_end`` (revision 0), ``session_revised`` (revision > 0). Limits:
+``$insert_id`` at most 36 characters of ``[A-Za-z0-9-]`` (a UUIDv5 here), fewer
+than 255 properties, names and string values cut to 255 characters, custom
+properties renamed off Mixpanel's reserved ``$``/``mp_`` prefixes and off the
+names sessionizer sets itself.
+"""
 
 from __future__ import annotations
 
 import re
-import uuid
-from collections.abc import Iterable
 from typing import Any
 
-_NS = uuid.UUID("6f1c1a52-3b1e-4f0e-9a57-2d1f3b0f6a10")
-_INSERT_ID = re.compile(r"^[A-Za-z0-9-]{1,36}$")
+from .common import Event, Unsendable, app_version, dedup_uuid, event_dedup_uuid, truncate
+
+NAME = "mixpanel"
+INSERT_ID = re.compile(r"^[A-Za-z0-9-]{1,36}$")
+MAX_PROPS = 254  # "fewer than 255 properties"
+MAX_STRING = 255
+MAX_DISTINCT_ID = 255
+OURS = frozenset(
+    {"time", "distinct_id", "token", "session_id", "session_number", "event_num", "app_version"}
+)
 
 
 def insert_id(session_uuid: str, event_num: int) -> str:
-    """36 chars of [0-9a-f-]: a uuid5 of (session_uuid, event_num)."""
-    return str(uuid.uuid5(_NS, f"{session_uuid.lower()}/{event_num}"))
+    return dedup_uuid(session_uuid.lower(), event_num)
 
 
-def translate_events(
-    records: Iterable[dict[str, Any]],
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    out: list[dict[str, Any]] = []
-    dead: list[dict[str, Any]] = []
-    for record in records:
-        device = record.get("mp_deviceid")
-        mpid = record.get("mpid")
-        distinct = str(mpid) if mpid is not None else device
-        for event in record.get("events") or []:
-            data = event.get("data") or {}
-            if distinct is None:
-                dead.append({"reason": "mixpanel: no identity", "event": event})
-                continue
-            props: dict[str, Any] = {
-                "distinct_id": distinct,
-                "time": data.get("timestamp_unixtime_ms"),
-            }
-            if device is not None:
-                props["$device_id"] = device
-            if mpid is not None:
-                props["$user_id"] = str(mpid)
-            suuid = data.get("session_uuid")
-            num = data.get("event_num")
-            if suuid is not None and num is not None:
-                props["session_id"] = suuid.lower()
-                props["event_num"] = num
-                props["$insert_id"] = insert_id(suuid, num)
-            name = data.get("event_name") or event.get("event_type") or "unknown"
-            out.append({"event": str(name), "properties": props})
-    return out, dead
+def _custom(props: dict[str, Any], room: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in props.items():
+        if len(out) >= room:
+            break
+        name = str(k)
+        if name.startswith(("$", "mp_")) or name in OURS:
+            name = "attr_" + name
+        out[name[:MAX_STRING]] = truncate(v, MAX_STRING)
+    return out
+
+
+def _ids(device: str, mpid: Any) -> dict[str, Any]:
+    if len(device) > MAX_DISTINCT_ID:
+        raise Unsendable(f"device id over {MAX_DISTINCT_ID} characters")
+    ids: dict[str, Any] = {"$device_id": device}
+    if mpid is not None and str(mpid):
+        ids["$user_id"] = str(mpid)
+        ids["distinct_id"] = str(mpid)
+    else:
+        ids["distinct_id"] = "$device:" + device
+    return ids
+
+
+def event(ev: Event) -> dict[str, Any]:
+    props: dict[str, Any] = {"time": ev.ts, **_ids(ev.device, ev.mpid)}
+    props["$insert_id"] = event_dedup_uuid(ev)
+    if ev.session_uuid is not None:
+        props["session_id"] = ev.session_uuid.lower()
+        if ev.facts is not None:
+            props["session_number"] = ev.facts.number
+        props["event_num"] = ev.event_num
+    version = app_version(ev.record)
+    if version is not None:
+        props["app_version"] = version[:MAX_STRING]
+    props.update(_custom(ev.attributes, MAX_PROPS - len(props)))
+    return {"event": ev.name[:MAX_STRING], "properties": props}
+
+
+def session(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    suuid = rec["session_uuid"].lower()
+    props: dict[str, Any] = _ids(str(rec["device"]), rec.get("mpid"))
+    props["session_id"] = suuid
+    props["session_number"] = rec["session_number"]
+    prev = rec.get("previous_session_uuid")
+    props["previous_session_id"] = prev.lower() if prev else None
+    if rec["record"] == "session_start":
+        name = "session_start"
+        props["time"] = rec["start_unixtime_ms"]
+        props["$insert_id"] = dedup_uuid(suuid, "start")
+    else:
+        rev = rec["revision"]
+        name = "session_end" if rev == 0 else "session_revised"
+        props["time"] = rec["end_unixtime_ms"]
+        props["$insert_id"] = dedup_uuid(suuid, "end", rev)
+        for k in (
+            "session_duration_ms",
+            "foreground_duration_ms",
+            "event_count",
+            "screen_view_count",
+            "end_reason",
+            "revision",
+        ):
+            props[k] = rec[k]
+        attrs = rec.get("session_attributes") or {}
+        if attrs:  # an object property (fewer than 255 keys: max_session_attributes)
+            props["session_attributes"] = truncate(dict(list(attrs.items())[:MAX_PROPS]), 255)
+    return [{"event": name, "properties": props}]

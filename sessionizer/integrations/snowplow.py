@@ -1,63 +1,79 @@
-"""Snowplow tracker-protocol events with the client_session 1-0-2 context (docs/integrations.md).
+"""Snowplow tracker-protocol events (docs/integrations.md#snowplow). Pure.
 
-Pure. Schema: iglu:com.snowplowanalytics.snowplow/client_session/jsonschema/1-0-2
-(Iglu Central), copied in sessionizer/integrations/client_session-1-0-2.schema.json.
+One §7.1 event -> one structured event (``e=se``) in the tracker protocol's
+``payload_data`` 1-0-4 item shape (every value a string, contexts as the JSON
+text ``co``), with the ``client_session`` 1-0-2 context of Iglu Central
+(schemas/integrations/iglu-*.json, verbatim). Session records are not sent:
+every event carries its session. ``stm`` (sent time) is added by the forwarder
+when it sends.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterable
 from typing import Any
 
-from .common import device_of
+from .. import codec
+from .common import Event, Unsendable, dedup_uuid, device_uuid, event_dedup_uuid, is_app, iso_ms
 
+NAME = "snowplow"
 CLIENT_SESSION = "iglu:com.snowplowanalytics.snowplow/client_session/jsonschema/1-0-2"
-CONTEXTS = "iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0"
-_USER_NS = uuid.UUID("3c0e6f5a-1d2b-4b7a-8e4f-9a6b2c1d0e33")
-_EID_NS = uuid.UUID("a4d2e1f0-6b3c-4e5d-8f7a-1b2c3d4e5f60")
+CONTEXTS = "iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-1"
+PAYLOAD_DATA = "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4"
+TRACKER_VERSION = "sessionizer-1"
+MAX_FIELD = 1000  # atomic.events se_category / se_action / se_label / app_id: varchar(1000)
+MAX_INDEX = 2147483647
 
 
 def user_id(device: str) -> str:
-    return str(uuid.uuid5(_USER_NS, device))
+    return str(device_uuid(device))
 
 
 def eid(session_uuid: str, event_num: int) -> str:
-    return str(uuid.uuid5(_EID_NS, f"{session_uuid.lower()}/{event_num}"))
+    return dedup_uuid(session_uuid.lower(), event_num)
 
 
-def translate_events(
-    records: Iterable[dict[str, Any]],
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    out: list[dict[str, Any]] = []
-    dead: list[dict[str, Any]] = []
-    for record in records:
-        device = device_of(record)
-        for event in record.get("events") or []:
-            data = event.get("data") or {}
-            if device is None:
-                dead.append({"reason": "snowplow: no device to derive userId", "event": event})
-                continue
-            name = str(data.get("event_name") or event.get("event_type") or "unknown")
-            ts = data.get("timestamp_unixtime_ms")
-            payload: dict[str, Any] = {"e": "se", "p": "mob", "se_ca": "mparticle", "se_ac": name}
-            if ts is not None:
-                payload["dtm"] = str(ts)
-            suuid = data.get("session_uuid")
-            num = data.get("event_num")
-            if suuid is not None and num is not None:
-                payload["eid"] = eid(suuid, num)
-                session = {
-                    "userId": user_id(device),
-                    "sessionId": suuid.lower(),
-                    "sessionIndex": 1,  # TODO: session_number from the sessions record
-                    "eventIndex": num,
-                    "previousSessionId": None,
-                    "storageMechanism": "SQLITE",
-                }
-                payload["co"] = {
-                    "schema": CONTEXTS,
-                    "data": [{"schema": CLIENT_SESSION, "data": session}],
-                }
-            out.append(payload)
-    return out, dead
+def event(ev: Event) -> dict[str, Any]:
+    web = not is_app(ev.record)
+    p: dict[str, Any] = {
+        "e": "se",
+        "eid": event_dedup_uuid(ev),
+        "tv": TRACKER_VERSION,
+        "p": "web" if web else "mob",
+        "aid": ev.app[:MAX_FIELD],
+        "dtm": str(ev.ts),
+        "se_ca": ev.event_type[:MAX_FIELD],
+        "se_ac": ev.name[:MAX_FIELD],
+    }
+    screen = ev.data.get("screen_name")
+    if isinstance(screen, str) and screen:
+        p["se_la"] = screen[:MAX_FIELD]
+    cid = ev.customer_id
+    if cid is not None:
+        p["uid"] = cid[:255]
+    if ev.session_uuid is not None and ev.event_num is not None and ev.session_start is not None:
+        if ev.facts is None:
+            raise Unsendable(
+                "session_number unknown: the step has no session record of "
+                f"{ev.session_uuid} and the runner gave no session lookup"
+            )
+        if not 0 <= ev.facts.number <= MAX_INDEX or not 0 <= ev.event_num <= MAX_INDEX:
+            raise Unsendable("sessionIndex or eventIndex over 2147483647")
+        prev = ev.facts.previous_uuid
+        session = {
+            "userId": user_id(ev.device),
+            "sessionId": ev.session_uuid.lower(),
+            "sessionIndex": ev.facts.number,
+            "eventIndex": ev.event_num,
+            "previousSessionId": prev.lower() if prev else None,
+            "storageMechanism": "LOCAL_STORAGE" if web else "SQLITE",
+            "firstEventId": eid(ev.session_uuid, 1),
+            "firstEventTimestamp": iso_ms(ev.session_start),
+        }
+        p["co"] = codec.dumps(
+            {"schema": CONTEXTS, "data": [{"schema": CLIENT_SESSION, "data": session}]}
+        ).decode()
+    return p
+
+
+def session(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    return []  # every event carries its client_session context
