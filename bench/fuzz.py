@@ -30,6 +30,7 @@ import traceback
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -148,6 +149,15 @@ MARK = "\x00hostile\x00"
 MARK_JSON = orjson.dumps(MARK)
 
 
+def _object(value: bytes) -> dict[str, Any] | None:
+    """The record as a JSON object, or None when it is not one."""
+    try:
+        rec = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return rec if type(rec) is dict else None
+
+
 class Mutator:
     def __init__(self, seed: int, recent: list[bytes]) -> None:
         self.rnd = random.Random(seed)
@@ -185,11 +195,8 @@ class Mutator:
     def _value(self, value: bytes) -> bytes:
         """A field at one of the three levels set to a hostile value, as text."""
         rnd = self.rnd
-        try:
-            rec = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            return value
-        if type(rec) is not dict:
+        rec = _object(value)
+        if rec is None:
             return value
         evs = rec.get("events")
         level = rnd.randrange(5)
@@ -229,11 +236,8 @@ def corpus(n: int, seed: int, devices: int) -> list[bytes]:
 
 def _later(value: bytes, shift: int) -> bytes:
     """The record with its event times ``shift`` ms later (bad records unchanged)."""
-    try:
-        rec = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return value
-    if type(rec) is not dict:
+    rec = _object(value)
+    if rec is None:
         return value
     if type(rec.get("timestamp_unixtime_ms")) is int:
         rec["timestamp_unixtime_ms"] += shift

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -16,14 +16,27 @@ EXIT_CONFIG = 2
 _R = TypeVar("_R")
 
 
+# Options most commands take, declared once.
+_config_option = click.option("--config", "config", default=None, help="TOML settings file.")
+_broker_option = click.option(
+    "--broker", "broker_url", default=None, help="Kafka URL, e.g. kafka://host:9092."
+)
+
+
+def _config_exit(problem: object, command: str | None = None) -> NoReturn:
+    """A usage or configuration error: one line on stderr, exit 2."""
+    prefix = "sessionizer" if command is None else f"sessionizer {command}"
+    click.echo(f"{prefix}: {problem}", err=True)
+    sys.exit(EXIT_CONFIG)
+
+
 def _settings(config: str | None, **overrides: Any) -> Any:
     from .settings import load_settings
 
     try:
         return load_settings(config, **overrides)
     except ConfigError as err:
-        click.echo(f"sessionizer: {err}", err=True)
-        sys.exit(EXIT_CONFIG)
+        _config_exit(err)
 
 
 def _config_safe(run: Callable[[], _R]) -> _R:
@@ -31,8 +44,7 @@ def _config_safe(run: Callable[[], _R]) -> _R:
     try:
         return run()
     except ConfigError as err:
-        click.echo(f"sessionizer: {err}", err=True)
-        sys.exit(EXIT_CONFIG)
+        _config_exit(err)
 
 
 def _worker_unsupported(settings: Any) -> str | None:
@@ -74,7 +86,7 @@ def main() -> None:
 @main.command("process-file")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
-@click.option("--config", "config", default=None, help="TOML settings file.")
+@_config_option
 @click.option("--keep-open", is_flag=True, help="Leave sessions open at end of input.")
 @click.option(
     "--integrations",
@@ -128,10 +140,10 @@ def broker(host: str, port: int, binary: str | None) -> None:
 
 
 @main.command("worker")
-@click.option("--broker", "broker_url", default=None, help="Kafka URL, e.g. kafka://host:9092.")
+@_broker_option
 @click.option("--web-port", type=int, default=None, help="HTTP port for /health and /metrics.")
 @click.option("--data-dir", default=None, help="Where table state lives (RocksDB store).")
-@click.option("--config", "config", default=None, help="TOML settings file.")
+@_config_option
 @click.option("--app-id", default=None, help="Worker group id (default: sessionizer).")
 @click.option("--loglevel", default="warning", show_default=True)
 def worker(
@@ -153,13 +165,11 @@ def worker(
     )
     problem = _worker_unsupported(settings)
     if problem:
-        click.echo(f"sessionizer: {problem}", err=True)
-        sys.exit(EXIT_CONFIG)
+        _config_exit(problem)
     try:
         created = asyncio.run(ensure_topics(settings))
     except ConfigError as err:
-        click.echo(f"sessionizer: {err}", err=True)
-        sys.exit(EXIT_CONFIG)
+        _config_exit(err)
     except Exception as exc:
         click.echo(f"sessionizer: cannot reach the broker {settings.broker_url}: {exc}", err=True)
         sys.exit(1)
@@ -195,8 +205,8 @@ def worker(
     default=None,
     help="At most R records per second (default: as fast as possible).",
 )
-@click.option("--broker", "broker_url", default=None, help="Kafka URL, e.g. kafka://host:9092.")
-@click.option("--config", "config", default=None, help="TOML settings file.")
+@_broker_option
+@_config_option
 @click.option("--devices", type=click.IntRange(min=1), default=None, help="--generate: devices.")
 @click.option("--seed", type=int, default=1, show_default=True, help="--generate: random seed.")
 def produce(
@@ -233,7 +243,7 @@ def produce(
     default=None,
     help="Embedded broker port (default 9092, or a free one when 9092 is busy; 0: any free).",
 )
-@click.option("--config", "config", default=None, help="TOML settings file.")
+@_config_option
 @click.option(
     "--duration",
     type=click.FloatRange(min=0, min_open=True),
@@ -275,8 +285,7 @@ def demo(
             seed=seed,
         )
     except ConfigError as err:
-        click.echo(f"sessionizer: {err}", err=True)
-        sys.exit(EXIT_CONFIG)
+        _config_exit(err)
     sys.exit(code)
 
 
@@ -284,8 +293,8 @@ def demo(
 @click.argument("kind", type=click.Choice(["sessions", "events", "dead-letters"]))
 @click.option("--json", "as_json", is_flag=True, help="Print each raw JSON value, one a line.")
 @click.option("--from-beginning", is_flag=True, help="Start at the oldest record, not now.")
-@click.option("--broker", "broker_url", default=None, help="Kafka URL, e.g. kafka://host:9092.")
-@click.option("--config", "config", default=None, help="TOML settings file.")
+@_broker_option
+@_config_option
 @click.option(
     "--max",
     "max_records",
@@ -312,21 +321,16 @@ def tail(
     timeout_s: float | None,
 ) -> None:
     """Follow an output topic: sessions, events (sessionized) or dead-letters."""
-    from .tail import run
+    from .tail import TailOptions, run
 
-    settings = _settings(config, broker_url=broker_url)
-    sys.exit(
-        _config_safe(
-            lambda: run(
-                settings,
-                kind,
-                as_json=as_json,
-                from_beginning=from_beginning,
-                max_records=max_records,
-                timeout_s=timeout_s,
-            )
-        )
+    options = TailOptions(
+        as_json=as_json,
+        from_beginning=from_beginning,
+        max_records=max_records,
+        timeout_s=timeout_s,
     )
+    settings = _settings(config, broker_url=broker_url)
+    sys.exit(_config_safe(lambda: run(settings, kind, options)))
 
 
 @main.command("replay")
@@ -342,8 +346,8 @@ def tail(
 )
 @click.option("--to-live-topics", is_flag=True, help="Write to the live output topics.")
 @click.option("--keep-open", is_flag=True, help="Leave sessions open at the end.")
-@click.option("--broker", "broker_url", default=None, help="Kafka URL, e.g. kafka://host:9092.")
-@click.option("--config", "config", default=None, help="TOML settings file.")
+@_broker_option
+@_config_option
 def replay(
     from_beginning: bool,
     since: str | None,
@@ -362,9 +366,8 @@ def replay(
     """
     from . import replay as rp
 
-    def usage(message: str) -> None:
-        click.echo(f"sessionizer replay: {message}", err=True)
-        sys.exit(EXIT_CONFIG)
+    def usage(message: str) -> NoReturn:
+        _config_exit(message, "replay")
 
     if from_beginning == (since is not None):
         usage("give exactly one of --from-beginning and --since TIME")
@@ -401,8 +404,8 @@ def replay(
 
 @main.command("forward")
 @click.argument("name")
-@click.option("--config", "config", default=None, help="TOML settings file.")
-@click.option("--broker", "broker_url", default=None, help="Kafka URL, e.g. kafka://host:9092.")
+@_config_option
+@_broker_option
 @click.option("--endpoint", default=None, help="Destination URL (default: forward_endpoint).")
 @click.option("--web-port", type=int, default=None, help="Port of /health and /metrics.")
 def forward(
@@ -441,8 +444,8 @@ def forward(
 @click.option(
     "--out", "out_path", default="sessionizer-report.html", show_default=True, metavar="FILE"
 )
-@click.option("--broker", "broker_url", default=None, help="Kafka URL, e.g. kafka://host:9092.")
-@click.option("--config", "config", default=None, help="TOML settings file.")
+@_broker_option
+@_config_option
 def report(
     since: str, from_beginning: bool, out_path: str, broker_url: str | None, config: str | None
 ) -> None:
@@ -460,8 +463,7 @@ def report(
         try:
             since_ms = now_ms - back if back is not None else parse_time_ms(since)
         except ValueError as err:
-            click.echo(f"sessionizer report: --since: {err}", err=True)
-            sys.exit(EXIT_CONFIG)
+            _config_exit(f"--since: {err}", "report")
     settings = _settings(config, broker_url=broker_url)
     sys.exit(
         _config_safe(lambda: rep.run(settings, since_ms=since_ms, out_path=out_path, now_ms=now_ms))

@@ -19,6 +19,7 @@ from aiokafka.errors import MessageSizeTooLargeError
 
 from . import codec
 from .core.engine import identity
+from .exits import Failed, run_main
 from .stream.kafka import client_options, ensure_topics
 
 __all__ = ["Progress", "TokenBucket", "count_and_key", "produce_records", "producer_options"]
@@ -225,29 +226,20 @@ def run(
     """The ``produce`` command: returns the exit code after printing a one-line summary."""
     import sys
 
-    from aiokafka.errors import KafkaError
-
     if view is None:
         view = sys.stdout.isatty()
     # Failures end in our one-line message; aiokafka's own log would repeat it.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     records = _source(path, n_events, devices, seed)
     started = time.monotonic()
-    try:
-        if view:
-            coro = _produce_with_bar(settings, records, rate, n_events)
-        else:
-            coro = _produce_quiet(settings, records, rate)
-        n, events = asyncio.run(coro)
-    except KeyboardInterrupt:
-        print("sessionizer: interrupted", file=sys.stderr)
-        return 130
-    except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-        print(
-            f"sessionizer: cannot produce to {settings.broker_url}: {exc or type(exc).__name__}",
-            file=sys.stderr,
-        )
-        return 1
+    if view:
+        coro = _produce_with_bar(settings, records, rate, n_events)
+    else:
+        coro = _produce_quiet(settings, records, rate)
+    done = run_main(coro, f"cannot produce to {settings.broker_url}")
+    if isinstance(done, Failed):
+        return done.code
+    n, events = done
     secs = max(time.monotonic() - started, 1e-9)
     print(
         f"produced {n:,} records ({events:,} events) to {settings.topics.raw_events} "

@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import IO, Any
 
@@ -297,14 +298,21 @@ def _merge(batches: dict[Any, list[Any]]) -> Iterable[Any]:
     return heapq.merge(*batches.values(), key=lambda m: m.timestamp)
 
 
+@dataclass(frozen=True)
+class TailOptions:
+    """What the ``tail`` command's flags ask for."""
+
+    as_json: bool = False
+    from_beginning: bool = False
+    max_records: int | None = None
+    timeout_s: float | None = None
+
+
 async def tail(
     settings: Any,
     kind: str,
+    options: TailOptions = TailOptions(),
     *,
-    as_json: bool = False,
-    from_beginning: bool = False,
-    max_records: int | None = None,
-    timeout_s: float | None = None,
     out: IO[str] | None = None,
     err: IO[str] | None = None,
     stop: asyncio.Event | None = None,
@@ -318,6 +326,8 @@ async def tail(
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
     stop = stop if stop is not None else asyncio.Event()
+    as_json, from_beginning = options.as_json, options.from_beginning
+    max_records, timeout_s = options.max_records, options.timeout_s
     topic = getattr(settings.topics, KINDS[kind])
     deadline = time.monotonic() + timeout_s if timeout_s is not None else None
 
@@ -393,15 +403,7 @@ async def tail(
     return printed
 
 
-def run(
-    settings: Any,
-    kind: str,
-    *,
-    as_json: bool = False,
-    from_beginning: bool = False,
-    max_records: int | None = None,
-    timeout_s: float | None = None,
-) -> int:
+def run(settings: Any, kind: str, options: TailOptions) -> int:
     """The ``tail`` command: returns the exit code (0 also after Ctrl-C or a closed pipe)."""
     # aiokafka logs every failed connection attempt; the command says it once, in one line.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
@@ -412,15 +414,7 @@ def run(
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
-        await tail(
-            settings,
-            kind,
-            as_json=as_json,
-            from_beginning=from_beginning,
-            max_records=max_records,
-            timeout_s=timeout_s,
-            stop=stop,
-        )
+        await tail(settings, kind, options, stop=stop)
         return 0
 
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -701,23 +700,6 @@ def test_secrets_never_appear_in_errors(tmp_path: Path) -> None:
     assert errors[4].problem == "must be a non-empty string"
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A self-signed certificate and its key, and the key encrypted (openssl CLI)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command line tool is needed to make test certificates")
-    d = tmp_path_factory.mktemp("pki")
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=60)
-
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", "-x509", *ec, "-keyout", "key.pem", "-out", "cert.pem", "-days", "2",
-            "-subj", "/CN=test")  # fmt: skip
-    openssl("pkey", "-in", "key.pem", "-aes256", "-passout", "pass:pw", "-out", "enc.pem")
-    return {"cert": d / "cert.pem", "key": d / "key.pem", "enc_key": d / "enc.pem"}
-
-
 def test_ssl_files(tmp_path: Path, pki: dict[str, Path]) -> None:
     ca, cert, key = pki["cert"], pki["cert"], pki["key"]
     env = {
@@ -1010,16 +992,10 @@ def test_a_client_certificate_that_does_not_load(tmp_path: Path, pki: dict[str, 
     assert err.setting == "ssl_certfile (SESSIONIZER_SSL_CERTFILE)"
     assert "cannot load the client certificate" in err.problem
     # A key that is not the certificate's.
-    other = tmp_path / "other.pem"
-    subprocess.run(
-        ["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(other)],
-        check=True,
-        capture_output=True,
-    )
     env = {
         "SESSIONIZER_SECURITY_PROTOCOL": "SSL",
         "SESSIONIZER_SSL_CERTFILE": str(pki["cert"]),
-        "SESSIONIZER_SSL_KEYFILE": str(other),
+        "SESSIONIZER_SSL_KEYFILE": str(pki["other_key"]),
     }
     assert error(env=env).setting == "ssl_certfile (SESSIONIZER_SSL_CERTFILE)"
 

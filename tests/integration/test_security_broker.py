@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import io
@@ -36,12 +35,10 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import socket
 import ssl
 import struct
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -62,8 +59,9 @@ from aiokafka.protocol.admin import (
 )
 from harness import Names, WorkerProc
 
-from sessionizer import codec
+from sessionizer import codec, procs
 from sessionizer.broker import BrokerUnavailable, _api_versions_ok, resolve_binary
+from sessionizer.procs import free_port
 from sessionizer.settings import Secret, Security, Settings
 from sessionizer.stream.kafka import TopicSpec, client_options, ensure_topics
 from sessionizer.testing import T0, batch, launch, screen
@@ -79,12 +77,6 @@ UNSUPPORTED_SASL_MECHANISM = 33
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _tansu_bin() -> str:
@@ -106,38 +98,26 @@ class Tansu:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        procs.stop(self.proc, timeout=5)
 
 
 def _start_tansu(log_path: Path, *extra: str, advertised_port: int | None = None) -> Tansu:
-    port = _free_port()
+    port = free_port()
     listener = f"tcp://127.0.0.1:{port}"
     advertised = f"tcp://127.0.0.1:{advertised_port or port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     for name in ("CLUSTER_ID", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE"):
         env.pop(name, None)
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [
-                _tansu_bin(),
-                "broker",
-                *("--listener-url", listener, "--advertised-listener-url", advertised),
-                *("--storage-engine", "memory://tansu/", *extra),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
+    proc = procs.spawn(
+        [
+            _tansu_bin(),
+            "broker",
+            *("--listener-url", listener, "--advertised-listener-url", advertised),
+            *("--storage-engine", "memory://tansu/", *extra),
+        ],
+        log_path,
+        env=env,
+    )
     tansu = Tansu(proc, port, log_path)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -697,21 +677,6 @@ async def test_front_refuses_unauthenticated_clients(front: FrontFactory) -> Non
 # --------------------------------------------------------------------------- the worker
 
 
-class DebugWorker(WorkerProc):
-    """A worker logging at DEBUG, so aiokafka's SASL request dumps are in its log."""
-
-    def start(self) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sessionizer", "worker", "--loglevel", "debug"],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-
-
 @pytest.mark.timeout(300)
 async def test_worker_over_sasl_ssl_scram(front: FrontFactory, pki: Pki, tmp_path: Path) -> None:
     """The Faust worker with SASL_SSL + SCRAM-SHA-512: every connection verifies and logs in."""
@@ -724,7 +689,10 @@ async def test_worker_over_sasl_ssl_scram(front: FrontFactory, pki: Pki, tmp_pat
         "SESSIONIZER_SASL_PASSWORD": PASSWORD,
         "SESSIONIZER_SSL_CAFILE": str(pki.ca),
     }
-    worker = DebugWorker(sf.bootstrap, names, tmp_path, partitions=2, env=security_env)
+    # At DEBUG, aiokafka's SASL request dumps are in the worker's log.
+    worker = WorkerProc(
+        sf.bootstrap, names, tmp_path, partitions=2, env=security_env, loglevel="debug"
+    )
     settings = _sasl(sf.bootstrap, "SASL_SSL", "SCRAM-SHA-512", pki, PASSWORD)
     settings = Settings(
         broker_url=settings.broker_url,

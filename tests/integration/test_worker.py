@@ -9,53 +9,37 @@ from typing import Any
 
 import aiohttp
 import pytest
-from harness import Names, WorkerProc, final_sessions, produce, read_all
+from harness import (
+    CLOCK_APP,
+    Names,
+    WorkerProc,
+    clock_records,
+    final_sessions,
+    max_event_ts,
+    optout_device,
+    produce,
+    read_all,
+)
 from schema_check import validate_output
 
 from sessionizer import codec
 from sessionizer.core.engine import identity
-from sessionizer.testing import MIN, T0, batch, custom, launch, opt_out, run, screen, set_attr
+from sessionizer.testing import MIN, T0, batch, custom, launch, run, screen, set_attr
 from sessionizer.workload import generate
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 PARTITIONS = 4
-CLOCK_APP = "zz.clock"
-
-
-def _clock_records(last_ts: int) -> list[bytes]:
-    # One far-future record per partition moves every partition's watermark past
-    # every deadline, so live and offline close the same sessions the same way.
-    return [
-        codec.dumps(batch(f"clock-{p}", custom(last_ts + 24 * 60 * MIN), app=CLOCK_APP))
-        for p in range(PARTITIONS)
-    ]
 
 
 def _workload(seed: int, events: int = 3000) -> list[bytes]:
     recs = list(generate(events, devices=60, apps=2, seed=seed, bad_rate=0.02, late_rate=0.03))
     # A device that opts out mid-session and back in: R17/R18 through Kafka.
-    d = f"optout-{seed}"
-    recs += [
-        codec.dumps(batch(d, launch(T0), screen(T0 + 1000), set_attr(T0 + 2000, "tier", "gold"))),
-        codec.dumps(batch(d, opt_out(T0 + 3000), custom(T0 + 4000))),
-        codec.dumps(batch(d, opt_out(T0 + 5000, False), custom(T0 + 6000))),
-    ]
-    return recs
+    return recs + optout_device(seed)
 
 
-def _max_ts(recs: list[bytes]) -> int:
-    hi = 0
-    for v in recs:
-        try:
-            obj = codec.loads(v)
-        except Exception:
-            continue
-        for ev in obj.get("events") or []:
-            ts = (ev.get("data") or {}).get("timestamp_unixtime_ms") if type(ev) is dict else None
-            if type(ts) is int and hi < ts < 4_102_444_800_000:  # skip bad ones (µs)
-                hi = ts
-    return hi
+def _clocks(recs: list[bytes]) -> list[bytes]:
+    return clock_records(max_event_ts(recs), PARTITIONS)
 
 
 def _expected(recs: list[bytes]) -> Any:
@@ -131,7 +115,7 @@ def _names() -> Names:
 async def test_r0_live_output_equals_process_file(broker: Any, tmp_path: Path) -> None:
     names = _names()
     recs = _workload(seed=11)
-    recs += _clock_records(_max_ts(recs))
+    recs += _clocks(recs)
     w = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS)
     w.start()
     try:
@@ -200,7 +184,7 @@ async def test_restart_recovery_after_sigkill_at_several_points(
         return "w" if store == "rocksdb" else f"w{i}"
 
     recs = _workload(seed=12, events=4000)
-    clocks = _clock_records(_max_ts(recs))
+    clocks = _clocks(recs)
     n = len(recs)
     chunks = [recs[: n // 4], recs[n // 4 : n // 2], recs[n // 2 : 3 * n // 4], recs[3 * n // 4 :]]
     # Seconds to let the worker run into each chunk before the kill.
@@ -252,7 +236,7 @@ async def test_two_workers_share_partitions_and_one_takes_over(broker: Any, tmp_
             timeout=90,
         )
         a.terminate()  # stopped mid-stream: b takes its partitions over
-        clocks = _clock_records(_max_ts(recs))
+        clocks = _clocks(recs)
         await produce(broker.bootstrap, names.topics["raw_events"], recs[half:])
         for p, clock in enumerate(clocks):
             await produce(broker.bootstrap, names.topics["raw_events"], [clock], partition=p)
@@ -291,13 +275,12 @@ async def test_repartition_when_records_are_not_keyed_by_device(
         # A clock device for every engine partition, chosen by the partitioner.
         part = DefaultPartitioner()
         clocks: dict[int, bytes] = {}
+        clock_ts = max_event_ts(recs) + 24 * 60 * MIN
         i = 0
         while len(clocks) < PARTITIONS:
             dev = f"clock-{i}"
             p = part(dev.encode(), list(range(PARTITIONS)), list(range(PARTITIONS)))
-            clocks.setdefault(
-                p, codec.dumps(batch(dev, custom(_max_ts(recs) + 24 * 60 * MIN), app=CLOCK_APP))
-            )
+            clocks.setdefault(p, codec.dumps(batch(dev, custom(clock_ts), app=CLOCK_APP)))
             i += 1
         await produce(broker.bootstrap, names.topics["raw_events"], list(clocks.values()))
         internal = f"{names.app_id}-repartition"
@@ -379,7 +362,7 @@ async def test_workers_join_and_leave_a_live_group(broker: Any, tmp_path: Path) 
             assert code == 0, workers[tag].log()[-3000:]
             await feed(chunk)
             await caught_up(f"{tag} left")
-        clocks = _clock_records(_max_ts(recs))
+        clocks = _clocks(recs)
         for p, clock in enumerate(clocks):
             await produce(broker.bootstrap, names.topics["raw_events"], [clock], partition=p)
         await _run_and_compare(broker.bootstrap, names, recs + clocks, timeout=240)
@@ -398,7 +381,7 @@ async def test_a_failing_worker_exits_non_zero_and_a_restart_resumes(
     recs = _workload(seed=16, events=1500)
     bomb = codec.dumps(batch("bomb-device", launch(T0), custom(T0 + 1000, "BOOM-1")))
     recs.insert(len(recs) // 2, bomb)
-    clocks = _clock_records(_max_ts(recs))
+    clocks = _clocks(recs)
     w = WorkerProc(
         broker.bootstrap,
         names,
@@ -485,7 +468,7 @@ async def test_a_poisoned_record_is_an_internal_error_and_its_partition_flows_on
         codec.dumps(batch("bystander", launch(T0), screen(T0 + 10))),
     ]
     clean = before + after
-    clocks = _clock_records(T0 + MIN)
+    clocks = clock_records(T0 + MIN, PARTITIONS)
     w = WorkerProc(
         broker.bootstrap,
         names,
