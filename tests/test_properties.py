@@ -31,6 +31,7 @@ from sessionizer.core.config import EngineConfig
 from sessionizer.core.engine import Engine, identity
 from sessionizer.core.ids import session_id, session_uuid
 from sessionizer.core.model import DEAD_LETTERS, EVENTS, SESSIONS
+from sessionizer.core.state import OPEN
 from sessionizer.testing import (
     MIN,
     NOW,
@@ -1158,3 +1159,47 @@ def test_snapshot_regression_expiry_order_after_restore() -> None:
     _, rest = drive(recs[cut:], engine=fresh, first_offset=cut, close=False)
     # uninterrupted: dev-1 (idle) closes before dev-2 (timeout); restored: dev-2 first
     assert [o.line for o in flat(rest)] == [o.line for o in flat(whole[cut:])]
+
+
+# ------------------------------------------------------------------ the open-sessions gauge
+
+
+def _walk_open(eng: Engine) -> int:
+    return sum(1 for s in eng.keys.values() if s.open is not None and s.open.status == OPEN)
+
+
+@PROPS
+@given(scn=_privacy_scenarios(), rnd=st.randoms(use_true_random=False), data=st.data())
+def test_the_incremental_open_sessions_gauge_equals_a_walk_at_every_step(
+    scn: Scenario, rnd: random.Random, data: st.DataObject
+) -> None:
+    """The worker's gauge (track_dirty) is kept from the changed keys only; after
+    any record, expiry, console opt-out, take_dirty or restore it equals a walk."""
+    recs = scn.interleave(rnd)
+    n = len(recs)
+    takes = data.draw(st.lists(st.booleans(), min_size=n, max_size=n), label="take_dirty")
+    cut = data.draw(st.integers(0, n), label="restore at")
+    control = data.draw(st.sampled_from([None, *[k.device for k in scn.keys]]), label="opt-out")
+    eng = Engine(CFG, loads=codec.loads, dumps=codec.dumps, track_dirty=True)
+
+    def check(i: int, e: Engine) -> None:
+        assert e.open_sessions() == _walk_open(e), i
+        if takes[i]:
+            e.take_dirty()
+            assert e.open_sessions() == _walk_open(e), i
+
+    ctl = None if control is None else {control: True}
+    eng, _ = drive(recs[:cut], engine=eng, control=ctl, control_at=n // 2, close=False, after=check)
+    fresh = Engine(CFG, loads=codec.loads, dumps=codec.dumps, track_dirty=True, control=eng.control)
+    fresh.restore(((k, eng.snapshot_key(k) or []) for k in list(eng.keys)), eng.watermark)
+    assert fresh.open_sessions() == _walk_open(fresh) == _walk_open(eng)
+    rest = recs[cut:]
+
+    def check_rest(i: int, e: Engine) -> None:
+        check(cut + i, e)
+
+    fresh, _ = drive(rest, engine=fresh, first_offset=cut, close=False, after=check_rest)
+    fresh.close_all()
+    assert fresh.open_sessions() == _walk_open(fresh) == 0
+    fresh.take_dirty()
+    assert fresh.open_sessions() == 0
