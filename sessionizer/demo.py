@@ -146,6 +146,9 @@ class _Rate:
         return (total - n0) / (now - t0) if now > t0 else 0.0
 
 
+INTEGRATION = "integration:"  # OutputReader's kind of an integration topic: + its name
+
+
 @dataclass
 class Stats:
     """Everything the view shows, updated from the producer and the output topics."""
@@ -161,6 +164,9 @@ class Stats:
     partitions: str = ""  # the worker's partitions, from its ready line
     ended_by_reason: Counter[str] = field(default_factory=Counter)
     dead_letters: Counter[str] = field(default_factory=Counter)
+    # Each enabled integration -> records written to its topic; its dead letters.
+    integrations: dict[str, int] = field(default_factory=dict)
+    integration_dead: Counter[str] = field(default_factory=Counter)
     open: dict[str, dict[str, Any]] = field(default_factory=dict)
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=10))
     rate_in: _Rate = field(default_factory=_Rate)
@@ -184,6 +190,10 @@ class Stats:
     def on_output(self, kind: str, value: bytes | None) -> None:
         if self.worker == "starting":
             self.worker = "running"
+        if kind.startswith(INTEGRATION):
+            name = kind[len(INTEGRATION) :]
+            self.integrations[name] = self.integrations.get(name, 0) + 1
+            return
         if value is None:
             return
         try:
@@ -202,6 +212,9 @@ class Stats:
             self._on_session(obj)
         else:
             self.dead_letters[str(obj.get("reason"))] += 1
+            dest = obj.get("destination")  # an integration's (docs/integrations.md)
+            if isinstance(dest, str):
+                self.integration_dead[dest] += 1
 
     def _on_session(self, rec: dict[str, Any]) -> None:
         uuid = rec.get("session_uuid")
@@ -218,6 +231,16 @@ class Stats:
                 self.ended_by_reason[str(rec.get("end_reason"))] += 1
             self.recent.appendleft(rec)
 
+    def integrations_line(self) -> str:
+        """What each enabled integration has produced: records of its topic, dead letters."""
+        if not self.integrations:
+            return "integrations: none enabled (setting integrations)"
+        parts = []
+        for name, n in self.integrations.items():
+            dead = self.integration_dead.get(name, 0)
+            parts.append(f"{name} {n:,}" + (f" ({dead:,} dead letters)" if dead else ""))
+        return "integrations (records written): " + ", ".join(parts)
+
     def rates(self, now: float) -> tuple[float, float]:
         return self.rate_in.sample(now, self.events_in), self.rate_out.sample(now, self.events_out)
 
@@ -229,6 +252,7 @@ class Stats:
             f"{self.sessions_started} sessions started, {len(self.open)} open, "
             f"{self.ended} ended{f' ({reasons})' if reasons else ''}, {self.revised} revised; "
             f"{sum(self.dead_letters.values())} dead letters{f' ({dead})' if dead else ''}"
+            + (f"; {self.integrations_line()}" if self.integrations else "")
         )
 
     def line(self, now: float) -> str:
@@ -289,10 +313,11 @@ def render(stats: Stats, now: float, broker: str, height: int = 40) -> Any:
         f"in [bold green]{r_in:,.0f}[/] events/s ({stats.events_in:,}) · "
         f"out [bold green]{r_out:,.0f}[/] events/s ({stats.events_out:,}) · "
         f"sessions [bold]{len(stats.open)}[/] open, [bold]{stats.ended}[/] ended, "
-        f"{stats.revised} revised · dead letters {dead}"
+        f"{stats.revised} revised · dead letters {dead}\n"
+        f"{escape(stats.integrations_line())}"
     )
-    # Panel, two tables' chrome and the footer take 16 lines; rows share the rest.
-    rows = max(2, height - 16)
+    # Panel, two tables' chrome and the footer take 17 lines; rows share the rest.
+    rows = max(2, height - 17)
     n_open = min(6, rows * 2 // 5)
     n_ended = min(10, rows - n_open)
     opened = Table(title=f"Open sessions: {len(stats.open)} (most recent)", expand=True)
@@ -391,12 +416,15 @@ class WorkerLog:
 
 
 class OutputReader:
-    """A group-less consumer of the three output topics, from their end at start-up."""
+    """A group-less consumer of the output topics (the three, and the enabled
+    integrations'), from their end at start-up."""
 
     def __init__(self, settings: Any, stats: Stats) -> None:
         t = settings.topics
         self.kinds = {t.sessionized_events: "events", t.sessions: "sessions"}
         self.kinds[t.dead_letters] = "dead"
+        for name in settings.integrations:
+            self.kinds[t.integration(name)] = INTEGRATION + name
         self.settings = settings
         self.stats = stats
         self.consumer: Any = None
@@ -597,7 +625,7 @@ async def run_demo(
     out.on_lost = stop.set
     unwatch = out.watch(loop)
     try:
-        stats = Stats()
+        stats = Stats(integrations=dict.fromkeys(settings.integrations, 0))
         await ensure_topics(settings)
         reader = OutputReader(settings, stats)
         await reader.start()

@@ -20,18 +20,24 @@ else, so the three write the same bytes for the same outputs:
 :meth:`OutputEncoder.records` is the one place where the outputs of one engine
 step become records to write, called right after the step with the engine
 that made it (``sessionizer.driver`` for files and replay, the worker's
-``Pipeline._publish``). Whatever else a step must write (the
-``integrations.<name>`` topics of docs/integrations.md, translated from the
-same outputs, with the engine to look sessions up in) belongs there too, so
-that every runner writes it alike. A step is not the same size everywhere (a
-record and its expiry in ``process-file`` and ``replay``, a batch in the
-worker), so what is written for some outputs must not depend on how they were
-split into steps.
+``Pipeline._publish``). The ``integrations.<name>`` topics
+(docs/integrations.md) are written here too: the step's outputs translated
+(``sessionizer.integrations.translate_keyed``) with the engine to look
+sessions up in, keyed by the device, their translation dead letters to the
+dead-letters topic keyed as the §7 output they come from, all in the step's
+records, so they go out in the same send as the other outputs (the worker's
+crash guarantees, before the changelog and marker). A step is not the same
+size everywhere (a record and its expiry in ``process-file`` and ``replay``, a
+batch in the worker), so what is written for some outputs must not depend on
+how they were split into steps: the engine lookup gives each step the same
+session facts a one-pass translation finds in the session records
+(``process-file --integrations`` translates its files in one pass,
+``integrations.write_files``; ``tests/test_integrations.py`` checks they agree).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from aiokafka.partitioner import murmur2
@@ -39,6 +45,7 @@ from aiokafka.partitioner import murmur2
 from . import codec
 from .core.engine import Engine
 from .core.model import DEAD_LETTERS, TOPIC_NAMES, Output
+from .integrations import engine_lookup, translate_keyed
 
 __all__ = ["Message", "OutputEncoder", "Record", "partition_for", "record_hash"]
 
@@ -72,16 +79,24 @@ class OutputEncoder:
     ``topics``: the names of the engine's output topics in engine order
     (``TOPIC_NAMES`` for files). ``line``: file runners, whose values end with
     ``\\n`` (the same bytes as a broker value, plus the newline, written by
-    orjson in one go).
+    orjson in one go). ``integrations``: destination name -> the topic of its
+    records (``Settings.topics.integration(name)``), in the order to write them.
     """
 
-    __slots__ = ("_dumps", "line", "topics")
+    __slots__ = ("_dumps", "integrations", "line", "topics")
 
-    def __init__(self, topics: Sequence[str] = TOPIC_NAMES, *, line: bool = False) -> None:
+    def __init__(
+        self,
+        topics: Sequence[str] = TOPIC_NAMES,
+        *,
+        line: bool = False,
+        integrations: Mapping[str, str] | None = None,
+    ) -> None:
         if len(topics) != len(TOPIC_NAMES):
             raise ValueError(f"need {len(TOPIC_NAMES)} topic names, got {list(topics)}")
         self.topics = tuple(topics)
         self.line = line
+        self.integrations = tuple((integrations or {}).items())
         self._dumps: Callable[[Any], bytes] = codec.dumps_line if line else codec.dumps
 
     def records(self, outputs: Iterable[Output], engine: Engine | None = None) -> list[Record]:
@@ -91,12 +106,15 @@ class OutputEncoder:
         (before its next record), for what must be looked up in its state;
         the outputs themselves need none. The partition is left None: the
         sender applies :func:`partition_for` with the topic's partition count
-        (files have none).
+        (files have none). The step's outputs come first, then each
+        integration's records and its dead letters.
         """
         topics = self.topics
         dumps = self._dumps
         dead = DEAD_LETTERS
-        return [
+        if self.integrations and not isinstance(outputs, list):
+            outputs = list(outputs)  # read once per integration
+        records: list[Record] = [
             (
                 topics[topic],
                 key if topic == dead or key is None else key.encode(),
@@ -105,3 +123,17 @@ class OutputEncoder:
             )
             for topic, key, value in outputs
         ]
+        if self.integrations and records:
+            lookup = None if engine is None else engine_lookup(engine)
+            dead_topic = topics[dead]
+            for name, topic in self.integrations:
+                payloads, letters = translate_keyed(name, outputs, lookup)
+                records += [(topic, device.encode(), dumps(p), None) for device, p in payloads]
+                records += [(dead_topic, _key_bytes(k), dumps(dl), None) for k, dl in letters]
+        return records
+
+
+def _key_bytes(key: Any) -> bytes | None:
+    if key is None or isinstance(key, bytes):
+        return key
+    return str(key).encode()

@@ -225,7 +225,7 @@ def from_settings(settings: Any, name: str, **overrides: Any) -> ForwardConfig:
     cfg = ForwardConfig(
         name=name,
         client=client_options(settings),
-        topic=get("topic", topic_name(name)),
+        topic=get("topic", topic_name(name, getattr(topics, "integrations", "integrations"))),
         dead_letters_topic=get(
             "dead_letters_topic", getattr(topics, "dead_letters", "dead-letters")
         ),

@@ -14,8 +14,9 @@ unless ``keep_open``.
 Console opt-outs (R19) apply to replays too: the opt-out-control topic is read
 whole before the first raw record.
 
-Outputs go to ``output_prefix`` + each output topic name (created when
-missing), encoded by the encoder of the worker and ``process-file``
+Outputs go to ``output_prefix`` + each output topic name, and, with the
+setting ``integrations``, ``output_prefix`` + each ``integrations.<name>``
+topic (created when missing), encoded by the encoder of the worker and ``process-file``
 (``sessionizer.encode``): the same keys, values and partitions (a null-keyed
 dead letter goes to a partition chosen from a hash of its value), so even
 partitions are the same in two runs.
@@ -49,6 +50,7 @@ __all__ = [
     "DEFAULT_PREFIX",
     "ReplayError",
     "check_prefix",
+    "integration_topics",
     "offsets_for_time",
     "output_topics",
     "parse_time_ms",
@@ -106,12 +108,17 @@ def output_topics(settings: Any, prefix: str) -> list[str]:
     return [prefix + t.sessionized_events, prefix + t.sessions, prefix + t.dead_letters]
 
 
+def integration_topics(settings: Any, prefix: str) -> dict[str, str]:
+    """Destination -> its topic, for the destinations of the setting ``integrations``."""
+    return {n: prefix + settings.topics.integration(n) for n in settings.integrations}
+
+
 def check_prefix(settings: Any, prefix: str) -> None:
     """Raises ValueError when ``prefix`` makes a bad topic name or hits an input topic."""
     if not _TOPIC_RE.fullmatch(prefix):
         raise ValueError(f"must be characters of a-z A-Z 0-9 . _ - only, got {prefix!r}")
     inputs = {settings.topics.raw_events, settings.topics.opt_out_control}
-    for name in output_topics(settings, prefix):
+    for name in [*output_topics(settings, prefix), *integration_topics(settings, prefix).values()]:
         if len(name) > 249:
             raise ValueError(f"makes the topic name {name[:40]}... longer than 249 characters")
         if name in inputs:
@@ -391,10 +398,15 @@ class _Output:
     partitioned by the sender (``encode.partition_for``).
     """
 
-    def __init__(self, producer: AIOKafkaProducer, topics: list[str]) -> None:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        topics: list[str],
+        integrations: dict[str, str] | None = None,
+    ) -> None:
         self.sender = BatchSender(producer)
         self.producer = producer
-        self.encoder = OutputEncoder(topics)
+        self.encoder = OutputEncoder(topics, integrations=integrations)
         self.buf: list[Message] = []
         self.inflight: asyncio.Task[None] | None = None
 
@@ -521,7 +533,8 @@ async def replay(
     progress: bool = True,
     now_ms: int | None = None,
 ) -> Counts:
-    """Replay the raw topic into ``output_prefix`` + each output topic; return the counts.
+    """Replay the raw topic into ``output_prefix`` + each output topic (and
+    integration topic); return the counts.
 
     ``since_ms`` None means from the beginning; records are those from the first
     offset whose Kafka timestamp is >= ``since_ms`` to the first offset whose
@@ -532,6 +545,7 @@ async def replay(
     check_prefix(settings, output_prefix)
     now = int(time.time() * 1000) if now_ms is None else now_ms
     topics = output_topics(settings, output_prefix)
+    integrations = integration_topics(settings, output_prefix)
     t = settings.topics
     consumer = AIOKafkaConsumer(
         **client_options(settings),
@@ -553,6 +567,7 @@ async def replay(
                 TopicSpec(topics[0], n),
                 TopicSpec(topics[1], n, compacted=True),
                 TopicSpec(topics[2], n),
+                *(TopicSpec(name, n) for name in integrations.values()),
             ],
         )
         producer = AIOKafkaProducer(**{**producer_options(settings), "acks": "all"})
@@ -560,7 +575,7 @@ async def replay(
             await producer.start()
             control = await _read_control(consumer, settings, found[t.opt_out_control])
             parts = await _plan(consumer, settings, found[t.raw_events], since_ms, until_ms)
-            out = _Output(producer, topics)
+            out = _Output(producer, topics, integrations)
             try:
                 with _Progress(parts, progress) as bar:
                     for part in parts:
@@ -671,35 +686,25 @@ def run(
     keep_open: bool,
 ) -> int:
     """The ``replay`` command: counts as one JSON line on stdout, a summary on stderr."""
-    from aiokafka.errors import KafkaError
-
+    from .exits import Failed, run_main
     from .offline import tune_gc
 
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     tune_gc()
     started = time.monotonic()
-    try:
-        counts = asyncio.run(
-            replay(
-                settings,
-                since_ms=since_ms,
-                until_ms=until_ms,
-                output_prefix=output_prefix,
-                keep_open=keep_open,
-            )
-        )
-    except KeyboardInterrupt:
-        print("sessionizer: interrupted", file=sys.stderr)
-        return 130
-    except ReplayError as exc:
-        print(f"sessionizer: {exc}", file=sys.stderr)
-        return 1
-    except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-        print(
-            f"sessionizer: replay failed on {settings.broker_url}: {exc or type(exc).__name__}",
-            file=sys.stderr,
-        )
-        return 1
+    counts = run_main(
+        replay(
+            settings,
+            since_ms=since_ms,
+            until_ms=until_ms,
+            output_prefix=output_prefix,
+            keep_open=keep_open,
+        ),
+        f"replay failed on {settings.broker_url}",
+        own=(ReplayError,),
+    )
+    if isinstance(counts, Failed):
+        return counts.code
     sys.stdout.buffer.write(codec.dumps_line(counts.as_dict()))
     sys.stdout.flush()
     topics = output_topics(settings, output_prefix)

@@ -557,6 +557,16 @@ class Topics:
     opt_out_control: str = _topic(
         "opt_out_control", "opt-out-control", "Compacted console opt-out topic (R19)."
     )
+    integrations: str = _topic(
+        "integrations",
+        "integrations",
+        "Output: each enabled destination's records go to `<this>.<destination>` "
+        "([integrations.md](integrations.md)).",
+    )
+
+    def integration(self, name: str) -> str:
+        """The topic of destination ``name``'s records: ``integrations.amplitude``."""
+        return f"{self.integrations}.{name}"
 
 
 @dataclass(frozen=True, slots=True)

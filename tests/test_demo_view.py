@@ -9,7 +9,15 @@ import orjson
 import pytest
 from rich.console import Console
 
-from sessionizer.demo import LiveTraffic, Stats, WorkerLog, demo_env, own_topics_env, render
+from sessionizer.demo import (
+    LiveTraffic,
+    OutputReader,
+    Stats,
+    WorkerLog,
+    demo_env,
+    own_topics_env,
+    render,
+)
 from sessionizer.settings import load_settings
 from sessionizer.workload import Upload
 
@@ -59,10 +67,35 @@ def test_on_a_users_broker_every_topic_and_the_group_get_the_prefix() -> None:
         "SESSIONIZER_TOPIC_SESSIONS": "sessionizer-demo-0a1b2c3d.sessions",
         "SESSIONIZER_TOPIC_DEAD_LETTERS": "sessionizer-demo-0a1b2c3d.dead-letters",
         "SESSIONIZER_TOPIC_OPT_OUT_CONTROL": "sessionizer-demo-0a1b2c3d.opt-out-control",
+        "SESSIONIZER_TOPIC_INTEGRATIONS": "sessionizer-demo-0a1b2c3d.integrations",
         "SESSIONIZER_APP_ID": "sessionizer-demo-0a1b2c3d",
     }
     moved = load_settings(env={"SESSIONIZER_APP_ID": "sessionizer", **env})
     assert moved.app_id == "sessionizer-demo-0a1b2c3d"  # a user's own group id never wins
+    # The integration topics too: never a live integrations.<name> on a user's broker.
+    moved = load_settings(env={**env, "SESSIONIZER_INTEGRATIONS": "ga4"})
+    assert moved.topics.integration("ga4") == "sessionizer-demo-0a1b2c3d.integrations.ga4"
+
+
+def test_the_view_shows_what_each_enabled_integration_produced() -> None:
+    """One line: each enabled integration's records (read from its topic by the
+    OutputReader) and its dead letters (by the dead letters' ``destination``)."""
+    settings = load_settings(env={"SESSIONIZER_INTEGRATIONS": "amplitude,ga4"})
+    assert "integrations: none enabled" in _text(Stats())
+    stats = Stats(integrations=dict.fromkeys(settings.integrations, 0))
+    reader = OutputReader(settings, stats)
+    kinds = {topic: kind for topic, kind in reader.kinds.items() if topic.startswith("integ")}
+    assert sorted(kinds) == ["integrations.amplitude", "integrations.ga4"]
+    for _ in range(1234):
+        stats.on_output(kinds["integrations.amplitude"], b'{"event_type": "x"}')
+    stats.on_output(kinds["integrations.ga4"], b"{}")
+    dead = {"reason": "integration_unsendable", "destination": "amplitude", "detail": "x"}
+    for _ in range(2):
+        stats.on_output(reader.kinds[settings.topics.dead_letters], orjson.dumps(dead))
+    text = _text(stats)
+    assert "integrations (records written): amplitude 1,234 (2 dead letters), ga4 1" in text
+    assert "amplitude 1,234 (2 dead letters), ga4 1" in stats.line(stats.started + 1)
+    assert stats.events_out == 0  # integration records are not counted as events
 
 
 def test_live_traffic_retries_a_cut_off_upload() -> None:

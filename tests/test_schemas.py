@@ -37,8 +37,16 @@ from sessionizer.core.model import (
     ALL_DEAD_LETTER_REASONS,
     DEAD_LETTER_REASONS,
     END_REASONS,
+    EVENTS,
+    SESSIONS,
     TOPIC_NAMES,
 )
+from sessionizer.integrations import NAMES as INTEGRATIONS
+from sessionizer.integrations import translate
+from sessionizer.integrations.common import DEAD_LETTER_REASONS as INTEGRATION_REASONS
+from sessionizer.integrations.common import REJECTED as INTEGRATION_REJECTED
+from sessionizer.integrations.common import UNSENDABLE
+from sessionizer.integrations.common import dead_letter as integration_dead_letter
 from sessionizer.offline import process_files
 from sessionizer.testing import (
     MIN,
@@ -86,7 +94,72 @@ def test_enums_match_the_engine() -> None:
     end = sess["$defs"]["session_end"]["properties"]["end_reason"]["enum"]
     assert end == list(END_REASONS)
     dead = json.loads((SCHEMA_DIR / "dead-letter.schema.json").read_text(encoding="utf-8"))
-    assert dead["properties"]["reason"]["enum"] == list(ALL_DEAD_LETTER_REASONS)
+    # One dead-letters topic: the engine's reasons (§7.3), then the integrations' (§10).
+    want = [*ALL_DEAD_LETTER_REASONS, *INTEGRATION_REASONS]
+    assert dead["properties"]["reason"]["enum"] == want
+
+
+def _integration_dead_letters() -> list[dict[str, Any]]:
+    """A translation dead letter of every destination (an event whose time came from
+    the Kafka timestamp, a session whose device Amplitude cannot take), and what the
+    forwarder writes: a refusal with the destination's response, an unsendable record."""
+    rec = {**single("dev-1", custom(T0)), "timestamp_unixtime_ms": None}
+    rec["data"] = {"event_name": "x", "session_uuid": None}
+    out: list[dict[str, Any]] = []
+    for name in INTEGRATIONS:
+        payloads, dead = translate(name, [(EVENTS, "dev-1", rec)])
+        assert payloads == [] and len(dead) == 1, name
+        out += dead
+    start = {"record": "session_start", "session_uuid": "A" * 8, "session_id": 1, "app": "a",
+             "device": "d" * 1100, "mpid": None, "start_unixtime_ms": T0, "session_number": 1,
+             "previous_session_uuid": None}  # fmt: skip
+    out += translate("amplitude", [(SESSIONS, "A" * 8, start)])[1]
+    src = {"topic": "integrations.segment", "partition": 2, "offset": 17, "timestamp": T0}
+    out.append(
+        integration_dead_letter("segment", INTEGRATION_REJECTED, "HTTP 400", "integrations.segment",
+                                b'{"type":"track"}'.decode(), source=src,
+                                response={"status": 400, "body": '{"error":"invalid"}'})
+    )  # fmt: skip
+    out.append(
+        integration_dead_letter("ga4", UNSENDABLE, "not a JSON object", "integrations.ga4",
+                                "[1]", source=src)
+    )  # fmt: skip
+    return out
+
+
+def test_integration_dead_letters_match_the_dead_letter_schema() -> None:
+    """Translation and forwarder dead letters go to the dead-letters topic: its schema
+    takes them, with ``destination`` and (a refusal only) ``response``."""
+    letters = _integration_dead_letters()
+    assert {d["reason"] for d in letters} == set(INTEGRATION_REASONS)
+    for dl in letters:
+        validate_output("dead-letters", dl)
+    # Translation dead letters have no source offset; every other field is §7.3's.
+    assert letters[0]["source"] == {
+        "topic": "sessionized-events", "partition": None, "offset": None, "timestamp": None
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"destination": None},  # an integration dead letter names its destination
+        {"reason": "bad_event"},  # a §7.3 dead letter has no destination, and an offset
+        {"reason": "integration_unsendable"},  # a response only with a refusal
+        {"response": {"status": 429, "body": ""}},  # 429 is retried, never a dead letter
+        {"payload_encoding": "base64"},
+    ],
+    ids=str,
+)
+def test_the_dead_letter_schema_keeps_the_two_kinds_apart(change: dict[str, Any]) -> None:
+    dl = dict(_integration_dead_letters()[-2])  # the refusal
+    assert not errors("dead-letters", dl)
+    for k, v in change.items():
+        if v is None:
+            dl.pop(k)
+        else:
+            dl[k] = v
+    assert errors("dead-letters", dl)
 
 
 def test_validators_check_formats() -> None:

@@ -39,6 +39,7 @@ __all__ = [
     "parse_names",
     "topic_name",
     "translate",
+    "translate_keyed",
     "write_files",
 ]
 
@@ -63,9 +64,10 @@ for _i, _n in enumerate(TOPIC_NAMES):
     _KINDS[_n.replace("-", "_")] = _i
 
 
-def topic_name(name: str) -> str:
-    """The topic a destination's records go to."""
-    return f"integrations.{name}"
+def topic_name(name: str, base: str = "integrations") -> str:
+    """The topic a destination's records go to: ``<base>.<name>``, ``base`` the
+    setting ``topics.integrations`` (``Settings.topics.integration(name)``)."""
+    return f"{base}.{name}"
 
 
 def parse_names(text: str) -> list[str]:
@@ -119,7 +121,8 @@ def _record(
     record: dict[str, Any],
     ctx: Context,
     out: list[Payload],
-    dead: list[dict[str, Any]],
+    dead: list[tuple[Any, dict[str, Any]]],
+    key: Any = None,
 ) -> None:
     ident = identity(record)
     topic = TOPIC_NAMES[EVENTS]
@@ -134,7 +137,7 @@ def _record(
             if ident is None:
                 raise Unsendable("the record names no device (§1.2)")
             app, device = ident
-            key = f"{app}/{device}"
+            skey = f"{app}/{device}"
             suuid = data.get("session_uuid")
             suuid = suuid if isinstance(suuid, str) else None
             ev = Event(
@@ -143,18 +146,18 @@ def _record(
                 index=index,
                 app=app,
                 device=device,
-                key=key,
+                key=skey,
                 ts=_ts(data, record),
                 session_uuid=suuid,
                 session_start=data.get("session_start_unixtime_ms") if suuid else None,
                 event_num=data.get("event_num") if suuid else None,
-                facts=ctx.session(key, suuid) if suuid else None,
+                facts=ctx.session(skey, suuid) if suuid else None,
             )
             items.append(mod.event(ev))
             evs.append(ev)
         except Unsendable as err:
             dead.append(
-                dead_letter(name, UNSENDABLE, str(err), topic, _identity_payload(record, e))
+                (key, dead_letter(name, UNSENDABLE, str(err), topic, _identity_payload(record, e)))
             )
     if not items:
         return
@@ -179,6 +182,15 @@ def translate(
     same bytes). Returns ``([(device, payload)], [dead letter])``; §7.3 dead
     letters translate to nothing. Deterministic; never raises on a §7 record.
     """
+    out, dead = translate_keyed(name, outputs, lookup)
+    return out, [dl for _key, dl in dead]
+
+
+def translate_keyed(
+    name: str, outputs: Iterable[Output], lookup: SessionLookup | None = None
+) -> tuple[list[Payload], list[tuple[Any, dict[str, Any]]]]:
+    """``translate``, each dead letter with the key of the §7 output it was made
+    from (§7.3: the source record's key), as a runner writes it."""
     mod = REGISTRY[name]
     steps = [(_kind(k), key, v) for k, key, v in outputs]
     facts: dict[str, SessionFacts] = {}
@@ -189,15 +201,16 @@ def translate(
             )
     ctx = Context(facts, lookup)
     out: list[Payload] = []
-    dead: list[dict[str, Any]] = []
-    for kind, _key, v in steps:
+    dead: list[tuple[Any, dict[str, Any]]] = []
+    for kind, key, v in steps:
         if kind == EVENTS:
-            _record(name, mod, v, ctx, out, dead)
+            _record(name, mod, v, ctx, out, dead, key)
         elif kind == SESSIONS:
             try:
                 payloads = mod.session(v)
             except Unsendable as err:
-                dead.append(dead_letter(name, UNSENDABLE, str(err), TOPIC_NAMES[SESSIONS], v))
+                dl = dead_letter(name, UNSENDABLE, str(err), TOPIC_NAMES[SESSIONS], v)
+                dead.append((key, dl))
                 continue
             out.extend((str(v["device"]), p) for p in payloads)
     return out, dead

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import Event, Unsendable, app_version, platform, truncate
+from .common import Event, Unsendable, app_version, end_event, platform, truncate
 
 NAME = "amplitude"
 MAX_STRING = 1024  # amplitude.constants.MAX_STRING_LENGTH
@@ -75,19 +75,10 @@ def session(rec: dict[str, Any]) -> list[dict[str, Any]]:
         p["time"] = rec["start_unixtime_ms"]
         p["insert_id"] = f"{suuid}-start"
     else:
-        rev = rec["revision"]
-        p["event_type"] = "session_end" if rev == 0 else "session_revised"
+        p["event_type"], end = end_event(rec)
         p["time"] = rec["end_unixtime_ms"]
-        p["insert_id"] = f"{suuid}-end-{rev}"
-        for k in (
-            "session_duration_ms",
-            "foreground_duration_ms",
-            "event_count",
-            "screen_view_count",
-            "end_reason",
-            "revision",
-        ):
-            props[k] = rec[k]
+        p["insert_id"] = f"{suuid}-end-{rec['revision']}"
+        props.update(end)
         if rec.get("session_attributes"):
             props["session_attributes"] = rec["session_attributes"]
     p["event_properties"] = _properties(props)

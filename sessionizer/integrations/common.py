@@ -27,8 +27,11 @@ DEVICE_NS = uuid.UUID("3c0e6f5a-1d2b-4b7a-8e4f-9a6b2c1d0e33")
 # exactly one per start/close), so translations skip them to send nothing twice.
 SYNTHESIZED = frozenset({"session_start", "session_end"})
 
+# Dead-letter reasons of the integrations (docs/integrations.md#dead-letters), after the
+# engine's (core.model.ALL_DEAD_LETTER_REASONS) in schemas/dead-letter.schema.json.
 UNSENDABLE = "integration_unsendable"  # a translation (or a pre-send check) cannot make it valid
 REJECTED = "integration_rejected"  # the destination answered 4xx (not 429)
+DEAD_LETTER_REASONS = (UNSENDABLE, REJECTED)
 
 
 class Unsendable(Exception):
@@ -181,30 +184,47 @@ def iso_ms(ms: int) -> str:
     return dt.isoformat(timespec="milliseconds")
 
 
-def platform(record: Mapping[str, Any]) -> str | None:
-    info = record.get("device_info")
+def _text(record: Mapping[str, Any], table: str, name: str) -> str | None:
+    """``record[table][name]`` when it is a non-empty string."""
+    info = record.get(table)
     if isinstance(info, dict):
-        p = info.get("platform")
-        if isinstance(p, str) and p:
-            return p
+        v = info.get(name)
+        if isinstance(v, str) and v:
+            return v
     return None
+
+
+def platform(record: Mapping[str, Any]) -> str | None:
+    return _text(record, "device_info", "platform")
 
 
 def is_app(record: Mapping[str, Any]) -> bool:
     """An app (not a web page): an ``application_info.package`` or a mobile platform."""
-    info = record.get("application_info")
-    if isinstance(info, dict) and isinstance(info.get("package"), str) and info["package"]:
+    if _text(record, "application_info", "package") is not None:
         return True
     return (platform(record) or "").lower() in {"ios", "android", "tvos", "fireos", "roku"}
 
 
 def app_version(record: Mapping[str, Any]) -> str | None:
-    info = record.get("application_info")
-    if isinstance(info, dict):
-        v = info.get("application_version")
-        if isinstance(v, str) and v:
-            return v
-    return None
+    return _text(record, "application_info", "application_version")
+
+
+# What a session_end record's event carries of it (Amplitude, Mixpanel).
+END_FIELDS = (
+    "session_duration_ms",
+    "foreground_duration_ms",
+    "event_count",
+    "screen_view_count",
+    "end_reason",
+    "revision",
+)
+
+
+def end_event(rec: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A session_end record's event name and properties: revision 0 is ``session_end``,
+    a later revision ``session_revised`` (docs/integrations.md, "Revised sessions")."""
+    name = "session_end" if rec["revision"] == 0 else "session_revised"
+    return name, {k: rec[k] for k in END_FIELDS}
 
 
 def truncate(value: Any, limit: int) -> Any:
@@ -228,7 +248,8 @@ def dead_letter(
     response: dict[str, Any] | None = None,
     source: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """An integration dead letter (schemas/integrations/dead-letter.schema.json)."""
+    """An integration dead letter: a §7.3 dead letter (schemas/dead-letter.schema.json)
+    with ``destination`` and, for a refusal, ``response``."""
     dl: dict[str, Any] = {
         "reason": reason,
         "detail": f"{name}: {detail}",

@@ -13,7 +13,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .common import Event, Unsendable, app_version, dedup_uuid, event_dedup_uuid, truncate
+from .common import (
+    Event,
+    Unsendable,
+    app_version,
+    dedup_uuid,
+    end_event,
+    event_dedup_uuid,
+    truncate,
+)
 
 NAME = "mixpanel"
 INSERT_ID = re.compile(r"^[A-Za-z0-9-]{1,36}$")
@@ -80,19 +88,10 @@ def session(rec: dict[str, Any]) -> list[dict[str, Any]]:
         props["time"] = rec["start_unixtime_ms"]
         props["$insert_id"] = dedup_uuid(suuid, "start")
     else:
-        rev = rec["revision"]
-        name = "session_end" if rev == 0 else "session_revised"
+        name, end = end_event(rec)
         props["time"] = rec["end_unixtime_ms"]
-        props["$insert_id"] = dedup_uuid(suuid, "end", rev)
-        for k in (
-            "session_duration_ms",
-            "foreground_duration_ms",
-            "event_count",
-            "screen_view_count",
-            "end_reason",
-            "revision",
-        ):
-            props[k] = rec[k]
+        props["$insert_id"] = dedup_uuid(suuid, "end", rec["revision"])
+        props.update(end)
         attrs = rec.get("session_attributes") or {}
         if attrs:  # an object property (fewer than 255 keys: max_session_attributes)
             props["session_attributes"] = truncate(dict(list(attrs.items())[:MAX_PROPS]), 255)

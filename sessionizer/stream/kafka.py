@@ -47,6 +47,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.sessions, n, compacted=True),
         TopicSpec(t.dead_letters, n),
         TopicSpec(t.opt_out_control, n, compacted=True),
+        # Keyed by device, like sessionized-events (docs/integrations.md).
+        *(TopicSpec(t.integration(name), n) for name in settings.integrations),
     ]
 
 

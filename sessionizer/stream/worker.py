@@ -214,7 +214,10 @@ class Pipeline:
         self.source = source
         t = settings.topics
         self.out_topics = (t.sessionized_events, t.sessions, t.dead_letters)
-        self.encoder = OutputEncoder(self.out_topics)  # the encoder of replay and process-file
+        # The encoder of replay and process-file; it also writes integrations.<name>.
+        self.encoder = OutputEncoder(
+            self.out_topics, integrations={n: t.integration(n) for n in settings.integrations}
+        )
         self.control: dict[str, bool] = {}
         self.control_reader = ControlReader(settings, self.control)
         self.runners: dict[int, PartitionRunner] = {}

@@ -36,7 +36,14 @@ __all__ = [
 CLOCK_APP = "zz.clock"
 MAX_VALID_TS = 4_102_444_800_000  # 2100-01-01: above it, a bad (µs) timestamp
 
-ROLES = ("raw_events", "sessionized_events", "sessions", "dead_letters", "opt_out_control")
+ROLES = (
+    "raw_events",
+    "sessionized_events",
+    "sessions",
+    "dead_letters",
+    "opt_out_control",
+    "integrations",  # the base name: topics <prefix>-integrations.<destination>
+)
 
 
 class Names:
