@@ -121,9 +121,9 @@ def process_file(
     settings = _settings(config)
     _engine, counts = process_files(list(inputs), out_dir, settings.engine, keep_open=keep_open)
     if names:
-        from .integrations import write_files
+        from .integrations import Options, write_files
 
-        write_files(out_dir, names)
+        write_files(out_dir, names, Options.of(settings))
     sys.stdout.buffer.write(codec.dumps_line(counts.as_dict()))
     sys.stdout.flush()
 

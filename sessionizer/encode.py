@@ -18,21 +18,22 @@ else, so the three write the same bytes for the same outputs:
   the same partition (docs/decisions.md#input-and-outputs).
 
 :meth:`OutputEncoder.records` is the one place where the outputs of one engine
-step become records to write, called right after the step with the engine
-that made it (``sessionizer.driver`` for files and replay, the worker's
+step become records to write, called right after the step with the engine that
+made it (``sessionizer.driver`` for files and replay, the worker's
 ``Pipeline._publish``). The ``integrations.<name>`` topics
 (docs/integrations.md) are written here too: the step's outputs translated
 (``sessionizer.integrations.translate_keyed``) with the engine to look
-sessions up in, keyed by the device, their translation dead letters to the
-dead-letters topic keyed as the §7 output they come from, all in the step's
-records, so they go out in the same send as the other outputs (the worker's
-crash guarantees, before the changelog and marker). A step is not the same
-size everywhere (a record and its expiry in ``process-file`` and ``replay``, a
-batch in the worker), so what is written for some outputs must not depend on
-how they were split into steps: the engine lookup gives each step the same
-session facts a one-pass translation finds in the session records
-(``process-file --integrations`` translates its files in one pass,
-``integrations.write_files``; ``tests/test_integrations.py`` checks they agree).
+sessions up in and the runner's ``Options`` (from its settings), keyed by the
+device, their translation dead letters to the dead-letters topic keyed as the
+§7 output they come from, all in the step's records, so they go out in the
+same send as the other outputs (the worker's crash guarantees, before the
+changelog and marker). A step is not the same size everywhere (a record and
+its expiry in ``process-file`` and ``replay``, a batch in the worker), so what
+is written for some outputs must not depend on how they were split into steps:
+the engine lookup gives each step the same session facts a one-pass
+translation finds in the session records (``process-file --integrations``
+translates its files in one pass, ``integrations.write_files``;
+``tests/test_integrations.py`` checks they agree).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from aiokafka.partitioner import murmur2
 from . import codec
 from .core.engine import Engine
 from .core.model import DEAD_LETTERS, TOPIC_NAMES, Output
-from .integrations import engine_lookup, translate_keyed
+from .integrations import Options, engine_lookup, translate_keyed
 
 __all__ = ["Message", "OutputEncoder", "Record", "partition_for", "record_hash"]
 
@@ -81,9 +82,10 @@ class OutputEncoder:
     ``\\n`` (the same bytes as a broker value, plus the newline, written by
     orjson in one go). ``integrations``: destination name -> the topic of its
     records (``Settings.topics.integration(name)``), in the order to write them.
+    ``options``: the translations' options (``Options.of(settings)``).
     """
 
-    __slots__ = ("_dumps", "integrations", "line", "topics")
+    __slots__ = ("_dumps", "integrations", "line", "options", "topics")
 
     def __init__(
         self,
@@ -91,12 +93,14 @@ class OutputEncoder:
         *,
         line: bool = False,
         integrations: Mapping[str, str] | None = None,
+        options: Options | None = None,
     ) -> None:
         if len(topics) != len(TOPIC_NAMES):
             raise ValueError(f"need {len(TOPIC_NAMES)} topic names, got {list(topics)}")
         self.topics = tuple(topics)
         self.line = line
         self.integrations = tuple((integrations or {}).items())
+        self.options = options or Options()
         self._dumps: Callable[[Any], bytes] = codec.dumps_line if line else codec.dumps
 
     def records(self, outputs: Iterable[Output], engine: Engine | None = None) -> list[Record]:
@@ -127,7 +131,7 @@ class OutputEncoder:
             lookup = None if engine is None else engine_lookup(engine)
             dead_topic = topics[dead]
             for name, topic in self.integrations:
-                payloads, letters = translate_keyed(name, outputs, lookup)
+                payloads, letters = translate_keyed(name, outputs, lookup, self.options)
                 records += [(topic, device.encode(), dumps(p), None) for device, p in payloads]
                 records += [(dead_topic, _key_bytes(k), dumps(dl), None) for k, dl in letters]
         return records

@@ -414,6 +414,23 @@ def _destinations() -> tuple[str, ...]:
     return tuple(sorted(registry))
 
 
+_FIELD_PATH_RE = re.compile(r"[^.\s]+(?:\.[^.\s]+)*")
+
+
+def _field_path(raw: object) -> str:
+    """A dotted path into an event with its batch fields: ``user_attributes.ga_client_id``."""
+    if not (isinstance(raw, str) and len(raw) <= 256 and _FIELD_PATH_RE.fullmatch(raw)):
+        raise _Bad(
+            f'must be a dotted field path such as "user_attributes.ga_client_id", got {_show(raw)}'
+        )
+    if raw.split(".")[0] == "events":
+        raise _Bad(
+            'must name an event\'s field without "events.", such as '
+            f'"data.custom_attributes.ga_client_id", got {_show(raw)}'
+        )
+    return raw
+
+
 def _integrations(raw: object) -> tuple[str, ...]:
     """Destination names: a TOML array, or comma-separated text (the environment)."""
     if isinstance(raw, str):
@@ -808,6 +825,15 @@ class Settings:
         "`SESSIONIZER_INTEGRATIONS` comma-separated.",
         _integrations,
         doc_default="(none)",
+    )
+    ga4_client_id_field: str | None = _optional(
+        "ga4_client_id_field",
+        "dotted field path",
+        "The field of each sessionized event (with its batch fields) that holds GA4's "
+        "`client_id` or `app_instance_id`, e.g. `user_attributes.ga_client_id`; unset, "
+        "absent or not a valid id: derived from the device "
+        "([integrations.md](integrations.md#ga4-client-id)).",
+        _field_path,
     )
     forward_endpoint: str = _setting(
         "forward_endpoint",

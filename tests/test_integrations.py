@@ -25,6 +25,7 @@ from sessionizer.encode import OutputEncoder
 from sessionizer.integrations import (
     NAMES,
     REGISTRY,
+    Options,
     SessionFacts,
     engine_lookup,
     ga4,
@@ -108,7 +109,9 @@ STEP = [
 # ------------------------------------------------------------ every runner agrees
 
 
-def stepwise(records: list[Any]) -> tuple[dict[str, list[bytes]], list[Any]]:
+def stepwise(
+    records: list[Any], options: Options | None = None
+) -> tuple[dict[str, list[bytes]], list[Any]]:
     """Translations after every engine step (as the worker does) and all outputs."""
     eng = Engine(EngineConfig(), loads=codec.loads, dumps=codec.dumps)
     got: dict[str, list[bytes]] = {n: [] for n in NAMES}
@@ -118,7 +121,7 @@ def stepwise(records: list[Any]) -> tuple[dict[str, list[bytes]], list[Any]]:
         out = [(t, k, codec.loads(codec.dumps(v))) for t, k, v in eng.take_output()]
         every.extend(out)
         for n in NAMES:
-            payloads, _dead = translate(n, out, engine_lookup(eng))
+            payloads, _dead = translate(n, out, engine_lookup(eng), options or Options())
             got[n] += [codec.dumps([k, p]) for k, p in payloads]
 
     for off, v in enumerate(testing.encode(records)):
@@ -153,14 +156,20 @@ def test_stepwise_equals_one_pass(name: str) -> None:
     assert one
 
 
-def batched(records: list[bytes], splits: list[int], *, lookup: bool = True) -> Any:
+def batched(
+    records: list[bytes],
+    splits: list[int],
+    *,
+    lookup: bool = True,
+    options: Options | None = None,
+) -> Any:
     """The engine fed as the worker feeds it: ``splits`` records a step, the expiry
     after the step, every step's outputs encoded by the runners' ``OutputEncoder``
     with every integration. Returns (the records of each integration topic and
     of the dead letters, every §7 output in order). ``lookup=False``: the encoder
     is not given the engine (what a runner must not do)."""
     eng = Engine(EngineConfig(), loads=codec.loads, dumps=codec.dumps)
-    enc = OutputEncoder(integrations={n: f"integrations.{n}" for n in NAMES})
+    enc = OutputEncoder(integrations={n: f"integrations.{n}" for n in NAMES}, options=options)
     topics: dict[str, list[tuple[bytes | None, bytes]]] = {}
     every: list[Any] = []
 
@@ -183,11 +192,13 @@ def batched(records: list[bytes], splits: list[int], *, lookup: bool = True) -> 
     return topics, every
 
 
-def one_pass(every: list[Any]) -> dict[str, list[tuple[bytes | None, bytes]]]:
+def one_pass(
+    every: list[Any], options: Options | None = None
+) -> dict[str, list[tuple[bytes | None, bytes]]]:
     """What ``process-file --integrations`` writes: all outputs translated at once."""
     want: dict[str, list[tuple[bytes | None, bytes]]] = {}
     for n in NAMES:
-        out, dead = translate_keyed(n, every)
+        out, dead = translate_keyed(n, every, None, options or Options())
         want[f"integrations.{n}"] = [(k.encode(), codec.dumps(p)) for k, p in out]
         want.setdefault("dead-letters", []).extend(
             (None if k is None else str(k).encode(), codec.dumps(d)) for k, d in dead
@@ -209,20 +220,68 @@ def _splits(sizes: list[int], total: int) -> list[int]:
     return out
 
 
+def with_ga_client_ids(records: list[bytes]) -> list[bytes]:
+    """The records with ``user_attributes.ga_client_id``: valid for the device's
+    stream on most, absent on every third, a wrong type on every fifth, and on
+    every seventh a different valid id per event in ``data.custom_attributes``."""
+    out: list[bytes] = []
+    for i, raw in enumerate(records):
+        try:
+            rec = codec.loads(raw)
+        except Exception:
+            out.append(raw)  # a corrupt record stays corrupt
+            continue
+        if not isinstance(rec, dict):
+            out.append(raw)
+            continue
+        dev = str(rec.get("mp_deviceid"))
+        ids = {"app": uuid.uuid5(uuid.NAMESPACE_OID, dev).hex.upper(), "web": f"{len(dev)}.{i}"}
+        if i % 3 == 0:
+            pass
+        elif i % 5 == 0:
+            rec["user_attributes"] = {"ga_client_id": [ids["web"]]}
+        else:
+            rec["user_attributes"] = {"ga_client_id": ids["app"] if i % 2 else ids["web"]}
+        if i % 7 == 0:
+            for j, e in enumerate(rec.get("events", [])):
+                if isinstance(e, dict) and isinstance(e.get("data"), dict):
+                    e["user_attributes"] = {"ga_client_id": f"{i}.{j}"}
+        out.append(codec.dumps(rec))
+    return out
+
+
+GA_FIELD = Options(ga4_client_id_field="user_attributes.ga_client_id")
+GA_RECORDS = with_ga_client_ids(STEP_RECORDS)
+
+
+@pytest.mark.parametrize("options", [None, GA_FIELD], ids=["derived", "field"])
 @pytest.mark.parametrize("sizes", [[1], [7], [3, 40, 1, 13], [len(STEP_RECORDS)]], ids=str)
-def test_worker_batches_write_what_one_pass_writes(sizes: list[int]) -> None:
+def test_worker_batches_write_what_one_pass_writes(
+    sizes: list[int], options: Options | None
+) -> None:
     """Steps of many records (the worker's batches) or one (process-file, replay):
     each integration topic gets the same records, in the same order, as the
     one-pass translation of the same outputs; so do the translation dead letters
-    (none for this workload), and the integration records are keyed by device."""
-    topics, every = batched(STEP_RECORDS, _splits(sizes, len(STEP_RECORDS)))
-    want = one_pass(every)
+    (none for this workload), and the integration records are keyed by device.
+    With ``ga4_client_id_field`` too (ids from the field, absent, wrong-typed,
+    different per event of a batch)."""
+    records = STEP_RECORDS if options is None else GA_RECORDS
+    topics, every = batched(records, _splits(sizes, len(records)), options=options)
+    want = one_pass(every, options)
     for n in NAMES:
         topic = f"integrations.{n}"
         assert topics.get(topic, []) == want[topic], n
         assert want[topic], n
     engine_dead = [(k, codec.dumps(v)) for t, k, v in every if t == DEAD_LETTERS]
     assert topics["dead-letters"] == engine_dead + want["dead-letters"]
+    if options is not None:
+        bodies = [codec.loads(v) for _k, v in topics["integrations.ga4"]]
+        for b in bodies:
+            check_ga4_body(b)
+        derived = {ga4.client_id(k.decode()) for k, _v in topics["integrations.ga4"] if k}
+        derived |= {ga4.app_instance_id(k.decode()) for k, _v in topics["integrations.ga4"] if k}
+        ids = [b.get("client_id") or b.get("app_instance_id") for b in bodies]
+        assert any(i in derived for i in ids) and any(i not in derived for i in ids)
 
 
 def test_a_batch_needs_the_engine_lookup() -> None:
@@ -271,13 +330,17 @@ def test_opted_out_device_never_appears() -> None:
     device yields no payload carrying that device."""
     recs = list(workload.generate(200, devices=4, seed=3))
     opted = "opted-dev-1"
+    leak = "abcdef0123456789abcdef0123456789"  # a valid GA4 id in the configured field
     recs.append({**IDENT, "mp_deviceid": opted, **ev("x", T, None)})
     recs[-1]["data"].pop("late")
+    recs[-1]["user_attributes"] = {"ga_client_id": leak}
     recs.insert(0, {**IDENT, "mp_deviceid": opted, "event_type": "opt_out",
                     "data": {"is_opted_out": True, "timestamp_unixtime_ms": T}})  # fmt: skip
-    got, _ = stepwise(recs)
-    for name, lines in got.items():
-        assert opted.encode() not in b"".join(lines), name
+    for options in (None, GA_FIELD):
+        got, _ = stepwise(recs, options)
+        for name, lines in got.items():
+            assert opted.encode() not in b"".join(lines), name
+            assert leak.encode() not in b"".join(lines), name
 
 
 # ------------------------------------------------------------------- amplitude
@@ -493,6 +556,8 @@ def check_ga4_body(body: dict[str, Any]) -> None:
     assert ("client_id" in body) != ("app_instance_id" in body)
     if "app_instance_id" in body:
         assert re.fullmatch(r"[0-9a-f]{32}", body["app_instance_id"])
+    else:
+        assert re.fullmatch(r"[!-~]{1,256}", body["client_id"])
     assert len(codec.dumps(body)) <= 130_000
     for e in body["events"]:
         assert GA4_NAME.match(e["name"]) and e["name"].lower() not in ga4.RESERVED
@@ -536,6 +601,157 @@ def test_ga4_bodies() -> None:
 
 def test_ga4_session_records_send_nothing() -> None:
     assert translate("ga4", [(SESSIONS, SUUID, START), (SESSIONS, SUUID, end(1, 2))]) == ([], [])
+    assert translate("ga4", [(SESSIONS, SUUID, START)], None, GA_FIELD) == ([], [])
+
+
+WEB = {"mpid": 77, "mp_deviceid": "web-7", "device_info": {"platform": "web"}}
+WEB_UUID = "0B0D3E7A-2E52-5B8F-9C0D-4E3A1F2B6C7D"
+
+
+def web_record(value: Any = None, *events: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """A web batch (docs/integrations.md#ga4-client-id), ``value`` its
+    ``user_attributes.ga_client_id`` (None: no user_attributes)."""
+    rec: dict[str, Any] = {**WEB, **fields}
+    if value is not None:
+        rec["user_attributes"] = {"ga_client_id": value}
+    rec["events"] = list(events) or [web_event("search", 1)]
+    return rec
+
+
+def web_event(name: str, num: int, **extra: Any) -> dict[str, Any]:
+    data = {
+        "event_name": name,
+        "timestamp_unixtime_ms": T + (num - 1) * 60000,
+        "session_uuid": WEB_UUID,
+        "session_id": 1,
+        "session_start_unixtime_ms": T,
+        "event_num": num,
+    }
+    return {"event_type": "custom_event", "data": data, **extra}
+
+
+def ga4_ids(*records: dict[str, Any], options: Options = GA_FIELD) -> list[tuple[str, str, int]]:
+    """(id field, id, events) of each GA4 body of ``records``."""
+    out, dead = translate("ga4", [(EVENTS, "k", r) for r in records], None, options)
+    assert dead == []
+    ids = []
+    for _k, b in out:
+        check_ga4_body(b)
+        key = "client_id" if "client_id" in b else "app_instance_id"
+        ids.append((key, b[key], len(b["events"])))
+    return ids
+
+
+def test_ga4_client_id_from_the_configured_field() -> None:
+    """docs/integrations.md's worked example: the field's value when present, the
+    derived id on a record without it; without the setting, always derived."""
+    derived = ga4.client_id("web-7")
+    assert derived == "289342d1-b0b0-5e58-a604-84f59faa21d1"
+    first = web_record("1767225600.123456")
+    second = web_record(None, web_event("add_to_cart", 2))
+    assert ga4_ids(first, second) == [
+        ("client_id", "1767225600.123456", 1),
+        ("client_id", derived, 1),
+    ]
+    assert ga4_ids(first, second, options=Options()) == [("client_id", derived, 1)] * 2
+    # A number is its JSON text; an event's own field wins over its batch's.
+    assert ga4_ids(web_record(123))[0][1] == "123"
+    assert ga4_ids(web_record(1767225600.5))[0][1] == "1767225600.5"
+    own = web_event("tap", 2, user_attributes={"ga_client_id": "GA1.1.9.9"})
+    assert ga4_ids(web_record("1.1", web_event("a", 1), own, web_event("b", 3))) == [
+        ("client_id", "1.1", 1),
+        ("client_id", "GA1.1.9.9", 1),
+        ("client_id", "1.1", 1),
+    ]
+    # Any path: into the event's data, or a single-event record's top level.
+    deep = Options(ga4_client_id_field="data.custom_attributes.cid")
+    tagged = web_event("tap", 1)
+    tagged["data"]["custom_attributes"] = {"cid": "555.666"}
+    assert ga4_ids(web_record(None, tagged), options=deep)[0][1] == "555.666"
+    single = {**WEB, "user_attributes": {"ga_client_id": "7.8"}, **web_event("tap", 1)}
+    assert ga4_ids(single)[0][1] == "7.8"
+
+
+def test_ga4_app_instance_id_from_the_configured_field() -> None:
+    """An app's id must be 32 hex digits (sent lower-cased); a web-style id is not."""
+    app = {**IDENT, "user_attributes": {"ga_client_id": "ABCDEF0123456789ABCDEF0123456789"}}
+    rec = {**app, "events": [ev("tap", T + 1, 1)]}
+    assert ga4_ids(rec) == [("app_instance_id", "abcdef0123456789abcdef0123456789", 1)]
+    rec["user_attributes"] = {"ga_client_id": "1767225600.123456"}
+    assert ga4_ids(rec) == [("app_instance_id", ga4.app_instance_id("8d5f3c1e-dev"), 1)]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        True,
+        False,
+        "",
+        "has space",
+        "tab\there",
+        "naïve",
+        "x" * 257,
+        float("nan"),
+        float("inf"),
+        10**400,
+        [],
+        ["1.2"],
+        {},
+        {"id": "1.2"},
+    ],
+    ids=repr,
+)
+def test_ga4_client_id_falls_back_on_what_ga4_refuses(value: Any) -> None:
+    """Missing, a wrong type or a value GA4 refuses: the derived id, never an error."""
+    rec = web_record(None)
+    rec["user_attributes"] = {"ga_client_id": value}
+    assert ga4_ids(rec) == [("client_id", ga4.client_id("web-7"), 1)]
+    assert ga4.configured_id(value, True) is None and ga4.configured_id(value, False) is None
+
+
+def test_ga4_client_id_path_through_non_objects_falls_back() -> None:
+    derived = ga4.client_id("web-7")
+    for fields in ({"user_attributes": "x"}, {"user_attributes": [1]}, {}):
+        rec = {**web_record(None), **fields}
+        assert ga4_ids(rec) == [("client_id", derived, 1)], fields
+    events = Options(ga4_client_id_field="events")
+    assert ga4_ids(web_record("1.2"), options=events) == [("client_id", derived, 1)]
+
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=40)
+    | st.from_regex(r"[!-~]{1,40}", fullmatch=True)
+    | st.from_regex(r"[0-9a-fA-F]{32}", fullmatch=True),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=JSON, own=JSON, app=st.booleans(), n=st.integers(1, 30))
+def test_ga4_client_id_fuzz_never_raises(value: Any, own: Any, app: bool, n: int) -> None:
+    """Any JSON value in the field (of the batch, and of one event): valid bodies,
+    every event sent once, the id either the value (when GA4 takes it) or derived."""
+    events = [web_event(f"e{i}", i + 1) for i in range(n)]
+    events[n // 2]["user_attributes"] = {"ga_client_id": own}
+    rec = web_record(value, *events)
+    if app:
+        rec["application_info"] = {"package": "com.example.web7"}
+    ids = ga4_ids(rec)
+    assert sum(c for _f, _i, c in ids) == n
+    want = "app_instance_id" if app else "client_id"
+    derived = ga4.app_instance_id("web-7") if app else ga4.client_id("web-7")
+    for field, got, _c in ids:
+        assert field == want
+        allowed = {derived, ga4.configured_id(value, app), ga4.configured_id(own, app)}
+        assert got in allowed
 
 
 # ------------------------------------------------------------------ schemas

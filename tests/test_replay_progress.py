@@ -82,3 +82,24 @@ def test_a_failed_replay_does_not_claim_an_empty_window(
     with pytest.raises(RuntimeError), _Progress(parts, True):
         raise RuntimeError("broker gone")
     assert capsys.readouterr().err == ""
+
+
+def test_the_summary_names_the_integration_topics_written() -> None:
+    """The final line lists every topic replay wrote: the §7 outputs', then each
+    enabled destination's."""
+    from sessionizer.core.model import Counts
+    from sessionizer.settings import load_settings
+
+    settings = load_settings(env={"SESSIONIZER_INTEGRATIONS": "ga4,amplitude"})
+    topics = replay.written_topics(settings, "backfill.")
+    assert topics == [
+        "backfill.sessionized-events",
+        "backfill.sessions",
+        "backfill.dead-letters",
+        "backfill.integrations.ga4",
+        "backfill.integrations.amplitude",
+    ]
+    line = replay.summary(Counts(), topics, 1.0)
+    assert line.endswith("-> " + ", ".join(topics))
+    plain = replay.written_topics(load_settings(env={}), "")
+    assert plain == ["sessionized-events", "sessions", "dead-letters"]

@@ -1197,6 +1197,36 @@ def test_integrations_must_be_a_list_in_the_file(tmp_path: Path) -> None:
     assert err.problem.startswith("must be a list of destinations")
 
 
+def test_ga4_client_id_field(tmp_path: Path) -> None:
+    assert Settings().ga4_client_id_field is None
+    env = {"SESSIONIZER_GA4_CLIENT_ID_FIELD": "user_attributes.ga_client_id"}
+    assert load_settings(env=env).ga4_client_id_field == "user_attributes.ga_client_id"
+    assert load_settings(env={"SESSIONIZER_GA4_CLIENT_ID_FIELD": ""}).ga4_client_id_field is None
+    path = write(tmp_path, 'ga4_client_id_field = "device_info.ios_advertising_id"\n')
+    assert load_settings(path, env={}).ga4_client_id_field == "device_info.ios_advertising_id"
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "problem"),
+    [
+        ("", {"SESSIONIZER_GA4_CLIENT_ID_FIELD": "user_attributes..id"}, "must be a dotted field"),
+        ("", {"SESSIONIZER_GA4_CLIENT_ID_FIELD": "user attributes"}, "must be a dotted field"),
+        ("", {"SESSIONIZER_GA4_CLIENT_ID_FIELD": "events.data.x"}, "must name an event's field"),
+        ("ga4_client_id_field = 3", {}, "must be a dotted field path"),
+        ('ga4_client_id_field = ["a"]', {}, "must be a dotted field path"),
+        ('ga4_client_id_field = ".a"', {}, "must be a dotted field path"),
+    ],
+)
+def test_a_bad_ga4_client_id_field_is_named(
+    tmp_path: Path, toml: str, env: dict[str, str], problem: str
+) -> None:
+    path = write(tmp_path, toml + "\n")
+    err = error(path, env=env)
+    where = "SESSIONIZER_GA4_CLIENT_ID_FIELD" if env else f"in {path}"
+    assert err.setting == f"ga4_client_id_field ({where})"
+    assert err.problem.startswith(problem), err.problem
+
+
 def test_forwarder_settings(tmp_path: Path) -> None:
     s = Settings()
     assert (s.forward_endpoint, s.forward_api_key, s.forward_batch_size) == ("", None, 0)

@@ -1,6 +1,6 @@
 """Translations of the §7 outputs into each destination's terms (docs/integrations.md).
 
-``translate(name, outputs, lookup)`` is the one entry point of every runner (the
+``translate(name, outputs, lookup, options)`` is the one entry point of every runner (the
 worker and replay after each engine step, ``process-file --integrations`` over
 its output files): a pure function of the step's §7 outputs that returns the
 records of the topic ``integrations.<name>`` (key: device; one event object,
@@ -19,10 +19,12 @@ from ..core.engine import identity
 from ..core.model import DEAD_LETTERS, EVENTS, SESSIONS, TOPIC_NAMES
 from . import amplitude, ga4, mixpanel, segment, snowplow
 from .common import (
+    DEFAULT_OPTIONS,
     SYNTHESIZED,
     UNSENDABLE,
     Context,
     Event,
+    Options,
     SessionFacts,
     SessionLookup,
     Unsendable,
@@ -33,6 +35,7 @@ from .common import (
 __all__ = [
     "NAMES",
     "REGISTRY",
+    "Options",
     "SessionFacts",
     "SessionLookup",
     "engine_lookup",
@@ -44,7 +47,7 @@ __all__ = [
 ]
 
 # name -> module with event(Event) -> dict, session(record) -> [dict] and,
-# for ga4, group(events, items) -> bodies. RudderStack takes Segment's calls.
+# for ga4, group(events, items, options) -> bodies. RudderStack takes Segment's calls.
 REGISTRY: dict[str, ModuleType] = {
     "amplitude": amplitude,
     "ga4": ga4,
@@ -57,6 +60,7 @@ NAMES = tuple(sorted(REGISTRY))
 
 Output = tuple[Any, Any, dict[str, Any]]
 Payload = tuple[str, dict[str, Any]]
+Grouper = Callable[[list[Event], list[dict[str, Any]], Options], list[dict[str, Any]]]
 
 _KINDS: dict[Any, int] = {EVENTS: EVENTS, SESSIONS: SESSIONS, DEAD_LETTERS: DEAD_LETTERS}
 for _i, _n in enumerate(TOPIC_NAMES):
@@ -123,6 +127,7 @@ def _record(
     out: list[Payload],
     dead: list[tuple[Any, dict[str, Any]]],
     key: Any = None,
+    options: Options = DEFAULT_OPTIONS,
 ) -> None:
     ident = identity(record)
     topic = TOPIC_NAMES[EVENTS]
@@ -161,16 +166,17 @@ def _record(
             )
     if not items:
         return
-    group: Callable[[list[Event], list[dict[str, Any]]], list[dict[str, Any]]] | None = getattr(
-        mod, "group", None
-    )
+    group: Grouper | None = getattr(mod, "group", None)
     device = evs[0].device
-    for payload in group(evs, items) if group is not None else items:
+    for payload in group(evs, items, options) if group is not None else items:
         out.append((device, payload))
 
 
 def translate(
-    name: str, outputs: Iterable[Output], lookup: SessionLookup | None = None
+    name: str,
+    outputs: Iterable[Output],
+    lookup: SessionLookup | None = None,
+    options: Options = DEFAULT_OPTIONS,
 ) -> tuple[list[Payload], list[dict[str, Any]]]:
     """The records of ``integrations.<name>`` for the §7 outputs of one engine step.
 
@@ -179,15 +185,19 @@ def translate(
     ``"sessionized_events"``, ...). ``lookup`` tells the session number of a
     session whose records are not in the step: runners pass
     ``engine_lookup(engine)`` (the facts never change, R13, so every runner gets the
-    same bytes). Returns ``([(device, payload)], [dead letter])``; §7.3 dead
-    letters translate to nothing. Deterministic; never raises on a §7 record.
+    same bytes). ``options``: what the settings choose (``Options.of(settings)``),
+    the same in every runner. Returns ``([(device, payload)], [dead letter])``; §7.3
+    dead letters translate to nothing. Deterministic; never raises on a §7 record.
     """
-    out, dead = translate_keyed(name, outputs, lookup)
+    out, dead = translate_keyed(name, outputs, lookup, options)
     return out, [dl for _key, dl in dead]
 
 
 def translate_keyed(
-    name: str, outputs: Iterable[Output], lookup: SessionLookup | None = None
+    name: str,
+    outputs: Iterable[Output],
+    lookup: SessionLookup | None = None,
+    options: Options = DEFAULT_OPTIONS,
 ) -> tuple[list[Payload], list[tuple[Any, dict[str, Any]]]]:
     """``translate``, each dead letter with the key of the §7 output it was made
     from (§7.3: the source record's key), as a runner writes it."""
@@ -204,7 +214,7 @@ def translate_keyed(
     dead: list[tuple[Any, dict[str, Any]]] = []
     for kind, key, v in steps:
         if kind == EVENTS:
-            _record(name, mod, v, ctx, out, dead, key)
+            _record(name, mod, v, ctx, out, dead, key, options)
         elif kind == SESSIONS:
             try:
                 payloads = mod.session(v)
@@ -241,16 +251,18 @@ def file_outputs(out_dir: str | Path) -> list[Output]:
     return steps
 
 
-def write_files(out_dir: str | Path, names: Iterable[str]) -> dict[str, int]:
+def write_files(
+    out_dir: str | Path, names: Iterable[str], options: Options = DEFAULT_OPTIONS
+) -> dict[str, int]:
     """Writes DIR/integrations/<name>.jsonl (one record value a line) and
-    <name>.dead-letters.jsonl from DIR's §7 output files, through ``translate``.
-    Returns the payload count per name."""
+    <name>.dead-letters.jsonl from DIR's §7 output files, through ``translate``
+    with ``options``. Returns the payload count per name."""
     d = Path(out_dir)
     steps = file_outputs(d)
     (d / "integrations").mkdir(exist_ok=True)
     counts: dict[str, int] = {}
     for name in names:
-        out, dead = translate(name, steps)
+        out, dead = translate(name, steps, None, options)
         (d / "integrations" / f"{name}.jsonl").write_bytes(
             b"".join(codec.dumps_line(p) for _k, p in out)
         )

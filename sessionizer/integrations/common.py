@@ -46,6 +46,23 @@ class SessionFacts:
     previous_uuid: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Options:
+    """What the settings choose about translations; every runner passes the same."""
+
+    # Dotted path into an event with its batch fields (§7.1) of GA4's client id
+    # (setting ga4_client_id_field); None: always derived from the device.
+    ga4_client_id_field: str | None = None
+
+    @classmethod
+    def of(cls, settings: Any) -> Options:
+        """The options of a ``sessionizer.settings.Settings``."""
+        return cls(ga4_client_id_field=settings.ga4_client_id_field)
+
+
+DEFAULT_OPTIONS = Options()
+
+
 # (session key "app/device", session_uuid) -> facts, or None when unknown.
 SessionLookup = Callable[[str, str], "SessionFacts | None"]
 
@@ -147,6 +164,22 @@ class Event:
     @property
     def late(self) -> bool:
         return self.session_uuid is None
+
+    def field(self, path: str) -> Any:
+        """The value at dotted ``path`` in the event with its batch fields (as §7.3
+        shows one event of a batch: the event's own fields win), None when absent."""
+        first, _, rest = path.partition(".")
+        if first in self.event:
+            cur: Any = self.event[first]
+        elif first != "events":
+            cur = self.record.get(first)
+        else:
+            return None
+        for seg in rest.split(".") if rest else ():
+            if not isinstance(cur, dict):
+                return None
+            cur = cur.get(seg)
+        return cur
 
     def content_digest(self) -> str:
         """Hex digest of the event as forwarded (device, position, canonical JSON): the

@@ -7,15 +7,18 @@ parameters per event, string values cut to 100 characters. Session records
 send nothing (``session_start`` is reserved; GA4 makes its sessions from
 ``params.session_id``). Each event carries its own ``timestamp_micros``; the
 72-hour limit depends on when it is sent, so the forwarder applies it.
+``client_id``/``app_instance_id``: the value of the field the setting
+``ga4_client_id_field`` names when GA4 accepts it, else derived from the device.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
 from .. import codec
-from .common import Event, device_uuid, is_app
+from .common import DEFAULT_OPTIONS, Event, Options, device_uuid, is_app
 
 NAME = "ga4"
 MAX_EVENTS = 25
@@ -23,6 +26,9 @@ MAX_PARAMS = 25
 MAX_NAME = 40
 MAX_VALUE = 100
 MAX_USER_ID = 256
+MAX_CLIENT_ID = 256
+_APP_INSTANCE_ID = re.compile(r"[0-9A-Fa-f]{32}")  # what the Firebase SDK gives
+_CLIENT_ID = re.compile(rf"[!-~]{{1,{MAX_CLIENT_ID}}}")  # printable ASCII, no spaces
 _BAD = re.compile(r"[^A-Za-z0-9_]")
 RESERVED = frozenset(
     {
@@ -66,6 +72,39 @@ def app_instance_id(device: str) -> str:
     return device_uuid(device).hex
 
 
+def configured_id(value: Any, app: bool) -> str | None:
+    """A configured field's value as GA4's id, None when GA4 would not take it:
+    ``app_instance_id`` 32 hex digits (lower-cased), ``client_id`` 1-256 printable
+    ASCII characters; a number counts as its JSON text. Never raises."""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, bool):
+        return None
+    elif isinstance(value, int):
+        if value.bit_length() > 1024:
+            return None  # over 256 digits; str() of a huge int may raise
+        text = str(value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        text = codec.dumps(value).decode()
+    else:
+        return None
+    if app:
+        return text.lower() if _APP_INSTANCE_ID.fullmatch(text) else None
+    return text if _CLIENT_ID.fullmatch(text) else None
+
+
+def instance_id(ev: Event, options: Options = DEFAULT_OPTIONS) -> tuple[str, str]:
+    """``("app_instance_id" | "client_id", id)`` of one event."""
+    app = is_app(ev.record)
+    path = options.ga4_client_id_field
+    got = None if path is None else configured_id(ev.field(path), app)
+    if app:
+        return "app_instance_id", got or app_instance_id(ev.device)
+    return "client_id", got or client_id(ev.device)
+
+
 def _value(v: Any) -> Any:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -100,20 +139,35 @@ def event(ev: Event) -> dict[str, Any]:
     }
 
 
-def group(evs: list[Event], items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One device's events of one record -> bodies of at most 25 events."""
+def group(
+    evs: list[Event], items: list[dict[str, Any]], options: Options = DEFAULT_OPTIONS
+) -> list[dict[str, Any]]:
+    """One device's events of one record -> bodies of at most 25 consecutive events
+    with the same id (``instance_id``)."""
     if not items:
         return []
-    first = evs[0]
-    head: dict[str, Any] = {}
-    if is_app(first.record):
-        head["app_instance_id"] = app_instance_id(first.device)
-    else:
-        head["client_id"] = client_id(first.device)
-    cid = first.customer_id
+    user: dict[str, Any] = {}
+    cid = evs[0].customer_id
     if cid is not None and len(cid) <= MAX_USER_ID:
-        head["user_id"] = cid
-    return [{**head, "events": items[i : i + MAX_EVENTS]} for i in range(0, len(items), MAX_EVENTS)]
+        user["user_id"] = cid
+    bodies: list[dict[str, Any]] = []
+    head = instance_id(evs[0], options)
+    run: list[dict[str, Any]] = []
+    for ev, item in zip(evs, items, strict=True):
+        h = instance_id(ev, options)
+        if run and (h != head or len(run) == MAX_EVENTS):
+            bodies.append(_body(head, user, run))
+            run = []
+        head = h
+        run.append(item)
+    bodies.append(_body(head, user, run))
+    return bodies
+
+
+def _body(
+    head: tuple[str, str], user: dict[str, Any], events: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {head[0]: head[1], **user, "events": events}
 
 
 def session(rec: dict[str, Any]) -> list[dict[str, Any]]:
