@@ -42,6 +42,7 @@ from .core.engine import Engine
 from .core.model import Counts
 from .driver import Driver, SourceRecord
 from .encode import Message, OutputEncoder, Record
+from .integrations import Options
 from .produce import producer_options
 from .stream.kafka import ControlReader, TopicSpec, client_options, ensure_topics
 from .stream.sender import BatchSender
@@ -111,6 +112,11 @@ def output_topics(settings: Any, prefix: str) -> list[str]:
 def integration_topics(settings: Any, prefix: str) -> dict[str, str]:
     """Destination -> its topic, for the destinations of the setting ``integrations``."""
     return {n: prefix + settings.topics.integration(n) for n in settings.integrations}
+
+
+def written_topics(settings: Any, prefix: str) -> list[str]:
+    """Every topic ``replay`` writes: the §7 outputs', then each integration's."""
+    return [*output_topics(settings, prefix), *integration_topics(settings, prefix).values()]
 
 
 def check_prefix(settings: Any, prefix: str) -> None:
@@ -403,12 +409,13 @@ class _Output:
         producer: AIOKafkaProducer,
         topics: list[str],
         integrations: dict[str, str] | None = None,
+        options: Options | None = None,
     ) -> None:
         self.sender = BatchSender(producer)
         self.producer = producer
-        self.encoder = OutputEncoder(topics, integrations=integrations)
+        self.encoder = OutputEncoder(topics, integrations=integrations, options=options)
         self.buf: list[Message] = []
-        self.inflight: asyncio.Task[None] | None = None
+        self.inflight: asyncio.Task[list[Any]] | None = None
 
     def write(self, records: list[Record]) -> None:
         self.buf += records
@@ -575,7 +582,7 @@ async def replay(
             await producer.start()
             control = await _read_control(consumer, settings, found[t.opt_out_control])
             parts = await _plan(consumer, settings, found[t.raw_events], since_ms, until_ms)
-            out = _Output(producer, topics, integrations)
+            out = _Output(producer, topics, integrations, Options.of(settings))
             try:
                 with _Progress(parts, progress) as bar:
                     for part in parts:
@@ -707,6 +714,6 @@ def run(
         return counts.code
     sys.stdout.buffer.write(codec.dumps_line(counts.as_dict()))
     sys.stdout.flush()
-    topics = output_topics(settings, output_prefix)
+    topics = written_topics(settings, output_prefix)
     print(summary(counts, topics, time.monotonic() - started), file=sys.stderr, flush=True)
     return 0

@@ -41,8 +41,9 @@ class BatchSender:
             h = self._hash[key] = record_hash(key)
         return h % n  # = partition_for(key, value, n)
 
-    async def send(self, messages: Iterable[Message]) -> None:
-        """Sends in order per partition and returns once the broker acknowledged all."""
+    async def send(self, messages: Iterable[Message]) -> list[Any]:
+        """Sends in order per partition and returns once the broker acknowledged all:
+        each batch's ``RecordMetadata`` (its base offset), in the order sent."""
         groups: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
         for topic, key, value, partition in messages:
             if partition is None:
@@ -61,5 +62,6 @@ class BatchSender:
                         raise ValueError(f"a record for {topic} exceeds the producer's batch size")
             batch.close()
             futures.append(await producer.send_batch(batch, topic, partition=partition))
-        if futures:
-            await asyncio.gather(*futures)
+        if not futures:
+            return []
+        return list(await asyncio.gather(*futures))

@@ -27,6 +27,7 @@ from .. import codec
 from ..core.engine import Engine
 from ..core.model import SESSIONS
 from ..encode import OutputEncoder
+from ..integrations import Options
 from ..offline import tune_gc
 from ..settings import Settings
 from .compat import (
@@ -216,7 +217,9 @@ class Pipeline:
         self.out_topics = (t.sessionized_events, t.sessions, t.dead_letters)
         # The encoder of replay and process-file; it also writes integrations.<name>.
         self.encoder = OutputEncoder(
-            self.out_topics, integrations={n: t.integration(n) for n in settings.integrations}
+            self.out_topics,
+            integrations={n: t.integration(n) for n in settings.integrations},
+            options=Options.of(settings),
         )
         self.control: dict[str, bool] = {}
         self.control_reader = ControlReader(settings, self.control)
@@ -467,7 +470,8 @@ class Pipeline:
         snapshot = eng.snapshot_key
         await send(store.put_keys(p, [(key, snapshot(key)) for key in eng.take_dirty()]))
         # The marker goes last and alone (StateStore.put_marker says why).
-        await send([store.put_marker(p, Marker(r.applied, eng.watermark, r.src))])
+        acked = await send([store.put_marker(p, Marker(r.applied, eng.watermark, r.src))])
+        store.persisted(p, acked[-1].offset)
 
 
 def build_app(settings: Settings, *, web: bool = True) -> faust.App:

@@ -218,6 +218,69 @@ async def test_restart_recovery_after_sigkill_at_several_points(
             worker.terminate()
 
 
+async def test_rocksdb_remembers_what_it_holds_so_a_clean_restart_reads_no_changelog(
+    broker: Any, tmp_path: Path
+) -> None:
+    """With store=rocksdb, each acknowledged marker is Faust's persisted changelog
+    offset of its partition: after a clean stop every partition's database says it
+    holds the changelog up to its end, so recovery starts there instead of at 0
+    (docs/performance.md), and the restarted worker's results are still right."""
+    import re
+
+    import rocksdict
+    from aiokafka import AIOKafkaConsumer
+
+    from sessionizer.replay import true_end_offsets
+    from sessionizer.stream.kafka import topic_partitions
+
+    names = _names()
+    env = {"SESSIONIZER_STORE": "rocksdb"}
+    recs = _workload(seed=17)
+    clocks = _clocks(recs)
+    half = len(recs) // 2
+    w = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, env=env)
+    w.start()
+    await w.wait_ready()
+    await produce(broker.bootstrap, names.topics["raw_events"], recs[:half])
+    topic = names.topics["sessionized_events"]
+    await read_all(broker.bootstrap, [topic], until=lambda o: len(o[topic]) >= 100)
+    await asyncio.sleep(3)  # the last batches' state and markers are written
+    assert w.terminate() == 0, w.log()[-3000:]
+
+    c = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)
+    await c.start()
+    try:
+        tps = await topic_partitions(c, f"{names.app_id}-state-changelog")
+        c.assign(tps)
+        ends = {tp.partition: end for tp, end in (await true_end_offsets(c, tps)).items()}
+    finally:
+        await c.stop()
+    data = Path(w.env["SESSIONIZER_DATA_DIR"])
+    persisted: dict[int, int | None] = {}
+    for db_path in data.rglob("state-*.db"):
+        partition = int(re.fullmatch(r"state-(\d+)\.db", db_path.name).group(1))  # type: ignore[union-attr]
+        db = rocksdict.Rdict(str(db_path), options=rocksdict.Options(raw_mode=True))
+        try:
+            raw = db.get(b"__faust\0offset__")
+        finally:
+            db.close()
+        persisted[partition] = None if raw is None else int(raw)
+    written = {p: end - 1 for p, end in ends.items() if end > 0}
+    assert written, "the worker wrote no state"
+    assert {p: persisted.get(p) for p in written} == written
+
+    w2 = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, env=env)
+    w2.start()
+    try:
+        await w2.wait_ready()
+        await produce(broker.bootstrap, names.topics["raw_events"], recs[half:])
+        for p, clock in enumerate(clocks):
+            await produce(broker.bootstrap, names.topics["raw_events"], [clock], partition=p)
+        await _run_and_compare(broker.bootstrap, names, recs + clocks, timeout=240)
+    finally:
+        assert w2.terminate() == 0, w2.log()[-3000:]
+
+
 async def test_two_workers_share_partitions_and_one_takes_over(broker: Any, tmp_path: Path) -> None:
     names = _names()
     recs = _workload(seed=13)
