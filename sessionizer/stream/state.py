@@ -115,41 +115,48 @@ class StateStore:
         name: str = self.table.changelog_topic.get_topic_name()
         return name
 
-    def put_keys(self, partition: int, snapshots: Iterable[tuple[str, Any]]) -> list[Message]:
-        """Puts each key's snapshot (None: the key is forgotten) in the local store;
-        returns the changelog records to send, in partition ``partition``."""
+    def key_records(self, partition: int, snapshots: Iterable[tuple[str, Any]]) -> list[Message]:
+        """The changelog records of each key's snapshot (None: the key is forgotten),
+        in partition ``partition``; :meth:`written` puts them in the local store."""
         changelog = self.changelog()
         dumps = codec.dumps
-        out: list[Message] = []
-        for key, snap in snapshots:
-            tkey = state_key(partition, key)
-            encoded = None if snap is None else dumps(snap)
-            self.put(partition, tkey, encoded)
-            out.append((changelog, tkey, encoded, partition))
-        return out
+        return [
+            (changelog, state_key(partition, key), None if snap is None else dumps(snap), partition)
+            for key, snap in snapshots
+        ]
 
-    def persisted(self, partition: int, offset: int) -> None:
-        """The changelog offset of a marker the broker acknowledged: everything of the
-        partition up to it is in the local store.
-
-        Faust's recovery starts reading a RocksDB partition's changelog at the
-        offset a store says it persisted. Faust sets it only for what it wrote
-        or recovered itself; the worker writes the changelog, so without this a
-        clean restart re-reads every record (1M keys: ~195 s). A memory store
-        keeps nothing across restarts (Faust ignores the call).
-        """
-        if self._by_partition:
-            self.table.data.set_persisted_offset(TP(self.changelog(), partition), offset)
-
-    def put_marker(self, partition: int, marker: Marker) -> Message:
-        """Puts the partition's marker in the local store; returns its changelog record.
+    def marker_record(self, partition: int, marker: Marker) -> Message:
+        """The partition's marker as a changelog record.
 
         Send it last and alone, once the keys' records are acknowledged: recovery
         reads the changelog up to its end offset, and some brokers (Tansu) report
         a batch's base offset + 1 as the end, so a marker sharing a batch could
         hide the states before it.
         """
-        mkey = state_key(partition, MARKER_NAME)
-        value = marker.encode()
-        self.put(partition, mkey, value)
-        return (self.changelog(), mkey, value, partition)
+        return (self.changelog(), state_key(partition, MARKER_NAME), marker.encode(), partition)
+
+    def written(self, records: Iterable[Message], offset: int | None = None) -> None:
+        """Puts changelog records the broker acknowledged in the local store; with
+        ``offset`` (an acknowledged marker's), records it as Faust's persisted
+        changelog offset of the marker's partition.
+
+        Only acknowledged records: the local store must never be ahead of the
+        changelog, which another worker restores from. A RocksDB store survives a
+        SIGKILL and recovery reads the changelog only from the persisted offset
+        on, so a local entry the changelog lacks would stay, while a later marker
+        in the changelog would tell the next owner of the partition that its
+        records were applied.
+
+        Faust sets the persisted offset only for what it wrote or recovered
+        itself; the worker writes the changelog, so without it a clean restart
+        re-reads every record (1M keys: ~195 s). A memory store keeps nothing
+        across restarts (Faust ignores the offset).
+        """
+        last: int | None = None
+        for _topic, key, value, partition in records:
+            if key is None or partition is None:
+                raise ValueError("a changelog record has a key and a partition")
+            self.put(partition, key, value)
+            last = partition
+        if offset is not None and last is not None and self._by_partition:
+            self.table.data.set_persisted_offset(TP(self.changelog(), last), offset)

@@ -468,10 +468,13 @@ class Pipeline:
         p = r.partition
         store = self.store
         snapshot = eng.snapshot_key
-        await send(store.put_keys(p, [(key, snapshot(key)) for key in eng.take_dirty()]))
-        # The marker goes last and alone (StateStore.put_marker says why).
-        acked = await send([store.put_marker(p, Marker(r.applied, eng.watermark, r.src))])
-        store.persisted(p, acked[-1].offset)
+        state = store.key_records(p, [(key, snapshot(key)) for key in eng.take_dirty()])
+        await send(state)
+        store.written(state)
+        # The marker goes last and alone (StateStore.marker_record says why).
+        marker = [store.marker_record(p, Marker(r.applied, eng.watermark, r.src))]
+        acked = await send(marker)
+        store.written(marker, acked[-1].offset)
 
 
 def build_app(settings: Settings, *, web: bool = True) -> faust.App:
