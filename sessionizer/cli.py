@@ -9,6 +9,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from .core.config import ConfigError
+from .settings import Settings
 
 # Exit 2 on usage or configuration errors (§9); click already uses 2 for usage.
 EXIT_CONFIG = 2
@@ -47,7 +48,7 @@ def _config_safe(run: Callable[[], _R]) -> _R:
         _config_exit(err)
 
 
-def _worker_unsupported(settings: Any) -> str | None:
+def _worker_unsupported(settings: Settings) -> str | None:
     """Settings the model accepts but this install cannot honour: one line, at start-up."""
     from .stream.compat import check_versions
 
@@ -65,7 +66,7 @@ def _worker_unsupported(settings: Any) -> str | None:
     return None
 
 
-def _web_auth_note(settings: Any) -> str | None:
+def _web_auth_note(settings: Settings) -> str | None:
     """A start-up line when /sessions will refuse every request (docs/security.md)."""
     from .stream.security import is_loopback
 

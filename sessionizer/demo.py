@@ -33,6 +33,7 @@ from typing import Any
 from . import codec, procs
 from .core.config import MINUTE_MS
 from .procs import free_port, port_busy
+from .settings import Settings
 from .workload import Population, Scheduler, Upload
 
 __all__ = ["DEMO_TIMINGS", "LiveTraffic", "Output", "Stats", "StopSignals", "run"]
@@ -419,7 +420,7 @@ class OutputReader:
     """A group-less consumer of the output topics (the three, and the enabled
     integrations'), from their end at start-up."""
 
-    def __init__(self, settings: Any, stats: Stats) -> None:
+    def __init__(self, settings: Settings, stats: Stats) -> None:
         t = settings.topics
         self.kinds = {t.sessionized_events: "events", t.sessions: "sessions"}
         self.kinds[t.dead_letters] = "dead"
@@ -602,7 +603,7 @@ async def _every(secs: float, fn: Callable[[], None], stop: asyncio.Event) -> No
 
 
 async def run_demo(
-    settings: Any,
+    settings: Settings,
     env: dict[str, str],
     opts: Options,
     data_dir: Path,
@@ -658,7 +659,7 @@ async def run_demo(
     return 1 if failure else 0
 
 
-async def delete_own_topics(settings: Any, prefix: str, out: Output) -> None:
+async def delete_own_topics(settings: Settings, prefix: str, out: Output) -> None:
     """Deletes the topics whose names start with ``prefix`` (the demo's, on a user's broker)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
@@ -684,7 +685,7 @@ async def delete_own_topics(settings: Any, prefix: str, out: Output) -> None:
 
 
 async def _supervise(
-    settings: Any,
+    settings: Settings,
     opts: Options,
     stats: Stats,
     reader: OutputReader,
@@ -846,7 +847,7 @@ def _run(broker_url: str | None, port: int | None, opts: Options, signals: StopS
             signals.detach()  # stopping now: later signals must not cut the clean-up short
 
 
-def own_topics_env(settings: Any, prefix: str) -> dict[str, str]:
+def own_topics_env(settings: Settings, prefix: str) -> dict[str, str]:
     """Environment that moves every topic and the group of the demo under ``prefix``."""
     from .settings import env_var, setting_values
 

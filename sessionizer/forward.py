@@ -37,6 +37,7 @@ from . import codec
 from .integrations import REGISTRY, topic_name
 from .integrations.common import REJECTED, UNSENDABLE, dead_letter, iso_ms
 from .integrations.snowplow import PAYLOAD_DATA
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ class ForwardConfig:
             )
 
 
-def from_settings(settings: Any, name: str, **overrides: Any) -> ForwardConfig:
+def from_settings(settings: Settings, name: str, **overrides: Any) -> ForwardConfig:
     """The forwarder's config from ``Settings`` (getattr fallbacks: the forward_*
     settings are new); ``overrides`` (command-line values) win when not None."""
     from .stream.kafka import client_options

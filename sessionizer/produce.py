@@ -20,6 +20,7 @@ from aiokafka.errors import MessageSizeTooLargeError
 from . import codec
 from .core.engine import identity
 from .exits import Failed, run_main
+from .settings import Settings
 from .stream.kafka import client_options, ensure_topics
 
 __all__ = ["Progress", "TokenBucket", "count_and_key", "produce_records", "producer_options"]
@@ -84,7 +85,7 @@ def count_and_key(value: bytes) -> tuple[bytes | None, int]:
     return (None if ident is None else ident[1].encode()), n
 
 
-def producer_options(settings: Any) -> dict[str, Any]:
+def producer_options(settings: Settings) -> dict[str, Any]:
     return {
         **client_options(settings),
         "linger_ms": 5,
@@ -94,7 +95,7 @@ def producer_options(settings: Any) -> dict[str, Any]:
 
 
 async def produce_records(
-    settings: Any,
+    settings: Settings,
     records: Iterable[bytes] | AsyncIterable[bytes],
     rate: float | None = None,
     *,
@@ -175,7 +176,7 @@ def _source(path: str | None, n_events: int | None, devices: int | None, seed: i
 
 
 async def _produce_with_bar(
-    settings: Any, records: Iterable[bytes], rate: float | None, total_events: int | None
+    settings: Settings, records: Iterable[bytes], rate: float | None, total_events: int | None
 ) -> tuple[int, int]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -202,7 +203,7 @@ async def _produce_with_bar(
 
 
 async def _produce_quiet(
-    settings: Any, records: Iterable[bytes], rate: float | None
+    settings: Settings, records: Iterable[bytes], rate: float | None
 ) -> tuple[int, int]:
     done = [0, 0]
 
@@ -214,7 +215,7 @@ async def _produce_quiet(
 
 
 def run(
-    settings: Any,
+    settings: Settings,
     path: str | None,
     n_events: int | None,
     *,

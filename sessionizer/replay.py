@@ -44,6 +44,7 @@ from .driver import Driver, SourceRecord
 from .encode import Message, OutputEncoder, Record
 from .integrations import Options
 from .produce import producer_options
+from .settings import Settings
 from .stream.kafka import ControlReader, TopicSpec, client_options, ensure_topics
 from .stream.sender import BatchSender
 
@@ -103,23 +104,23 @@ def parse_time_ms(text: str) -> int:
 # --------------------------------------------------------------------------- topics
 
 
-def output_topics(settings: Any, prefix: str) -> list[str]:
+def output_topics(settings: Settings, prefix: str) -> list[str]:
     """Output topic names in engine order (events, sessions, dead letters)."""
     t = settings.topics
     return [prefix + t.sessionized_events, prefix + t.sessions, prefix + t.dead_letters]
 
 
-def integration_topics(settings: Any, prefix: str) -> dict[str, str]:
+def integration_topics(settings: Settings, prefix: str) -> dict[str, str]:
     """Destination -> its topic, for the destinations of the setting ``integrations``."""
     return {n: prefix + settings.topics.integration(n) for n in settings.integrations}
 
 
-def written_topics(settings: Any, prefix: str) -> list[str]:
+def written_topics(settings: Settings, prefix: str) -> list[str]:
     """Every topic ``replay`` writes: the §7 outputs', then each integration's."""
     return [*output_topics(settings, prefix), *integration_topics(settings, prefix).values()]
 
 
-def check_prefix(settings: Any, prefix: str) -> None:
+def check_prefix(settings: Settings, prefix: str) -> None:
     """Raises ValueError when ``prefix`` makes a bad topic name or hits an input topic."""
     if not _TOPIC_RE.fullmatch(prefix):
         raise ValueError(f"must be characters of a-z A-Z 0-9 . _ - only, got {prefix!r}")
@@ -484,7 +485,7 @@ async def _batches(
 
 
 async def _read_control(
-    consumer: AIOKafkaConsumer, settings: Any, partitions: list[int]
+    consumer: AIOKafkaConsumer, settings: Settings, partitions: list[int]
 ) -> dict[str, bool]:
     """R19: the whole opt-out-control topic as the engine's control dict."""
     topic = settings.topics.opt_out_control
@@ -505,7 +506,7 @@ async def _read_control(
 
 async def _plan(
     consumer: AIOKafkaConsumer,
-    settings: Any,
+    settings: Settings,
     partitions: list[int],
     since_ms: int | None,
     until_ms: int | None,
@@ -531,7 +532,7 @@ async def _plan(
 
 
 async def replay(
-    settings: Any,
+    settings: Settings,
     *,
     since_ms: int | None = None,
     until_ms: int | None = None,
@@ -603,7 +604,7 @@ async def replay(
 
 async def _replay_partition(
     consumer: AIOKafkaConsumer,
-    settings: Any,
+    settings: Settings,
     control: dict[str, bool],
     part: _Part,
     out: _Output,
@@ -685,7 +686,7 @@ def summary(counts: Counts, topics: list[str], secs: float) -> str:
 
 
 def run(
-    settings: Any,
+    settings: Settings,
     *,
     since_ms: int | None,
     until_ms: int | None,

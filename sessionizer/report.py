@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import codec
+from .settings import Settings
 
 __all__ = ["DURATION_BUCKETS_S", "Summary", "read_sessions", "render_html", "run", "summarize"]
 
@@ -252,7 +253,7 @@ def render_html(s: Summary, *, source: str, generated_ms: int) -> str:
 
 
 async def read_sessions(
-    settings: Any, since_ms: int | None
+    settings: Settings, since_ms: int | None
 ) -> list[tuple[int | None, bytes | None]]:
     """(Kafka timestamp, value) of the sessions topic's records written at or after ``since_ms``.
 
@@ -301,7 +302,7 @@ async def read_sessions(
     return out
 
 
-def run(settings: Any, *, since_ms: int | None, out_path: str, now_ms: int) -> int:
+def run(settings: Settings, *, since_ms: int | None, out_path: str, now_ms: int) -> int:
     """The ``report`` command: writes the page, prints one line; returns the exit code."""
     from aiokafka.errors import KafkaError
 

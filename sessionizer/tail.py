@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from typing import IO, Any
 
 from . import codec
+from .settings import Settings
 
 __all__ = [
     "KINDS",
@@ -309,7 +310,7 @@ class TailOptions:
 
 
 async def tail(
-    settings: Any,
+    settings: Settings,
     kind: str,
     options: TailOptions = TailOptions(),
     *,
@@ -403,7 +404,7 @@ async def tail(
     return printed
 
 
-def run(settings: Any, kind: str, options: TailOptions) -> int:
+def run(settings: Settings, kind: str, options: TailOptions) -> int:
     """The ``tail`` command: returns the exit code (0 also after Ctrl-C or a closed pipe)."""
     # aiokafka logs every failed connection attempt; the command says it once, in one line.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)

@@ -18,6 +18,7 @@ import orjson
 
 from .. import codec
 from ..core.engine import Engine, identity
+from ..settings import Settings
 
 # Fixed forever (see the module docstring).
 DEDUP_NS = uuid.UUID("a4d2e1f0-6b3c-4e5d-8f7a-1b2c3d4e5f60")
@@ -55,7 +56,7 @@ class Options:
     ga4_client_id_field: str | None = None
 
     @classmethod
-    def of(cls, settings: Any) -> Options:
+    def of(cls, settings: Settings) -> Options:
         """The options of a ``sessionizer.settings.Settings``."""
         return cls(ga4_client_id_field=settings.ga4_client_id_field)
 
