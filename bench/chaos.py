@@ -1,6 +1,6 @@
 """Chaos run (issue #7 D): workers killed and restarted under steady traffic.
 
-    python bench/chaos.py [--seed 1] [--seeds 5] [--events 100000] [--workers 3]
+    python bench/chaos.py [--seed 1] [--seeds 5] [--events 100000] [--workers 3] [--store rocksdb]
 
 For each seed, with a fresh embedded broker, fresh topics and a fresh app id:
 
@@ -487,8 +487,20 @@ class Slot:
         self.gen += 1
         r = self.run
         # A snapshot of the package in ``cwd`` (r.code) wins over the tree being edited.
+        # Each worker slot keeps its data directory across restarts, as on one machine:
+        # a RocksDB store outlives a kill.
+        env = {
+            "SESSIONIZER_STORE": r.args.store,
+            "SESSIONIZER_DATA_DIR": str(r.log_dir / f"{r.names.prefix}-w{self.idx}-data"),
+        }
         self.worker = WorkerProc(
-            r.bootstrap, r.names, r.log_dir, partitions=r.args.partitions, tag=self.tag, cwd=r.code
+            r.bootstrap,
+            r.names,
+            r.log_dir,
+            partitions=r.args.partitions,
+            env=env,
+            tag=self.tag,
+            cwd=r.code,
         )
         self.worker.start()
         self.expected_exit = False
@@ -921,7 +933,7 @@ class Run:
         try:
             ready = await self.wait_all_ready(120)
             log(
-                f"  {len(self.slots)} workers ready after {ready:.1f}s; "
+                f"  {len(self.slots)} workers (store={a.store}) ready after {ready:.1f}s; "
                 f"traffic for {a.duration:.0f}s"
             )
             self.t0 = time.monotonic()
@@ -1101,6 +1113,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--late-rate", type=float, default=0.02)
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--partitions", type=int, default=8)
+    ap.add_argument(
+        "--store", choices=("memory", "rocksdb"), default="memory", help="the workers' table store"
+    )
     ap.add_argument("--duration", type=float, default=100.0, help="seconds of traffic")
     ap.add_argument("--kill-gap", type=float, default=15.0, help="mean seconds between kills")
     ap.add_argument("--settle-timeout", type=float, default=150.0)
