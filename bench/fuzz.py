@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import random
 import sys
 import time
@@ -41,7 +40,7 @@ if str(ROOT) not in sys.path:
 from sessionizer import codec, offline, workload  # noqa: E402
 from sessionizer.core.config import EngineConfig  # noqa: E402
 from sessionizer.core.engine import MAX_DEPTH, Engine  # noqa: E402
-from sessionizer.core.model import INTERNAL_ERROR, TOPIC_NAMES  # noqa: E402
+from sessionizer.core.model import INTERNAL_ERROR  # noqa: E402
 
 START_MS = workload.DEFAULT_START_MS
 NOW_MS = START_MS + 400 * 24 * 3600 * 1000  # fixed "wall clock": runs do not depend on today
@@ -217,14 +216,6 @@ class Mutator:
         return orjson.dumps(rec).replace(MARK_JSON, text, 1)
 
 
-class NullSink(offline.FileSink):
-    """process-file's sink (the same orjson encoder), writing to /dev/null."""
-
-    def __init__(self) -> None:
-        self.files = [open(os.devnull, "wb", buffering=1 << 20) for _ in TOPIC_NAMES]  # noqa: SIM115
-        self._writes = tuple(f.write for f in self.files)
-
-
 WEEK_MS = 7 * 24 * 3600 * 1000
 
 
@@ -279,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     recent: list[bytes] = []
     mutate = Mutator(args.seed, recent)
     engine = Engine(EngineConfig(), loads=codec.loads, dumps=codec.dumps)
-    sink = NullSink()
+    sink = offline.FileSink(None)  # process-file's sink, to the null device
     exceptions: Counter[str] = Counter()
     first: list[str] = []
 
@@ -291,10 +282,11 @@ def main(argv: list[str] | None = None) -> int:
 
     offline.tune_gc()
     process = engine.process_record
-    heap = engine.heap
+    encode = sink.encoder.records
     t0 = time.perf_counter()
     n = 0
-    # The loop of offline.run, each step guarded so that every failure is counted.
+    # The loop of Driver.feed (sessionizer/driver.py), each step guarded so that
+    # every failure is counted.
     for value in records(base, args.records):
         if len(recent) < 2000:
             recent.append(value)
@@ -309,21 +301,21 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:
             failed("process_record", n, value)
         try:
-            if heap and heap[0][0] <= engine.watermark:
-                engine.expire()
+            engine.advance()
         except Exception:
-            failed("expire", n, value)
-        if len(engine.out) >= 8:
-            try:
-                sink.write(engine.take_output())
-            except Exception:
-                failed("encode", n, value)
+            failed("advance", n, value)
+        try:
+            out = engine.take_output()
+            if out:
+                sink.write(encode(out, engine))
+        except Exception:
+            failed("encode", n, value)
         n += 1
     try:
-        engine.close_all()
-        sink.write(engine.take_output())
+        engine.end_of_input()
+        sink.write(encode(engine.take_output(), engine))
     except Exception:
-        failed("close_all", n, None)
+        failed("end_of_input", n, None)
     sink.close()
     seconds = time.perf_counter() - t0
 

@@ -695,3 +695,24 @@ def test_b_callback_failure_does_not_escape() -> None:
     with injected("flush", 3, 1) as fired:
         eng, _ = drive(lines, on_internal_error=callback)
     assert fired == [3] and eng.counts.records_internal_error == 1
+
+
+def test_make_fuzz_runs_the_loop_of_process_file() -> None:
+    """`make fuzz` itself (small): it drives the engine as process-file does, and reports
+    no exception; it once fell behind a change of the driver and failed on every record."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, str(root / "bench" / "fuzz.py"), "--records", "3000", "--corpus", "2000"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("FUZZ "))
+    report = json.loads(line[5:])
+    assert report["records"] == 3000
+    assert report["exceptions"] == 0 and report["balanced"]
