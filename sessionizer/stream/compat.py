@@ -84,6 +84,19 @@ async def commit(app: faust.App, offsets: Mapping[TP, int]) -> None:
     await app.consumer._commit(offsets)  # type: ignore[attr-defined]
 
 
+async def seek(app: faust.App, offsets: Mapping[TP, int]) -> None:
+    """Points the stream's consumer at these offsets, 0 included.
+
+    Faust's "Seek stream partitions to committed offsets" after a rebalance
+    calls aiokafka's ``seek_to_committed``, which skips a committed offset of 0
+    (``if offset and offset > 0``): a partition taken over with nothing applied
+    kept the position its fetcher had reached during recovery, past records
+    Faust then dropped, and sat at the end until a new record arrived.
+    """
+    for tp, offset in offsets.items():
+        await app.consumer.seek(tp, offset)
+
+
 def raw_producer(app: faust.App) -> Any:
     """Faust's own aiokafka producer: same connection, settings and credentials."""
     return app.producer._ensure_producer()  # type: ignore[attr-defined]

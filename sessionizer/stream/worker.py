@@ -36,6 +36,7 @@ from .compat import (
     connect,
     install_leave_group_fix,
     raw_producer,
+    seek,
     task,
     timer,
 )
@@ -543,6 +544,7 @@ def build_app(settings: Settings, *, web: bool = True) -> faust.App:
             offsets[tp] = pipe.store.marker(tp.partition).offset + 1
         if offsets:
             await commit(app, offsets)
+            await seek(app, offsets)  # Faust's own seek skips offset 0 (compat.seek)
 
     connect(app.on_rebalance_complete, resume_after_markers)
 

@@ -309,6 +309,33 @@ async def test_two_workers_share_partitions_and_one_takes_over(broker: Any, tmp_
         b.terminate()
 
 
+async def test_a_partition_taken_over_with_nothing_applied_is_read_from_offset_0(
+    broker: Any, tmp_path: Path
+) -> None:
+    """A worker that leaves before it applied anything: its partitions' state says
+    "start at 0", which aiokafka's seek to committed offsets skips. Every record is
+    on the broker before the takeover, so a stream left at the end would stall with
+    nothing new to reveal the gap (failed 1 run in 3 before compat.seek)."""
+    names = _names()
+    recs = _workload(seed=13)
+    a = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, tag="a")
+    b = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, tag="b")
+    a.start()
+    b.start()
+    try:
+        await asyncio.gather(a.wait_ready(), b.wait_ready())
+        clocks = _clocks(recs)
+        await produce(broker.bootstrap, names.topics["raw_events"], recs[: len(recs) // 2])
+        a.terminate()
+        await produce(broker.bootstrap, names.topics["raw_events"], recs[len(recs) // 2 :])
+        for p, clock in enumerate(clocks):
+            await produce(broker.bootstrap, names.topics["raw_events"], [clock], partition=p)
+        await _run_and_compare(broker.bootstrap, names, recs + clocks, timeout=120)
+    finally:
+        a.terminate()
+        assert b.terminate() == 0, b.log()[-3000:]
+
+
 async def test_repartition_when_records_are_not_keyed_by_device(
     broker: Any, tmp_path: Path
 ) -> None:
