@@ -109,6 +109,11 @@ class _Batch:
         pass
 
 
+@dataclass
+class _Metadata:
+    offset: int
+
+
 class _Producer:
     """What BatchSender uses of aiokafka's producer; remembers every record sent."""
 
@@ -121,10 +126,13 @@ class _Producer:
     def create_batch(self) -> _Batch:
         return _Batch()
 
-    async def send_batch(self, batch: _Batch, topic: str, partition: int) -> asyncio.Future[None]:
+    async def send_batch(
+        self, batch: _Batch, topic: str, partition: int
+    ) -> asyncio.Future[_Metadata]:
+        base = sum(1 for t, q, _, _ in self.sent if (t, q) == (topic, partition))
         self.sent += [(topic, partition, k, v) for k, v in batch.items]
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        fut.set_result(None)
+        fut: asyncio.Future[_Metadata] = asyncio.get_running_loop().create_future()
+        fut.set_result(_Metadata(base))  # the batch's base offset, as a broker acknowledges
         return fut
 
     async def flush(self) -> None:
@@ -190,10 +198,10 @@ def _capture(monkeypatch: pytest.MonkeyPatch) -> list[Message]:
     handed: list[Message] = []
     real = BatchSender.send
 
-    async def send(self: BatchSender, messages: Any) -> None:
+    async def send(self: BatchSender, messages: Any) -> list[Any]:
         messages = list(messages)
         handed.extend(messages)
-        await real(self, messages)
+        return await real(self, messages)
 
     monkeypatch.setattr(BatchSender, "send", send)
     return handed
