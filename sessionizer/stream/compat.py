@@ -113,3 +113,40 @@ def timer(app: faust.App, seconds: float, fn: Callable[[], Awaitable[None]]) -> 
 
 def task(app: faust.App, fn: Callable[[], Awaitable[None]]) -> None:
     app.task(fn)
+
+
+#: How long a crashed worker may take to stop before it exits anyway.
+CRASH_GRACE_S = 15.0
+
+
+def _hard_exit(code: int, grace_s: float) -> None:  # pragma: no cover - ends the process
+    import logging
+    import os
+    import sys
+
+    logging.getLogger("sessionizer.worker").critical(
+        "the worker did not stop within %g s of its crash; exiting with code %d", grace_s, code
+    )
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+async def crash(app: faust.App, exc: BaseException, *, grace_s: float = CRASH_GRACE_S) -> None:
+    """Stop the worker after a failure in its own loop, and make sure it exits non-zero.
+
+    Faust's graceful stop first waits for every event taken from a stream to be
+    acknowledged (``stream_wait_empty``); the failed agent never acknowledges its
+    batch, so that wait could last forever (it did, in CI). A crashed worker has
+    nothing in flight worth waiting for — the state's marker decides where its
+    successor resumes — so the wait is skipped, and a timer thread ends the
+    process with code 1 should the stop hang anywhere else.
+    """
+    import threading
+
+    app.conf.stream_wait_empty = False
+    watchdog = threading.Timer(grace_s, _hard_exit, (1, grace_s))
+    watchdog.daemon = True
+    watchdog.start()
+    await app.crash(exc)

@@ -34,6 +34,7 @@ from .compat import (
     FAUST_TUNING,
     commit,
     connect,
+    crash,
     install_leave_group_fix,
     raw_producer,
     seek,
@@ -599,7 +600,7 @@ def build_app(settings: Settings, *, web: bool = True) -> faust.App:
             # changelog; the restarted worker (or another) resumes from it.
             pipe.agent_failure = f"{type(exc).__name__}: {exc}"
             log.critical("the engine agent failed, stopping the worker: %r", exc)
-            await app.crash(exc)
+            await crash(app, exc)
 
     pipe.input_topic = engine_input.get_topic_name()
 
