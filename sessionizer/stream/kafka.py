@@ -116,12 +116,13 @@ class ControlReader:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
+        # Known before it starts, so a stop during start-up (SIGTERM) closes it.
+        self._consumer = c
         await c.start()
         tps = await topic_partitions(c, topic)
         c.assign(tps)
         await c.seek_to_beginning(*tps)
         ends = await c.end_offsets(tps) if tps else {}
-        self._consumer = c
         self._task = asyncio.create_task(self._run(ends))
 
     async def _run(self, ends: dict[TopicPartition, int]) -> None:

@@ -184,8 +184,8 @@ class GapReader:
                 auto_offset_reset="earliest",
                 max_partition_fetch_bytes=8 << 20,
             )
+            self._consumer = c  # before start: a stop meanwhile closes it
             await c.start()
-            self._consumer = c
         tp = TopicPartition(self.topic, partition)
         c.assign([tp])
         c.seek(tp, start)
