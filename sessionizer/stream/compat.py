@@ -1,8 +1,9 @@
 """All the worker takes from Faust and aiokafka beyond their public, typed API.
 
-One home for the tuning, the one patch (LeaveGroup on a broker that numbers
-generations from 0) and the private calls (committing chosen offsets, the raw
-aiokafka producer, typed signal and timer registration). They were checked
+One home for the tuning, the patches (LeaveGroup on a broker that numbers
+generations from 0; a topic Faust must not fetch) and the private calls
+(committing chosen offsets, the raw aiokafka producer, typed signal and timer
+registration). They were checked
 against the pinned versions only: ``check_versions()`` refuses others at
 start-up, so an upgrade is a deliberate change of this module.
 """
@@ -34,6 +35,25 @@ FAUST_TUNING: dict[str, Any] = {
     # marker says where each partition resumes (docs/decisions.md).
     "recovery_consistency_check": False,
 }
+
+
+class WorkerApp(faust.App):
+    """Faust's app with a hook that runs first when it stops.
+
+    Faust stops its consumer and then its tables before it sends
+    ``on_before_shutdown``; a reader of Faust's own (the direct input reader)
+    must finish its batch and stop before that, while the tables and the
+    producer still work.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.before_stop: list[Callable[[], Awaitable[None]]] = []
+
+    async def on_stop(self) -> None:
+        for hook in self.before_stop:
+            await hook()
+        await super().on_stop()
 
 
 def check_versions() -> str | None:
@@ -97,6 +117,40 @@ async def seek(app: faust.App, offsets: Mapping[TP, int]) -> None:
         await app.consumer.seek(tp, offset)
 
 
+def exclude_from_fetch(app: faust.App, topic: str) -> None:
+    """Faust's fetcher leaves ``topic`` alone; the group still assigns its partitions.
+
+    Faust fetches the partitions it counts as active: all assigned ones, less
+    those paused, plus those resumed after recovery or a full buffer. The
+    topic's partitions are kept out of each of these, so its records reach no
+    stream (the direct reader reads them, sessionizer/stream/reader.py).
+    """
+    consumer: Any = app.consumer
+
+    def keep(tps: Any) -> set[TP]:
+        return {tp for tp in tps if tp.topic != topic}
+
+    set_active, resume, buffer_drop = (
+        consumer._set_active_tps,
+        consumer.resume_partitions,
+        consumer.on_buffer_drop,
+    )
+
+    def _set_active_tps(tps: Any) -> Any:
+        return set_active(keep(tps))
+
+    def resume_partitions(tps: Any) -> None:
+        resume(keep(tps))
+
+    def on_buffer_drop(tp: TP) -> None:
+        if tp.topic != topic:
+            buffer_drop(tp)
+
+    consumer._set_active_tps = _set_active_tps
+    consumer.resume_partitions = resume_partitions
+    consumer.on_buffer_drop = on_buffer_drop
+
+
 def raw_producer(app: faust.App) -> Any:
     """Faust's own aiokafka producer: same connection, settings and credentials."""
     return app.producer._ensure_producer()  # type: ignore[attr-defined]
@@ -144,8 +198,11 @@ async def crash(app: faust.App, exc: BaseException, *, grace_s: float = CRASH_GR
     process with code 1 should the stop hang anywhere else.
     """
     import threading
+    import warnings
 
-    app.conf.stream_wait_empty = False
+    with warnings.catch_warnings():  # "reconfiguring late": exactly the intent here
+        warnings.simplefilter("ignore")
+        app.conf.stream_wait_empty = False
     watchdog = threading.Timer(grace_s, _hard_exit, (1, grace_s))
     watchdog.daemon = True
     watchdog.start()

@@ -16,7 +16,6 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from faust.types import TP
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -59,6 +58,9 @@ class WorkerView(Protocol):
 
     @property
     def control_reader(self) -> ControlView: ...
+
+    def highwater(self, partition: int) -> int | None:
+        """The offset after the input partition's last record, if known."""
 
 
 PREFIX = "sessionizer_"
@@ -169,20 +171,16 @@ def partition_stats(pipe: WorkerView, topic: str) -> list[PartitionStats]:
             marker = pipe.store.marker(p)
             applied, wm = marker.offset, marker.watermark
             open_n = keys = None
-        out.append(PartitionStats(p, applied, wm, open_n, keys, _lag(app, topic, p, applied)))
+        out.append(PartitionStats(p, applied, wm, open_n, keys, _lag(pipe.highwater(p), applied)))
     return out
 
 
-def _lag(app: Any, topic: str, partition: int, applied: int) -> int | None:
+def _lag(highwater: int | None, applied: int) -> int | None:
     # highwater = the offset of the next record; approximate on brokers that
     # under-report end offsets of multi-record batches (Tansu, docs/broker.md).
-    try:
-        hw = app.consumer.highwater(TP(topic, partition))
-    except Exception:
+    if highwater is None:
         return None
-    if hw is None:
-        return None
-    return max(0, int(hw) - applied - 1)
+    return max(0, highwater - applied - 1)
 
 
 def ready(pipe: WorkerView) -> bool:

@@ -32,9 +32,11 @@ from ..offline import tune_gc
 from ..settings import Settings
 from .compat import (
     FAUST_TUNING,
+    WorkerApp,
     commit,
     connect,
     crash,
+    exclude_from_fetch,
     install_leave_group_fix,
     raw_producer,
     seek,
@@ -43,6 +45,7 @@ from .compat import (
 )
 from .kafka import ControlReader, client_options
 from .metrics import Metrics
+from .reader import DirectReader, Rec
 from .sender import BatchSender
 from .state import Marker, StateStore
 
@@ -155,10 +158,6 @@ class PartitionRunner:
         self.wm_at_rx = engine.watermark
 
 
-# (offset, key, value, timestamp ms, headers) of one source record.
-Rec = tuple[int, bytes | None, bytes | None, int | None, Any]
-
-
 class GapReader:
     """Reads source records the stream did not deliver, straight from the broker.
 
@@ -228,6 +227,9 @@ class Pipeline:
         self.runners: dict[int, PartitionRunner] = {}
         # Engine partitions of the current assignment; empty while rebalancing.
         self.assigned: set[int] = set()
+        self.generation = 0  # changes with the assignment (the direct reader re-seeks)
+        self.reader: DirectReader | None = None  # input_reader = "direct"
+        self._committed: dict[int, int] = {}  # direct reader: offsets committed per partition
         self.live = True  # R22 wall-clock advancement; replay turns it off
         self.repartitioned = bool(settings.repartition)
         self.raw_topic = settings.topics.raw_events
@@ -284,6 +286,7 @@ class Pipeline:
         """The group's new assignment, after its table recovery; runners come lazily."""
         changed = partitions != self.assigned or self._announced is None
         self.assigned = set(partitions)
+        self.generation += 1
         if changed and self._announced != self.assigned:
             self._announced = set(self.assigned)
             # One line at any log level: what this worker owns and where to ask it.
@@ -297,7 +300,9 @@ class Pipeline:
     async def revoke(self, partitions: Sequence[int]) -> None:
         """Stops the partitions' runners: an in-flight batch finishes first, none starts."""
         self.assigned.difference_update(partitions)
+        self.generation += 1
         for p in partitions:
+            self._committed.pop(p, None)
             r = self.runners.pop(p, None)
             if r is not None:
                 async with r.lock:
@@ -314,39 +319,79 @@ class Pipeline:
     # ------------------------------------------------------------ batches
 
     async def process(self, events: Sequence[EventT[Any]]) -> None:
+        """A batch from Faust's stream: its records, partition by partition."""
         if not events:
             return
         started = time.perf_counter()
-        by_partition: dict[int, list[Any]] = {}
+        by_partition: dict[int, list[Rec]] = {}
         for ev in events:
             m = ev.message
-            msgs = by_partition.get(m.partition)
-            if msgs is None:
-                msgs = by_partition[m.partition] = []
-            msgs.append(m)
-        for p, msgs in by_partition.items():
-            r = self.runner(p)
-            if r is None:
-                continue  # not ours (any more): its owner resumes from the state
-            async with r.lock:
-                if not r.closed:
-                    await self._apply(r, msgs)
+            recs = by_partition.get(m.partition)
+            if recs is None:
+                recs = by_partition[m.partition] = []
+            recs.append((m.offset, m.key, m.value, _record_ts_ms(m.timestamp), m.headers))
+        for p, recs in by_partition.items():
+            await self.apply(p, recs)
+        self.batch_done(started)
+
+    async def apply(self, partition: int, recs: Sequence[Rec]) -> None:
+        """One partition's records, in offset order, from Faust's stream or the direct
+        reader: what the state already holds is skipped, what is missing is read first."""
+        r = self.runner(partition)
+        if r is None:
+            return  # not ours (any more): its owner resumes from the state
+        async with r.lock:
+            if not r.closed:
+                await self._apply(r, recs)
+
+    def resume_offset(self, partition: int) -> int | None:
+        """Where the partition resumes (marker + 1); None if it is not ours now."""
+        r = self.runner(partition)
+        return None if r is None else r.applied + 1
+
+    def highwater(self, partition: int) -> int | None:
+        """The offset after the partition's last input record, as last fetched."""
+        if self.reader is not None:
+            return self.reader.highwater(partition)
+        try:
+            hw = self.app.consumer.highwater(TopicPartition(self.input_topic, partition))
+        except Exception:  # not assigned or not fetched yet
+            return None
+        return None if hw is None else int(hw)
+
+    async def commit_progress(self) -> None:
+        """Direct reader: the group's committed offsets follow the state, for lag tools
+        (recovery itself resumes from the marker, whatever was committed)."""
+        offsets = {}
+        for p, r in list(self.runners.items()):
+            if not r.closed and self._committed.get(p) != r.applied + 1:
+                offsets[TopicPartition(self.input_topic, p)] = r.applied + 1
+        if not offsets:
+            return
+        try:
+            await commit(self.app, offsets)
+        except Exception as exc:  # rebalancing: the next tick commits again
+            log.debug("commit of %s failed: %r", offsets, exc)
+            return
+        for tp, off in offsets.items():
+            self._committed[tp.partition] = off
+
+    def batch_done(self, started: float) -> None:
         self.batches += 1
         elapsed = time.perf_counter() - started
         self.last_batch_ms = elapsed * 1000
         self.metrics.batch_seconds.observe(elapsed)
 
-    async def _apply(self, r: PartitionRunner, msgs: list[Any]) -> None:
+    async def _apply(self, r: PartitionRunner, recs: Sequence[Rec]) -> None:
         eng = r.engine
         now = wall_ms()
         nxt = r.applied + 1
-        for m in msgs:
-            off = m.offset
+        for off, key, value, ts, headers in recs:
             if off < nxt:
                 continue  # already in the state
             if off > nxt:
                 await self._fill_gap(r, nxt, off, now)
-            self._one(r, off, m.key, m.value, _record_ts_ms(m.timestamp), m.headers, now)
+            self._one(r, off, key, value, ts, headers, now)
             nxt = off + 1
         if nxt - 1 == r.applied:
             return  # nothing new
@@ -404,6 +449,8 @@ class Pipeline:
 
     async def tick(self) -> None:
         """R22: a partition idle for idle_timeout moves its watermark by wall-clock time."""
+        if self.reader is not None:
+            await self.commit_progress()
         if not self.live:
             return
         now = wall_ms()
@@ -427,6 +474,8 @@ class Pipeline:
                         await self._publish(r)
 
     async def stop(self) -> None:
+        if self.reader is not None:
+            await self.reader.stop()
         await self.control_reader.stop()
         if self.gaps is not None:
             await self.gaps.stop()
@@ -489,7 +538,7 @@ def build_app(settings: Settings, *, web: bool = True) -> faust.App:
         redact_logs(sec.sasl_password.reveal())  # never in any log line, whoever logs
 
     store = "memory://" if settings.store == "memory" else "rocksdb://"
-    app = faust.App(
+    app = WorkerApp(
         settings.app_id,
         broker=[f"kafka://{h}" for h in settings.broker_hosts],
         broker_credentials=faust_credentials(sec),
@@ -585,8 +634,17 @@ def build_app(settings: Settings, *, web: bool = True) -> faust.App:
                     )
                 await asyncio.gather(*futures)
 
+    async def failed(exc: Exception) -> None:
+        # Crash-only: a worker never runs half-dead. Its state is in the
+        # changelog; the restarted worker (or another) resumes from it.
+        pipe.agent_failure = f"{type(exc).__name__}: {exc}"
+        log.critical("the engine loop failed, stopping the worker: %r", exc)
+        await crash(app, exc)
+
     # One actor for all partitions (Faust's isolated-partition actors are cancelled
     # on revocation and count as crashes); the pipeline keeps an engine per partition.
+    # With the direct reader, Faust delivers nothing to it: it only keeps the input
+    # topic in the group's subscription.
     @app.agent(engine_input, name="sessionize")
     async def sessionize(stream: Any) -> None:
         await pipe.control_reader.ready.wait()
@@ -596,13 +654,25 @@ def build_app(settings: Settings, *, web: bool = True) -> faust.App:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            # Crash-only: a worker never runs half-dead. Its state is in the
-            # changelog; the restarted worker (or another) resumes from it.
-            pipe.agent_failure = f"{type(exc).__name__}: {exc}"
-            log.critical("the engine agent failed, stopping the worker: %r", exc)
-            await crash(app, exc)
+            await failed(exc)
 
     pipe.input_topic = engine_input.get_topic_name()
+    if settings.input_reader == "direct":
+        exclude_from_fetch(app, pipe.input_topic)
+        reader = pipe.reader = DirectReader(settings, pipe.input_topic, pipe)
+
+        async def read_input() -> None:
+            await pipe.control_reader.ready.wait()
+            try:
+                await reader.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not reader.stopping:  # else: its consumer was closed by the worker's stop
+                    await failed(exc)
+
+        task(app, read_input)
+        app.before_stop.append(reader.stop)
 
     timer(app, 1.0, pipe.tick)
     task(app, pipe.control_reader.start)

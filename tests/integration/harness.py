@@ -84,6 +84,12 @@ class WorkerProc:
             "SESSIONIZER_WEB_PORT": str(free_port()),
             "SESSIONIZER_DATA_DIR": str(log_dir / f"{names.prefix}-{tag}-data"),
             "SESSIONIZER_BATCH_WITHIN": "50ms",
+            # The whole suite on the other input path: IT_INPUT_READER=direct pytest ...
+            **(
+                {"SESSIONIZER_INPUT_READER": os.environ["IT_INPUT_READER"]}
+                if os.environ.get("IT_INPUT_READER")
+                else {}
+            ),
             **(env or {}),
         }
         self.argv = [sys.executable, "-m", "sessionizer", "worker", "--loglevel", loglevel]

@@ -112,11 +112,22 @@ def _names() -> Names:
     return Names(f"it-{uuid.uuid4().hex[:8]}")
 
 
-async def test_r0_live_output_equals_process_file(broker: Any, tmp_path: Path) -> None:
+# The worker's default input path, and Faust's stream (input_reader = faust).
+READERS = ["direct", "faust"]
+
+
+@pytest.mark.parametrize("reader", READERS)
+async def test_r0_live_output_equals_process_file(broker: Any, tmp_path: Path, reader: str) -> None:
     names = _names()
     recs = _workload(seed=11)
     recs += _clocks(recs)
-    w = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS)
+    w = WorkerProc(
+        broker.bootstrap,
+        names,
+        tmp_path,
+        partitions=PARTITIONS,
+        env={"SESSIONIZER_INPUT_READER": reader},
+    )
     w.start()
     try:
         ready = await w.wait_ready()
@@ -170,15 +181,17 @@ async def test_r18_r19_control_topic_opts_out_a_device(broker: Any, tmp_path: Pa
         w.terminate()
 
 
-@pytest.mark.parametrize("store", ["memory", "rocksdb"])
+@pytest.mark.parametrize(
+    ("store", "reader"), [("memory", "direct"), ("rocksdb", "direct"), ("memory", "faust")]
+)
 async def test_restart_recovery_after_sigkill_at_several_points(
-    broker: Any, tmp_path: Path, store: str
+    broker: Any, tmp_path: Path, store: str, reader: str
 ) -> None:
     """Kill -9 the worker at different points of its work; the final sessions equal
     an uninterrupted run's (docs/operations.md#recovery). With RocksDB the restarted
     worker reuses the killed one's data directory, as on the same machine."""
     names = _names()
-    env = {"SESSIONIZER_STORE": store}
+    env = {"SESSIONIZER_STORE": store, "SESSIONIZER_INPUT_READER": reader}
 
     def tag(i: int) -> str:
         return "w" if store == "rocksdb" else f"w{i}"
@@ -489,7 +502,7 @@ async def test_a_failing_worker_exits_non_zero_and_a_restart_resumes(
         while w.proc.poll() is None and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.1)
         assert w.proc.poll() not in (None, 0), w.log()[-3000:]
-        assert "the engine agent failed" in w.log()
+        assert "the engine loop failed" in w.log()
     finally:
         w.kill()
     healthy = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, tag="ok")
