@@ -423,7 +423,7 @@ PROFILE_CATEGORIES: tuple[tuple[str, str], ...] = (
     ("engine (sessionizer/core)", r"sessionizer/core/"),
     ("output sends (BatchSender, aiokafka producer)", r"stream/sender\.py|aiokafka/producer/"),
     ("web: /metrics, /health", r"stream/web\.py|stream/metrics\.py|aiohttp/|prometheus_client"),
-    ("input fetch (aiokafka's consumer, the direct reader)", r"stream/reader\.py|aiokafka/consumer/"),
+    ("input fetch (aiokafka's consumer, direct reader)", r"stream/reader\.py|aiokafka/consumer/"),
     ("Faust (its consumer thread, fetcher, streams, acks)", r"faust/|aiokafka/"),
     ("worker glue (sessionizer/stream: batching, _publish)", r"sessionizer/stream/"),
     ("asyncio event loop, selectors, mode", r"asyncio/|selectors\.py|mode/"),
