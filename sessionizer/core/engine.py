@@ -685,6 +685,7 @@ class Engine:
                     data["session_id"] = s.sid
                     data["session_start_unixtime_ms"] = s.start
                     data["event_num"] = n
+                    data.pop("late", None)  # the engine's field: only late events have it
                     rec.part.append(ev)
                     if ts > s.last_ts:
                         s.last_ts = ts
@@ -716,6 +717,7 @@ class Engine:
                     data["session_id"] = s.sid
                     data["session_start_unixtime_ms"] = s.start
                     data["event_num"] = n
+                    data.pop("late", None)  # the engine's field: only late events have it
                     rec.part.append(ev)
                     s.last_ts = ts
                     s.deadline = ts + (idle_ms if kind == FOREGROUND else timeout_ms)
@@ -1224,6 +1226,7 @@ class _Record:
         data["session_id"] = s.sid
         data["session_start_unixtime_ms"] = s.start
         data["event_num"] = s.events
+        data.pop("late", None)  # the engine's field: only late events have it
         if self.part_session is not s:
             self.feed(s)
         self.part.append(ev)
