@@ -71,6 +71,16 @@ async def wait_for(cond: Callable[[], bool], timeout: float, what: str, log: Pat
         await asyncio.sleep(0.1)
 
 
+async def exited(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
+    """The exit code, waited for without blocking the loop: the fake destination
+    lives on it, and a forwarder stopping with a request in flight needs its answer
+    (a blocking ``proc.wait`` starved it, and the forwarder retried until killed)."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return proc.poll()
+
+
 async def test_forward_sigkill_restart_loses_nothing_and_keeps_dedup_ids(
     broker: Any, unique: Callable[[str], str], tmp_path: Path
 ) -> None:
@@ -115,7 +125,7 @@ async def test_forward_sigkill_restart_loses_nothing_and_keeps_dedup_ids(
     try:
         await wait_for(lambda: len(fake.received) >= len(records) // 3, 120, "a third", log)
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+        await exited(proc, 10)
         first = len(fake.received)
         assert first < len(records), "the kill came too late to test anything"
 
@@ -126,7 +136,7 @@ async def test_forward_sigkill_restart_loses_nothing_and_keeps_dedup_ids(
 
         await wait_for(lambda: len(unique_ids()) >= len(records), 120, "every record", log)
         os.killpg(proc.pid, signal.SIGTERM)
-        assert proc.wait(30) == 0, log.read_text()[-3000:]
+        assert await exited(proc, 30) == 0, log.read_text()[-3000:]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
