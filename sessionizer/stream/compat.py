@@ -10,6 +10,11 @@ start-up, so an upgrade is a deliberate change of this module.
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+import threading
+import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -174,10 +179,6 @@ CRASH_GRACE_S = 15.0
 
 
 def _hard_exit(code: int, grace_s: float) -> None:  # pragma: no cover - ends the process
-    import logging
-    import os
-    import sys
-
     logging.getLogger("sessionizer.worker").critical(
         "the worker did not stop within %g s of its crash; exiting with code %d", grace_s, code
     )
@@ -197,9 +198,6 @@ async def crash(app: faust.App, exc: BaseException, *, grace_s: float = CRASH_GR
     successor resumes — so the wait is skipped, and a timer thread ends the
     process with code 1 should the stop hang anywhere else.
     """
-    import threading
-    import warnings
-
     with warnings.catch_warnings():  # "reconfiguring late": exactly the intent here
         warnings.simplefilter("ignore")
         app.conf.stream_wait_empty = False

@@ -13,13 +13,13 @@ Correctness does not depend on this reader's position: the pipeline skips
 what the state already holds and reads any gap from the broker first
 (``worker.GapReader``). The position only saves work: it is set to the
 state's marker + 1 whenever the assignment changes, and the group's committed
-offsets follow the state (``Target.commit``) so that lag tools see progress.
+offsets follow the state (``Pipeline.commit_progress``) so that lag tools
+see progress.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -28,8 +28,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ..settings import Settings
 from .kafka import client_options
-
-log = logging.getLogger("sessionizer.worker")
 
 # (offset, key, value, timestamp ms, headers) of one source record.
 Rec = tuple[int, bytes | None, bytes | None, int | None, Any]
@@ -114,15 +112,15 @@ class DirectReader:
                 target.batch_done(started)
 
     def _reassign(self, c: AIOKafkaConsumer) -> list[TopicPartition]:
-        tps = []
+        offsets = {}
         for p in sorted(self.target.assigned):
             offset = self.target.resume_offset(p)
             if offset is not None:
-                tps.append((TopicPartition(self.topic, p), offset))
-        c.assign([tp for tp, _ in tps])
-        for tp, offset in tps:
+                offsets[TopicPartition(self.topic, p)] = offset
+        c.assign(list(offsets))
+        for tp, offset in offsets.items():
             c.seek(tp, offset)
-        return [tp for tp, _ in tps]
+        return list(offsets)
 
     async def stop(self) -> None:
         """Lets the fetch being applied finish (its state and marker written), then closes."""

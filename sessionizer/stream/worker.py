@@ -474,8 +474,7 @@ class Pipeline:
                         await self._publish(r)
 
     async def stop(self) -> None:
-        if self.reader is not None:
-            await self.reader.stop()
+        # The direct reader stopped already, first of all (WorkerApp.before_stop).
         await self.control_reader.stop()
         if self.gaps is not None:
             await self.gaps.stop()
