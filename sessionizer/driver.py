@@ -52,16 +52,12 @@ class Driver:
     def feed(self, records: Iterable[SourceRecord]) -> None:
         """Each record, then expiry; each step's records go to the sink."""
         engine = self.engine
-        process = engine.process_record
-        advance = engine.advance
-        take = engine.take_output
+        step = engine.step
         encode = self.sink.encoder.records
         write = self.sink.write
         now = self.now_ms
         for value, key, topic, partition, offset, ts in records:
-            process(value, key, topic, partition, offset, ts, now)
-            advance()
-            out = take()
+            out = step(value, key, topic, partition, offset, ts, now)
             if out:
                 write(encode(out, engine))
 

@@ -39,14 +39,14 @@ translates its files in one pass, ``integrations.write_files``;
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
-
-from aiokafka.partitioner import murmur2
+from typing import TYPE_CHECKING, Any, cast
 
 from . import codec
 from .core.engine import Engine
 from .core.model import DEAD_LETTERS, TOPIC_NAMES, Output
-from .integrations import Options, engine_lookup, translate_keyed
+
+if TYPE_CHECKING:
+    from .integrations import Options
 
 __all__ = ["Message", "OutputEncoder", "Record", "partition_for", "record_hash"]
 
@@ -59,7 +59,19 @@ Record = tuple[str, bytes | None, bytes, int | None]
 
 def record_hash(data: bytes) -> int:
     """The positive murmur2 hash of the Java client's default partitioner."""
-    return int(murmur2(data) & 0x7FFFFFFF)
+    return int((_MURMUR2 or _load_murmur2())(data) & 0x7FFFFFFF)
+
+
+_MURMUR2: Callable[[bytes], int] | None = None
+
+
+def _load_murmur2() -> Callable[[bytes], int]:
+    # On first use: importing aiokafka is a third of process-file's start-up.
+    global _MURMUR2
+    from aiokafka.partitioner import murmur2
+
+    _MURMUR2 = cast("Callable[[bytes], int]", murmur2)
+    return _MURMUR2
 
 
 def partition_for(key: bytes | None, value: bytes | None, partitions: int) -> int:
@@ -85,7 +97,7 @@ class OutputEncoder:
     ``options``: the translations' options (``Options.of(settings)``).
     """
 
-    __slots__ = ("_dumps", "integrations", "line", "options", "topics")
+    __slots__ = ("_dumps", "_translate", "integrations", "line", "options", "topics")
 
     def __init__(
         self,
@@ -100,7 +112,13 @@ class OutputEncoder:
         self.topics = tuple(topics)
         self.line = line
         self.integrations = tuple((integrations or {}).items())
-        self.options = options or Options()
+        self.options = options
+        self._translate: Any = None
+        if self.integrations:  # imported only when used: start-up time of process-file
+            from . import integrations as translations
+
+            self.options = options or translations.Options()
+            self._translate = translations
         self._dumps: Callable[[Any], bytes] = codec.dumps_line if line else codec.dumps
 
     def records(self, outputs: Iterable[Output], engine: Engine | None = None) -> list[Record]:
@@ -128,10 +146,11 @@ class OutputEncoder:
             for topic, key, value in outputs
         ]
         if self.integrations and records:
-            lookup = None if engine is None else engine_lookup(engine)
+            tr = self._translate
+            lookup = None if engine is None else tr.engine_lookup(engine)
             dead_topic = topics[dead]
             for name, topic in self.integrations:
-                payloads, letters = translate_keyed(name, outputs, lookup, self.options)
+                payloads, letters = tr.translate_keyed(name, outputs, lookup, self.options)
                 records += [(topic, device.encode(), dumps(p), None) for device, p in payloads]
                 records += [(dead_topic, _key_bytes(k), dumps(dl), None) for k, dl in letters]
         return records
