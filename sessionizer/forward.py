@@ -299,6 +299,10 @@ class Item:
     raw: str
 
 
+class Stopped(Exception):
+    """The forwarder was asked to stop while a batch waited to be retried."""
+
+
 class Sender:
     """Delivers items in requests within the destination's limits; returns dead letters."""
 
@@ -310,12 +314,15 @@ class Sender:
         *,
         clock: Callable[[], int] = lambda: int(time.time() * 1000),
         rng: random.Random | None = None,
+        stop: asyncio.Event | None = None,
     ) -> None:
         self.cfg = cfg
         self.http = http
         self.metrics = metrics
         self.clock = clock
         self.rng = rng or random.Random()
+        # Set on SIGTERM: a batch waiting to be retried is given up (Stopped).
+        self.stop = stop
         self.retrying_since: float | None = None
         self.last_error: str | None = None
         self.sent = 0
@@ -394,6 +401,17 @@ class Sender:
             delay = max(delay, retry_after)
         return delay
 
+    async def _wait(self, delay: float) -> None:
+        """The backoff before a retry, cut short by a stop: the batch is then not
+        committed, so a restart sends it again with the same dedup ids."""
+        if self.stop is None:
+            await asyncio.sleep(delay)
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), delay)
+        if self.stop.is_set():
+            raise Stopped
+
     async def _send(self, batch: list[Item]) -> list[Any]:
         cfg = self.cfg
         attempt = 0
@@ -436,7 +454,7 @@ class Sender:
                     self.retrying_since = time.monotonic()
                 self.retried += 1
                 self.metrics.retried.labels(cfg.name, cause).inc()
-                await asyncio.sleep(self._backoff(attempt, retry_after_s(retry_after)))
+                await self._wait(self._backoff(attempt, retry_after_s(retry_after)))
                 attempt += 1
                 continue
             # A 4xx other than 429: the destination will never take it as it is.
@@ -508,7 +526,7 @@ class Forwarder:
         try:
             await producer.start()
             async with aiohttp.ClientSession() as http:
-                self.sender = sender = Sender(cfg, http, self.metrics)
+                self.sender = sender = Sender(cfg, http, self.metrics, stop=self.stop)
                 self.started = True
                 progress = asyncio.create_task(self._progress())
                 try:
@@ -526,7 +544,10 @@ class Forwarder:
                                     dead.append(sender._dead(bad, UNSENDABLE, "not a JSON object"))
                                 else:
                                     items.append(item)
-                        dead += await sender.deliver(items)
+                        try:
+                            dead += await sender.deliver(items)
+                        except Stopped:
+                            break  # uncommitted: sent again after a restart
                         if dead:
                             futs = [
                                 await producer.send(cfg.dead_letters_topic, codec.dumps(dl), key=k)

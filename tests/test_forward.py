@@ -27,6 +27,7 @@ from sessionizer.forward import (
     Item,
     Metrics,
     Sender,
+    Stopped,
     from_settings,
     retry_after_s,
 )
@@ -351,3 +352,22 @@ def test_config_from_settings_and_its_errors() -> None:
     with pytest.raises(ForwardConfigError, match="forward_api_key"):
         from_settings(s, "segment")
     assert set(SPECS) == set(NAMES)
+
+
+async def test_a_stop_cuts_a_retry_short_and_the_batch_is_not_delivered() -> None:
+    # SIGTERM while the destination keeps failing: the forwarder gives the batch
+    # up at once (no commit, so a restart resends it) instead of retrying it for
+    # as long as the destination fails.
+    fake = Fake("amplitude")
+    fake.plan = [(503, {"Retry-After": "60"}, "unavailable")] * 10
+    stop = asyncio.Event()
+    async with Server(fake) as srv, aiohttp.ClientSession() as http:
+        cfg = config("amplitude", srv.url, max_backoff_s=30.0)
+        sender = Sender(cfg, http, Metrics(), rng=random.Random(1), stop=stop)
+        task = asyncio.create_task(sender.deliver(items("amplitude", 10)))
+        while fake.requests < 1:  # then told to wait 60 s before the retry
+            await asyncio.sleep(0.01)
+        stop.set()
+        with pytest.raises(Stopped):
+            await asyncio.wait_for(task, 5)
+    assert sender.sent == 0 and fake.received == []
