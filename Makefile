@@ -21,9 +21,11 @@ lint: $(VENV_STAMP)
 	.venv/bin/mypy
 
 
-# Throughput of process-file against an orjson passthrough (target ratio 0.33).
+# Throughput of process-file against an orjson passthrough (target ratio 0.4), ~3 events
+# per record; CORE_ARGS="--events-per-record 8" (also --reps 5, --events N).
+CORE_ARGS ?=
 bench-core: $(VENV_STAMP)
-	$(PY) bench/bench_core.py
+	$(PY) bench/bench_core.py $(CORE_ARGS)
 
 # The worker on the embedded broker against a raw aiokafka passthrough, same run (target ratio 0.33).
 # STREAM_ARGS="--workers 2" (also --events-per-record 8, --reps 3, --probe, --py-spy FILE).
@@ -37,6 +39,13 @@ STATE_ARGS ?=
 .PHONY: bench-state
 bench-state: $(VENV_STAMP)
 	$(PY) bench/bench_state.py $(STATE_ARGS)
+
+# Failover: two workers, one SIGKILLed; time until the survivor processes its partitions,
+# standby_replicas 0 against 1, 200k devices. FAILOVER_ARGS="--devices 20000 --store rocksdb".
+FAILOVER_ARGS ?=
+.PHONY: bench-failover
+bench-failover: $(VENV_STAMP)
+	$(PY) bench/bench_failover.py $(FAILOVER_ARGS)
 
 # Fuzz: mutated realistic records through process-file's engine and encoder;
 # exits non-zero on any exception. FUZZ_ARGS="--records 100000 --seed 7" to vary.
