@@ -6,7 +6,7 @@ what is written. ``tests/golden/`` holds a generated input (2,022 records,
 and the files and counts that process-file wrote for it at c899783, before
 the hot-path changes of issue 9.
 
-A change that *means* to change the outputs (a SPEC rule) regenerates them
+A change that *means* to change the outputs (a rule in docs/rules.md) regenerates them
 with ``SESSIONIZER_UPDATE_GOLDEN=1 pytest tests/test_golden.py`` and says so
 in its commit message.
 """
