@@ -31,10 +31,8 @@ import argparse
 import asyncio
 import random
 import re
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -51,6 +49,7 @@ from common import (
     metric_sum,
     produce,
     rss_bytes,
+    run_rounds,
     scrape,
     wait_committed,
 )
@@ -403,24 +402,13 @@ def main(argv: list[str] | None = None) -> int:
     if any(s not in ("memory", "rocksdb") for s in stores):
         ap.error("--stores takes memory and/or rocksdb")
 
-    from rich.console import Console
-
-    console = Console() if sys.stdout.isatty() else Console(width=200)
-    work = Path(args.out or tempfile.mkdtemp(prefix="bench-state-")).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    results = []
-    try:
-        for store in stores:
-            results.append(asyncio.run(bench_store(args, store, work, console.print)))
-    except KeyboardInterrupt:
-        console.print(f"[red]interrupted[/]; logs in {work}")
-        return 130
-    report(results, console.print)
-    if args.out:
-        console.print(f"[dim]logs and data in {work}[/]")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return run_rounds(
+        "bench-state-",
+        args.out,
+        stores,
+        lambda r, work, say: bench_store(args, r, work, say),
+        report,
+    )
 
 
 if __name__ == "__main__":

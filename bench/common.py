@@ -16,7 +16,7 @@ import re
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -466,3 +466,42 @@ def profile_summary(path: Path, top: int = 15) -> tuple[Shares, Shares]:
         return [(k, v / total) for k, v in sorted(d.items(), key=lambda kv: -kv[1])]
 
     return share(cats), share(leaves)[:top]
+
+
+# ------------------------------------------------------------------ rounds
+
+
+def run_rounds(
+    prefix: str,
+    out: str | None,
+    rounds: Iterable[Any],
+    one: Callable[[Any, Path, Any], Coroutine[Any, Any, Any]],
+    report: Callable[[list[Any], Any], None],
+    *,
+    header: str | None = None,
+) -> int:
+    """Runs ``one(round, work, say)`` for each round (each with its own event loop),
+    then ``report(results, say)``; logs and data stay in ``out`` when given."""
+    import shutil
+    import tempfile
+
+    from rich.console import Console
+
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    work = Path(out or tempfile.mkdtemp(prefix=prefix)).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    if header:
+        console.print(header)
+    results = []
+    try:
+        for r in rounds:
+            results.append(asyncio.run(one(r, work, console.print)))
+    except KeyboardInterrupt:
+        console.print(f"[red]interrupted[/]; logs in {work}")
+        return 130
+    report(results, console.print)
+    if out:
+        console.print(f"[dim]logs and data in {work}[/]")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0

@@ -750,6 +750,18 @@ class Settings:
         "worker refuses it at start-up).",
         _choice("memory", "rocksdb"),
     )
+    standby_replicas: int | None = _optional(
+        "standby_replicas",
+        "integer >= 0",
+        "Standby replicas of the worker's state table (Faust's table_standby_replicas): "
+        "this many other workers of the group also read each partition's changelog, so "
+        "one that takes the partition over holds its state already. This shortens a "
+        "takeover only with store = rocksdb; with memory, Faust reads the whole changelog "
+        "again anyway, and a standby only costs memory and CPU ([performance.md]"
+        "(performance.md#failover-and-standby-replicas-make-bench-failover)).",
+        _integer(0),
+        doc_default="1 with store = rocksdb, 0 with memory",
+    )
     processing_guarantee: ProcessingGuarantee = _setting(
         "processing_guarantee",
         "at_least_once",
@@ -889,6 +901,14 @@ class Settings:
     def __post_init__(self) -> None:
         if not self.broker_url:
             object.__setattr__(self, "broker_url", "kafka://" + ",".join(self.broker_hosts))
+
+    @property
+    def table_standby_replicas(self) -> int:
+        """``standby_replicas``, unset: 1 with store = rocksdb, 0 with memory (where Faust
+        re-reads the changelog on a takeover whatever a standby holds)."""
+        if self.standby_replicas is not None:
+            return self.standby_replicas
+        return 1 if self.store == "rocksdb" else 0
 
     def source(self, key: str) -> Source:
         """Where the setting of flat name ``key`` came from."""

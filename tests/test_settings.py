@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -416,6 +417,8 @@ def test_the_example_error_line() -> None:
         ("WEB_HOST", "", "web_host", "host name"),
         ("DATA_DIR", "", "data_dir", "non-empty path"),
         ("BATCH_SIZE", "0", "batch_size", "integer >= 1"),
+        ("STANDBY_REPLICAS", "-1", "standby_replicas", "integer >= 0"),
+        ("STANDBY_REPLICAS", "one", "standby_replicas", "integer >= 0"),
         ("BATCH_WITHIN", "0ms", "batch_within", "positive duration"),
         ("SECURITY_PROTOCOL", "TLS", "security_protocol", "one of PLAINTEXT"),
         ("SASL_MECHANISM", "GSSAPI", "sasl_mechanism", "one of PLAIN"),
@@ -1195,6 +1198,56 @@ def test_an_unknown_integration_is_named(
 def test_integrations_must_be_a_list_in_the_file(tmp_path: Path) -> None:
     err = error(write(tmp_path, "integrations = 3\n"), env={})
     assert err.problem.startswith("must be a list of destinations")
+
+
+def test_standby_replicas(tmp_path: Path) -> None:
+    # Unset: a standby only where it shortens a takeover (docs/performance.md).
+    assert Settings().standby_replicas is None
+    assert Settings().table_standby_replicas == 0
+    assert Settings(store="rocksdb").table_standby_replicas == 1
+    assert load_settings(env={"SESSIONIZER_STORE": "rocksdb"}).table_standby_replicas == 1
+    s = load_settings(env={"SESSIONIZER_STANDBY_REPLICAS": "0", "SESSIONIZER_STORE": "rocksdb"})
+    assert (s.standby_replicas, s.table_standby_replicas) == (0, 0)
+    path = write(tmp_path, "standby_replicas = 2\n")
+    assert load_settings(path, env={}).table_standby_replicas == 2
+    assert load_settings(path, env={}, standby_replicas=1).table_standby_replicas == 1
+    unset = load_settings(path, env={"SESSIONIZER_STANDBY_REPLICAS": ""})
+    assert (unset.standby_replicas, unset.table_standby_replicas) == (None, 0)
+
+
+def test_the_worker_gives_standby_replicas_to_faust(tmp_path: Path) -> None:
+    from sessionizer.stream.worker import build_app
+
+    threshold = gc.get_threshold()
+    try:
+        for settings, n in [
+            (Settings(data_dir=tmp_path), 0),
+            (Settings(standby_replicas=2, data_dir=tmp_path), 2),
+        ]:
+            assert build_app(settings, web=False).conf.table_standby_replicas == n
+    finally:  # build_app tunes the collector for a worker process
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "problem"),
+    [
+        ("", {"SESSIONIZER_STANDBY_REPLICAS": "-1"}, 'must be an integer >= 0, got "-1"'),
+        ("", {"SESSIONIZER_STANDBY_REPLICAS": "1.5"}, "must be an integer >= 0"),
+        ("", {"SESSIONIZER_STANDBY_REPLICAS": "yes"}, "must be an integer >= 0"),
+        ("standby_replicas = -1", {}, "must be an integer >= 0, got -1"),
+        ("standby_replicas = true", {}, "must be an integer >= 0, got true"),
+        ('standby_replicas = "1"', {}, "must be an integer without quotes"),
+    ],
+)
+def test_bad_standby_replicas_are_named(
+    tmp_path: Path, toml: str, env: dict[str, str], problem: str
+) -> None:
+    err = error(write(tmp_path, toml + "\n"), env=env)
+    where = "SESSIONIZER_STANDBY_REPLICAS" if env else f"in {tmp_path / 'sessionizer.toml'}"
+    assert err.setting == f"standby_replicas ({where})"
+    assert err.problem.startswith(problem), err.problem
 
 
 def test_ga4_client_id_field(tmp_path: Path) -> None:

@@ -545,6 +545,7 @@ def build_app(settings: Settings, *, web: bool = True) -> faust.App:
         datadir=str(settings.data_dir),
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
+        table_standby_replicas=settings.table_standby_replicas,
         key_serializer="raw",
         value_serializer="raw",
         processing_guarantee=settings.processing_guarantee,
