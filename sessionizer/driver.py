@@ -52,12 +52,16 @@ class Driver:
     def feed(self, records: Iterable[SourceRecord]) -> None:
         """Each record, then expiry; each step's records go to the sink."""
         engine = self.engine
-        step = engine.step
+        process = engine.process_record
+        advance = engine.advance
+        take = engine.take_output
         encode = self.sink.encoder.records
         write = self.sink.write
         now = self.now_ms
         for value, key, topic, partition, offset, ts in records:
-            out = step(value, key, topic, partition, offset, ts, now)
+            process(value, key, topic, partition, offset, ts, now)
+            advance()
+            out = take()
             if out:
                 write(encode(out, engine))
 

@@ -416,28 +416,6 @@ class Engine:
         if heap and heap[0][0] <= self.watermark:
             self.expire()
 
-    def step(
-        self,
-        value: bytes,
-        key: Any,
-        topic: str,
-        partition: int,
-        offset: int,
-        timestamp: int | None,
-        now_ms: int,
-    ) -> list[Output]:
-        """One record, then expiry, then the outputs of both: :meth:`process_record`,
-        :meth:`advance` and :meth:`take_output` in one call (a bounded input's
-        per-record step, ``sessionizer.driver``)."""
-        self.process_record(value, key, topic, partition, offset, timestamp, now_ms)
-        heap = self.heap
-        if heap and heap[0][0] <= self.watermark:
-            self.expire()
-        out = self.out
-        if out:
-            self.out = []
-        return out
-
     def end_of_input(self, *, keep_open: bool = False) -> None:
         """§9: a bounded input (a file, a replay window) ends. Sessions the
         watermark has not closed end with ``end_of_input``, in the order their
