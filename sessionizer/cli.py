@@ -8,6 +8,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from . import HOT_PATH
 from .core.config import ConfigError
 from .settings import Settings
 
@@ -79,7 +80,8 @@ def _web_auth_note(settings: Settings) -> str | None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="sessionizer")
+# The hot path: compiled (mypyc) or the sources (sessionizer/_native.py).
+@click.version_option(package_name="sessionizer", message=f"%(prog)s %(version)s ({HOT_PATH})")
 def main() -> None:
     """Turn raw mParticle app events on Kafka into user sessions."""
 

@@ -60,7 +60,7 @@ class FileSink:
             paths = [d / f"{name}.jsonl" for name in TOPIC_NAMES]
         self.files = [open(p, "wb", buffering=1 << 20) for p in paths]  # noqa: SIM115
         # One buffered write per record: cheaper than collecting and joining.
-        self._writes = dict(zip(TOPIC_NAMES, (f.write for f in self.files), strict=True))
+        self._writes = dict(zip(TOPIC_NAMES, [f.write for f in self.files], strict=True))
 
     def write(self, records: list[Record]) -> None:
         writes = self._writes

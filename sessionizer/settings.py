@@ -33,6 +33,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
+from . import _native
 from .core.config import DAY_MS, HOUR_MS, MINUTE_MS, AppOverrides, ConfigError, EngineConfig
 
 if sys.version_info >= (3, 11):
@@ -1032,7 +1033,7 @@ def _check_env_names(env: Mapping[str, str]) -> None:
     for name in sorted(env):
         if (
             not name.startswith(ENV_PREFIX)
-            or name == CONFIG_ENV
+            or name in (CONFIG_ENV, _native.PURE_ENV)
             or name.startswith(TEST_ENV_PREFIX)
             or name in _KNOWN_ENV
         ):

@@ -33,8 +33,7 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, note, settings
 from hypothesis import strategies as st
 
-from sessionizer import codec, offline, workload
-from sessionizer.core import engine as engine_mod
+from sessionizer import _native, codec, offline, workload
 from sessionizer.core.config import EngineConfig
 from sessionizer.core.engine import MAX_DEPTH, Engine
 from sessionizer.core.model import DEAD_LETTERS, EVENTS, INTERNAL_ERROR, SESSIONS, Counts
@@ -457,6 +456,13 @@ def test_a_regression_tombstone_and_non_bytes_values_are_dead_letters() -> None:
 
 # ------------------------------------------------------------------ (B) internal errors
 
+# Injection replaces the engine's functions: a compiled engine (sessionizer/_native.py)
+# has none to replace, so part B runs an interpreted copy of the same source.
+_interpreted = _native.source_modules()
+engine_mod = _interpreted["sessionizer.core.engine"]
+ioffline = _interpreted["sessionizer.offline"]
+IEngine = engine_mod.Engine
+
 
 class Injected(RuntimeError):
     pass
@@ -467,8 +473,8 @@ POINTS: dict[str, tuple[Any, str]] = {
     "event": (engine_mod._Record, "event"),  # the slow path, per event
     "feed": (engine_mod._Record, "feed"),  # the fast path's first change
     "flush": (engine_mod._Record, "flush"),  # output parts: late in a record
-    "start": (Engine, "_emit_start"),  # a session started
-    "end": (Engine, "_emit_end"),  # a session ended inside a record
+    "start": (IEngine, "_emit_start"),  # a session started
+    "end": (IEngine, "_emit_end"),  # a session ended inside a record
     "dead": (engine_mod._Record, "dead"),  # a bad event of a batch
     "set_attr": (engine_mod, "_set_attr"),
 }
@@ -479,12 +485,12 @@ def injected(point: str, offset: int, nth: int) -> Iterator[list[int]]:
     """Makes ``point`` raise on its ``nth`` call while the record at ``offset`` runs."""
     owner, name = POINTS[point]
     real = getattr(owner, name)
-    real_process = Engine.process_record
+    real_process = IEngine.process_record
     current = [-1]
     calls = [0]
     fired: list[int] = []
 
-    def process_record(self: Engine, value: bytes, key: Any, topic: str, partition: int,
+    def process_record(self: IEngine, value: bytes, key: Any, topic: str, partition: int,
                        off: int, *rest: Any) -> None:  # fmt: skip
         current[0] = off
         calls[0] = 0
@@ -502,19 +508,19 @@ def injected(point: str, offset: int, nth: int) -> Iterator[list[int]]:
         return real(*args, **kw)
 
     setattr(owner, name, wrapper)
-    Engine.process_record = process_record  # type: ignore[method-assign]
+    IEngine.process_record = process_record  # type: ignore[method-assign]
     try:
         yield fired
     finally:
         setattr(owner, name, real)
-        Engine.process_record = real_process  # type: ignore[method-assign]
+        IEngine.process_record = real_process  # type: ignore[method-assign]
 
 
 def drive(
     lines: Sequence[bytes], skip: int = -1, track_dirty: bool = False, **kw: Any
-) -> tuple[Engine, dict[int, list[bytes]]]:
+) -> tuple[IEngine, dict[int, list[bytes]]]:
     """process-file's loop with explicit offsets; the record at ``skip`` is left out."""
-    eng = Engine(CFG, loads=codec.loads, dumps=codec.dumps, track_dirty=track_dirty, **kw)
+    eng = IEngine(CFG, loads=codec.loads, dumps=codec.dumps, track_dirty=track_dirty, **kw)
     out: dict[int, list[bytes]] = {EVENTS: [], SESSIONS: [], DEAD_LETTERS: []}
     for off, value in enumerate(lines):
         if off != skip:
@@ -599,7 +605,7 @@ def test_b_key_state_and_dirty_set_are_as_before_the_record() -> None:
         batch("d1", screen(T0 + 2000), set_attr(T0 + 3000, "a", 1), custom(T0 + 4000))
     )
     new_key = codec.dumps(batch("d2", launch(T0 + 5000)))
-    eng = Engine(CFG, loads=codec.loads, dumps=codec.dumps, track_dirty=True)
+    eng = IEngine(CFG, loads=codec.loads, dumps=codec.dumps, track_dirty=True)
     eng.process_record(first, None, "t", 0, 0, None, NOW, 0)
     eng.take_dirty()
 
@@ -663,23 +669,23 @@ def test_b_late_event_into_the_last_closed_session_is_undone() -> None:
 def test_b_opted_out_key_failure_is_counted_not_dead_lettered() -> None:
     from sessionizer.testing import batch, opt_out, screen
 
-    eng = Engine(CFG, loads=codec.loads, dumps=codec.dumps)
+    eng = IEngine(CFG, loads=codec.loads, dumps=codec.dumps)
     eng.process_record(
         codec.dumps(batch("d1", screen(T0), opt_out(T0 + 1))), None, "t", 0, 0, None, NOW
     )
     eng.take_output()
     # A malformed record of the opted-out key, and a bug where it is dropped.
-    real = Engine._bad_record
+    real = IEngine._bad_record
 
-    def boom(self: Engine, *a: Any) -> None:
+    def boom(self: IEngine, *a: Any) -> None:
         raise Injected("bad record")
 
-    Engine._bad_record = boom  # type: ignore[method-assign]
+    IEngine._bad_record = boom  # type: ignore[method-assign]
     try:
         malformed = {"mp_deviceid": "d1", "application_info": {"package": "com.example.shop"}}
         eng.process_record(codec.dumps(malformed), None, "t", 0, 1, None, NOW)
     finally:
-        Engine._bad_record = real  # type: ignore[method-assign]
+        IEngine._bad_record = real  # type: ignore[method-assign]
     assert eng.take_output() == []  # R18: not even a dead letter
     assert eng.counts.records_internal_error == 1 and eng.counts.records_opted_out == 1
 
@@ -689,7 +695,7 @@ def test_b_process_file_survives_and_counts_an_internal_error(tmp_path: Path) ->
     src = tmp_path / "in.jsonl"
     src.write_bytes(b"".join(line + b"\n" for line in lines))
     with injected("flush", 57, 1) as fired:
-        _, counts = offline.process_files([str(src)], tmp_path / "out", CFG, now_ms=NOW)
+        _, counts = ioffline.process_files([str(src)], tmp_path / "out", CFG, now_ms=NOW)
     assert fired == [57]
     assert counts.records_internal_error == 1 and counts.dead_by_reason[INTERNAL_ERROR] == 1
     assert counts.as_dict()["records_internal_error"] == 1

@@ -525,7 +525,7 @@ class Engine:
 
     def process_record(
         self,
-        value: bytes,
+        value: Any,  # bytes; anything else too (a tombstone's None): never rejected by type
         key: Any,
         topic: str,
         partition: int,

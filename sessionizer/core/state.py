@@ -90,10 +90,11 @@ class Session:
 
     def copy(self) -> Session:
         """A copy to change instead of this one (copy on write, see ``save_key``)."""
-        c = Session.__new__(Session)
-        for name in Session.__slots__:
-            setattr(c, name, getattr(self, name))
-        c.mpids = list(self.mpids)
+        # Through the snapshot: one list of every field, and compiled classes
+        # (mypyc, docs/performance.md) have no __new__ or __slots__ to copy by.
+        c = Session.restore(self.snapshot())
+        c.attrs = self.attrs  # shared: replaced, never changed in place (_set_attr)
+        c.mpids = list(self.mpids)  # grows in place
         return c
 
     def snapshot(self) -> list[Any]:
@@ -121,7 +122,7 @@ class Session:
 
     @classmethod
     def restore(cls, v: list[Any]) -> Session:
-        s = cls.__new__(cls)
+        s = cls("", 0, 0, 0, 0, None, (), None)  # every field is set below
         (
             s.uuid,
             s.sid,

@@ -102,8 +102,11 @@ def _test_fault() -> tuple[str, bytes] | None:
     kind, text = raw.split(":", 1)
     fault = kind, text.encode()
     if kind == "record":
+        from .. import _native
         from ..core import engine as engine_mod
 
+        if _native.compiled(engine_mod):  # its classes cannot be patched
+            raise RuntimeError(f"{FAULT_ENV}=record needs {_native.PURE_ENV}=1")
         real = engine_mod._Record.flush
 
         def flush(rec: Any) -> None:

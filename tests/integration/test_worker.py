@@ -577,7 +577,8 @@ async def test_a_poisoned_record_is_an_internal_error_and_its_partition_flows_on
         names,
         tmp_path,
         partitions=PARTITIONS,
-        env={"SESSIONIZER_TEST_FAULT": "record:POISON-7"},
+        # The fault patches the engine: its interpreted source (sessionizer/_native.py).
+        env={"SESSIONIZER_TEST_FAULT": "record:POISON-7", "SESSIONIZER_PURE_PYTHON": "1"},
     )
     w.start()
     try:

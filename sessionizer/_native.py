@@ -1,0 +1,164 @@
+"""The compiled hot path: the engine and its file driver built with mypyc.
+
+``make native`` (part of ``make install``; ``_native.build()``)
+compiles :data:`MODULES` with mypyc, the compiler of the mypy that checks them,
+into extension modules beside their sources: the same code, ~1.3x faster
+(docs/performance.md#the-compiled-hot-path). Python imports an extension
+before a ``.py`` of the same name, so a build older than its sources would run
+old code: the build writes :data:`MANIFEST` with each source's hash, and when a
+source differs (or ``SESSIONIZER_PURE_PYTHON=1``) a finder ahead of Python's
+own imports the sources instead. Without a C compiler nothing is built and the
+sources run; either way the outputs are the same bytes (tests/test_golden.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+import orjson
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# Compiled together (one shared library: calls between them stay native).
+MODULES = (
+    "sessionizer.core.config",
+    "sessionizer.core.model",
+    "sessionizer.core.ids",
+    "sessionizer.core.state",
+    "sessionizer.core.engine",
+    "sessionizer.encode",
+    "sessionizer.driver",
+    "sessionizer.offline",
+)
+GROUP = "sessionizer._hot"  # the shared library: sessionizer/_hot__mypyc.*.so
+MANIFEST = PACKAGE_DIR / "_native.json"
+PURE_ENV = "SESSIONIZER_PURE_PYTHON"
+
+
+def source_path(module: str) -> Path:
+    return PACKAGE_DIR.parent.joinpath(*module.split(".")).with_suffix(".py")
+
+
+def _extension_paths(module: str) -> list[Path]:
+    base = source_path(module).with_suffix("")
+    return [Path(f"{base}{suffix}") for suffix in importlib.machinery.EXTENSION_SUFFIXES]
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def built() -> bool:
+    """An extension of some module of :data:`MODULES` is on disk for this interpreter."""
+    return any(p.exists() for m in MODULES for p in _extension_paths(m))
+
+
+def up_to_date() -> bool:
+    """The build's manifest names this interpreter and every source as it is now."""
+    try:
+        manifest = orjson.loads(MANIFEST.read_bytes())
+        return bool(
+            manifest.get("cache_tag") == sys.implementation.cache_tag
+            and manifest.get("sources") == {m: _digest(source_path(m)) for m in MODULES}
+        )
+    except (OSError, orjson.JSONDecodeError, AttributeError):
+        return False
+
+
+class _Sources(importlib.abc.MetaPathFinder):
+    """Imports :data:`MODULES` from their ``.py`` files, whatever else is beside them."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in MODULES:
+            return None
+        return importlib.util.spec_from_file_location(fullname, source_path(fullname))
+
+
+def install_guard() -> str:
+    """Called first thing on ``import sessionizer``; returns which code runs:
+    ``compiled``, ``pure`` (nothing built) or ``sources`` (forced or stale)."""
+    if not built():
+        return "pure"
+    if os.environ.get(PURE_ENV, "") in ("", "0") and up_to_date():
+        return "compiled"
+    # Quietly: a stale build is a developer's edit in progress, and running it is right.
+    sys.meta_path.insert(0, _Sources())
+    return "sources"
+
+
+def compiled(module: ModuleType) -> bool:
+    """``module`` was loaded from an extension, not from its source."""
+    return not str(getattr(module, "__file__", "")).endswith(".py")
+
+
+def source_modules() -> dict[str, ModuleType]:
+    """A fresh, interpreted copy of :data:`MODULES`, by name (none put in ``sys.modules``).
+
+    For tests that replace functions inside the engine (failure injection):
+    a compiled module's functions and classes cannot be replaced. The copies
+    import one another, so the copy of ``offline`` runs the copy of the engine.
+    """
+    importlib.import_module("sessionizer.offline")  # the real ones, to put back
+    real = {m: sys.modules.pop(m) for m in MODULES if m in sys.modules}
+    finder = _Sources()
+    sys.meta_path.insert(0, finder)
+    try:
+        return {m: importlib.import_module(m) for m in MODULES}
+    finally:
+        sys.meta_path.remove(finder)
+        for m in MODULES:
+            sys.modules.pop(m, None)
+        sys.modules.update(real)
+        for m, module in real.items():  # an import also set the copy on its package
+            parent, _, child = m.rpartition(".")
+            setattr(sys.modules[parent], child, module)
+
+
+def build() -> int:
+    """Compiles :data:`MODULES` in place and writes the manifest; 0 when built."""
+    # The build tools are development dependencies: imported only here.
+    import warnings
+
+    from mypyc.build import mypycify
+    from setuptools import setup
+
+    root = PACKAGE_DIR.parent
+    os.chdir(root)
+    MANIFEST.unlink(missing_ok=True)
+    paths = [str(source_path(m).relative_to(root)) for m in MODULES]
+    warnings.filterwarnings("ignore", module="setuptools")  # [tool.setuptools] is "beta"
+    setup(
+        name="sessionizer-native",
+        ext_modules=mypycify(paths, group_name=GROUP, target_dir="build/mypyc"),
+        script_args=["--quiet", "build_ext", "--inplace", "--build-temp", "build/mypyc"],
+        packages=[],
+        py_modules=[],
+    )
+    sources = {m: _digest(source_path(m)) for m in MODULES}
+    MANIFEST.write_bytes(
+        orjson.dumps(
+            {"cache_tag": sys.implementation.cache_tag, "sources": sources},
+            option=orjson.OPT_INDENT_2,
+        )
+    )
+    return 0
+
+
+def clean() -> int:
+    """Removes the extensions and the manifest: the sources run."""
+    for m in MODULES:
+        for p in _extension_paths(m):
+            p.unlink(missing_ok=True)
+    for p in PACKAGE_DIR.glob(GROUP.rsplit(".", 1)[1] + "__mypyc*"):
+        p.unlink()
+    MANIFEST.unlink(missing_ok=True)
+    return 0
