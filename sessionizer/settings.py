@@ -1362,8 +1362,10 @@ def render_markdown() -> str:
         ' duration such as "30m", got "-5"',
         "```",
         "",
-        f"`SESSIONIZER_CONFIG` and variables starting with `{TEST_ENV_PREFIX}` are not"
-        " settings and are never rejected.",
+        f"`SESSIONIZER_CONFIG`, `{_native.PURE_ENV}` (`1`: run the engine's Python sources"
+        " even when a compiled build is present,"
+        " [performance.md](performance.md#the-compiled-hot-path)) and variables starting"
+        f" with `{TEST_ENV_PREFIX}` are not settings and are never rejected.",
         "",
         "Value formats:",
         "",

@@ -147,3 +147,21 @@ def test_version_names_the_hot_path() -> None:
         check=True,
     )
     assert f"({sessionizer.HOT_PATH})" in res.stdout
+
+
+def test_counts_add_sums_every_count() -> None:
+    # Counts.add names each field (a compiled class has no __slots__ to walk).
+    from sessionizer.core.model import Counts
+
+    a, b = Counts(), Counts()
+    fields = [k for k, v in a.as_dict().items() if isinstance(v, int)]
+    for i, name in enumerate(fields):
+        setattr(a, name, i + 1)
+        setattr(b, name, 100 * (i + 1))
+    b.sessions_ended = {**b.sessions_ended, "idle": 3}
+    b.dead_by_reason = {**b.dead_by_reason, "bad_event": 4}
+    a.add(b)
+    d = a.as_dict()
+    assert [d[name] for name in fields] == [101 * (i + 1) for i in range(len(fields))]
+    assert d["sessions_ended"]["idle"] == 3 and d["dead_letters"]["bad_event"] == 4
+    assert sum(d["sessions_ended"].values()) == 3 and sum(d["dead_letters"].values()) == 4

@@ -22,7 +22,7 @@ import base64
 import heapq
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from .config import AppRules, EngineConfig
 from .ids import session_id, session_uuid
@@ -59,18 +59,18 @@ from .state import (
     save_key,
 )
 
-MIN_TS = 946_684_800_000  # 2000-01-01T00:00:00Z
-MAX_ATTR_NAME = 256
-MAX_ATTR_VALUE = 4096
+MIN_TS: Final = 946_684_800_000  # 2000-01-01T00:00:00Z
+MAX_ATTR_NAME: Final = 256
+MAX_ATTR_VALUE: Final = 4096
 # Nesting levels a record may have (the record itself is level 1). orjson reads
 # 1024 levels but writes only 254; outputs and state snapshots nest input values
 # at most a few levels deeper than the record does, so 128 leaves room for them
 # (and for integrations' wrappers) while no real mParticle record comes close.
-MAX_DEPTH = 128
-TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels"
+MAX_DEPTH: Final = 128
+TOO_DEEP: Final = f"nested deeper than {MAX_DEPTH} levels"
 # The 64-bit integer range the outputs can hold (orjson: int64 and uint64).
-MIN_INT = -(1 << 63)
-MAX_INT = (1 << 64) - 1
+MIN_INT: Final = -(1 << 63)
+MAX_INT: Final = (1 << 64) - 1
 IDENTITY_FIELDS = ("mpid", "mp_deviceid", "application_info", "api_key", "environment")
 
 Loads = Callable[[bytes], Any]
@@ -552,22 +552,22 @@ class Engine:
         saved: tuple[Any, ...] | None = None  # a save taken before ``rec`` exists
         skey = ""
         opted = was_opted = False  # was_opted: before the record (opted changes within)
+        raw = b""  # value as bytes: typed, so native calls on it when compiled
         try:
-            if type(value) is not bytes:
-                value = _as_bytes(value)
+            raw = value if type(value) is bytes else _as_bytes(value)
             src = (key, topic, partition, offset, timestamp)
-            if len(value) > self._max_bytes:
+            if len(raw) > self._max_bytes:
                 self._dead_record(
-                    src, value, "too_large", f"{len(value)} bytes > {self.config.max_record_bytes}"
+                    src, raw, "too_large", f"{len(raw)} bytes > {self.config.max_record_bytes}"
                 )
                 return
             try:
-                obj = self.loads(value)
+                obj = self.loads(raw)
             except Exception as exc:  # any decoder error is the same answer to the user
-                self._dead_record(src, value, "invalid_json", str(exc))
+                self._dead_record(src, raw, "invalid_json", str(exc))
                 return
             if type(obj) is not dict:
-                self._dead_record(src, value, "not_an_object", f"top level is {type(obj).__name__}")
+                self._dead_record(src, raw, "not_an_object", f"top level is {type(obj).__name__}")
                 return
             # identity(obj), inline: the fields are read once for the key and the output.
             device = dev_field = obj.get("mp_deviceid")
@@ -576,7 +576,7 @@ class Engine:
                 if type(mpid) is int or (type(mpid) is str and mpid):
                     device = str(mpid)
                 else:
-                    self._dead_record(src, value, "missing_identity", "no mp_deviceid and no mpid")
+                    self._dead_record(src, raw, "missing_identity", "no mp_deviceid and no mpid")
                     return
             info = obj.get("application_info")
             app: Any = None
@@ -604,22 +604,22 @@ class Engine:
             single = events is None
             if single:
                 if "event_type" not in obj:
-                    self._bad_record(src, value, opted, "record has neither events nor event_type")
+                    self._bad_record(src, raw, opted, "record has neither events nor event_type")
                     return
                 events = [obj]
             elif type(events) is not list:
-                self._bad_record(src, value, opted, "events is not an array")
+                self._bad_record(src, raw, opted, "events is not an array")
                 return
             # Nesting (MAX_DEPTH): a record has at least as many brackets as levels,
             # so only a record with many brackets needs walking (memchr for the rare
             # "[": one pass over the bytes, not two).
-            nb = value.count(b"{")
-            i = value.find(b"[")
+            nb = raw.count(b"{")
+            i = raw.find(b"[")
             while i >= 0 and nb <= MAX_DEPTH:
                 nb += 1
-                i = value.find(b"[", i + 1)
+                i = raw.find(b"[", i + 1)
             if nb > MAX_DEPTH and _deep_parts(obj, events, single):
-                self._bad_record(src, value, opted, TOO_DEEP)
+                self._bad_record(src, raw, opted, TOO_DEEP)
                 return
 
             new_key = st is None
@@ -632,7 +632,7 @@ class Engine:
             if batch_ts is None:
                 batch_ts = timestamp
             max_ts = now_ms + self._skew
-            rec = _Record(self, st, rules, obj, single, device, ident_obj, mpid, src, value, saved)
+            rec = _Record(self, st, rules, obj, single, device, ident_obj, mpid, src, raw, saved)
             kinds = EVENT_KINDS
             hi = 0  # largest valid ts of the record: the watermark and the key's activity
             fast = 0  # events taken by the fast path, counted once at the end
@@ -667,13 +667,14 @@ class Engine:
                     tt = data.get("application_transition_type")
                     # Only a string can name a transition (and a list or object is unhashable).
                     kind = TRANSITION_KINDS.get(tt, 0) if type(tt) is str else 0
+                # t: the event time as a plain int, -1 when unusable (a machine int compiled).
                 if type(ts) is int:
-                    if not MIN_TS <= ts <= max_ts:
-                        ts = None
+                    t: int = ts if MIN_TS <= ts <= max_ts else -1
                 else:
-                    ts = _event_ts(ts, batch_ts, max_ts)
+                    v = _event_ts(ts, batch_ts, max_ts)
+                    t = -1 if v is None else v
 
-                if kind <= SCREEN_VIEW and ts is not None and s.last_ts <= ts < s.deadline:
+                if kind <= SCREEN_VIEW and s.last_ts <= t < s.deadline:
                     # Fast path: an in-order activity event continuing the open session
                     # (R3-R5, R9, R10); the same effect as the general path below.
                     if rec.part_session is not s:
@@ -687,18 +688,14 @@ class Engine:
                     data["event_num"] = n
                     data.pop("late", None)  # the engine's field: only late events have it
                     rec.part.append(ev)
-                    if ts > s.last_ts:
-                        s.last_ts = ts
-                        s.deadline = ts + (idle_ms if s.lc == LC_FG else timeout_ms)
-                        if ts > hi:
-                            hi = ts
+                    if t > s.last_ts:
+                        s.last_ts = t
+                        s.deadline = t + (idle_ms if s.lc == LC_FG else timeout_ms)
+                        if t > hi:
+                            hi = t
                     fast += 1
                     continue
-                if (
-                    FOREGROUND <= kind <= BACKGROUND
-                    and ts is not None
-                    and s.last_ts <= ts < s.deadline
-                ):
+                if FOREGROUND <= kind <= BACKGROUND and s.last_ts <= t < s.deadline:
                     # Fast path too: an in-order foreground or background in the open
                     # session; the general path's effect (R3-R5, R9, R10, _Record._apply).
                     if rec.part_session is not s:
@@ -706,12 +703,12 @@ class Engine:
                     if kind == FOREGROUND:
                         s.lc = LC_FG
                         if s.bg_since >= 0:
-                            s.bg_total += ts - s.bg_since
+                            s.bg_total += t - s.bg_since
                             s.bg_since = -1
                     else:
                         s.lc = LC_BG
                         if s.bg_since < 0:
-                            s.bg_since = ts
+                            s.bg_since = t
                     n = s.events = s.events + 1
                     data["session_uuid"] = s.uuid
                     data["session_id"] = s.sid
@@ -719,10 +716,10 @@ class Engine:
                     data["event_num"] = n
                     data.pop("late", None)  # the engine's field: only late events have it
                     rec.part.append(ev)
-                    s.last_ts = ts
-                    s.deadline = ts + (idle_ms if kind == FOREGROUND else timeout_ms)
-                    if ts > hi:
-                        hi = ts
+                    s.last_ts = t
+                    s.deadline = t + (idle_ms if kind == FOREGROUND else timeout_ms)
+                    if t > hi:
+                        hi = t
                     fast += 1
                     continue
 
@@ -737,14 +734,14 @@ class Engine:
                     if rec.saved is None:
                         rec.save()
                     counts.events_control += 1
-                    if ts is not None and ts > hi:
-                        hi = ts
+                    if t > hi:
+                        hi = t
                     if flag:
                         if not st.opted:
                             st.opted = True
                             if not opted:
                                 rec.flush()
-                                self._opt_out_close(st, ts, rec)
+                                self._opt_out_close(st, t if t >= 0 else None, rec)
                                 opted = True
                     elif st.opted:
                         st.opted = False
@@ -753,7 +750,7 @@ class Engine:
                     if s is None or s.status != OPEN:
                         s = NO_SESSION
                     continue
-                if ts is None:
+                if t < 0:
                     rec.dead(ev, "bad_timestamp", "timestamp missing or out of range")
                     continue
                 if kind == ATTRIBUTE:
@@ -762,11 +759,11 @@ class Engine:
                     except DeadLetter as dl:
                         rec.dead(ev, dl.reason, dl.detail)
                         continue
-                    if s.start <= ts < s.deadline:
+                    if s.start <= t < s.deadline:
                         # Fast path too: a change to the open session's attributes
                         # (R14, R15); the general path's effect (_Record.event).
-                        if ts > hi:
-                            hi = ts
+                        if t > hi:
+                            hi = t
                         if rec.saved is None and rec.light is None:
                             rec.note(s)
                         if rec._attr_ok(s, attr, ev):
@@ -775,9 +772,9 @@ class Engine:
                         continue
                 else:
                     attr = None
-                if ts > hi:
-                    hi = ts
-                rec.event(ev, data, kind, ts, attr)
+                if t > hi:
+                    hi = t
+                rec.event(ev, data, kind, t, attr)
                 s = st.open
                 if s is None or s.status != OPEN:
                     s = NO_SESSION
@@ -815,7 +812,13 @@ class Engine:
             if rec is not None:
                 saved = rec.saved
             self._internal_error(
-                exc, saved, rec, skey, was_opted, value, (key, topic, partition, offset, timestamp)
+                exc,
+                saved,
+                rec,
+                skey,
+                was_opted,
+                raw or value,
+                (key, topic, partition, offset, timestamp),
             )
 
     def _save(self, st: KeyState) -> tuple[Any, ...]:

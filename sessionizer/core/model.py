@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 # Output topics, as small ints so the hot path compares ints, not strings.
-EVENTS = 0
-SESSIONS = 1
-DEAD_LETTERS = 2
+EVENTS: Final = 0
+SESSIONS: Final = 1
+DEAD_LETTERS: Final = 2
 TOPIC_NAMES = ("sessionized-events", "sessions", "dead-letters")
 
 # (topic, key, value): the edge serializes ``value`` once and sends it.
 Output = tuple[int, Any, dict[str, Any]]
 
 # Event kinds. Lifecycle kinds are contiguous so ``LAUNCH <= k <= EXIT`` tests them.
-ACTIVITY = 0
-SCREEN_VIEW = 1
-LAUNCH = 2
-FOREGROUND = 3
-BACKGROUND = 4
-EXIT = 5
-SESSION_START = 6
-SESSION_END = 7
-ATTRIBUTE = 8
-OPT_OUT = 9
-_TRANSITION = -1
+ACTIVITY: Final = 0
+SCREEN_VIEW: Final = 1
+LAUNCH: Final = 2
+FOREGROUND: Final = 3
+BACKGROUND: Final = 4
+EXIT: Final = 5
+SESSION_START: Final = 6
+SESSION_END: Final = 7
+ATTRIBUTE: Final = 8
+OPT_OUT: Final = 9
+_TRANSITION: Final = -1
 
 EVENT_KINDS: dict[str, int] = {
     "screen_view": SCREEN_VIEW,
@@ -40,7 +40,7 @@ TRANSITION_KINDS: dict[Any, int] = {
     "application_background": BACKGROUND,
     "application_exit": EXIT,
 }
-TRANSITION = _TRANSITION
+TRANSITION: Final = _TRANSITION
 
 END_REASONS = ("timeout", "idle", "relaunch", "exit", "manual", "opt_out", "end_of_input")
 DEAD_LETTER_REASONS = (
@@ -56,7 +56,7 @@ DEAD_LETTER_REASONS = (
 # §7.3 v2: any unexpected failure while processing a record (a bug, not the input's
 # fault). Kept apart from the input reasons above: those are what a record can be
 # rejected for, this one is the engine's own failure.
-INTERNAL_ERROR = "internal_error"
+INTERNAL_ERROR: Final = "internal_error"
 ALL_DEAD_LETTER_REASONS = (*DEAD_LETTER_REASONS, INTERNAL_ERROR)
 
 
@@ -120,13 +120,21 @@ class Counts:
 
     def add(self, other: Counts) -> None:
         """Adds another engine's counts (several partitions, one report)."""
-        for name in self.__slots__:
-            mine = getattr(self, name)
-            if isinstance(mine, dict):
-                for k, v in getattr(other, name).items():
-                    mine[k] = mine.get(k, 0) + v
-            else:
-                setattr(self, name, mine + getattr(other, name))
+        # Spelled out: a compiled class (mypyc) has no __slots__ to walk.
+        self.records_in += other.records_in
+        self.records_dead_lettered += other.records_dead_lettered
+        self.records_opted_out += other.records_opted_out
+        self.records_internal_error += other.records_internal_error
+        self.events_in += other.events_in
+        self.events_forwarded += other.events_forwarded
+        self.events_control += other.events_control
+        self.events_opted_out += other.events_opted_out
+        self.events_dead_lettered += other.events_dead_lettered
+        self.events_late += other.events_late
+        self.sessions_started += other.sessions_started
+        self.sessions_revised += other.sessions_revised
+        self.sessions_ended = _summed(self.sessions_ended, other.sessions_ended)
+        self.dead_by_reason = _summed(self.dead_by_reason, other.dead_by_reason)
 
     @staticmethod
     def bump(d: dict[str, int], key: str) -> dict[str, int]:
@@ -143,3 +151,10 @@ class Counts:
             + self.events_opted_out
             + self.events_dead_lettered
         )
+
+
+def _summed(mine: dict[str, int], other: dict[str, int]) -> dict[str, int]:
+    out = dict(mine)
+    for k, v in other.items():
+        out[k] = out.get(k, 0) + v
+    return out

@@ -7,19 +7,19 @@ orjson wrapper; the core itself never serializes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 # Session.status
-OPEN = 0
-EXPIRED = 1  # closed by the watermark; R21 may still reopen it
-CLOSED = 2  # final: ended by an event, or followed by a later session
+OPEN: Final = 0
+EXPIRED: Final = 1  # closed by the watermark; R21 may still reopen it
+CLOSED: Final = 2  # final: ended by an event, or followed by a later session
 
 # Session.lc: the latest effective lifecycle event (R3-R5)
-LC_NONE = 0
-LC_FG = 1  # launch or foreground
-LC_BG = 2
+LC_NONE: Final = 0
+LC_FG: Final = 1  # launch or foreground
+LC_BG: Final = 2
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION: Final = 1
 
 
 class Session:
@@ -216,8 +216,8 @@ class KeyState:
         return st
 
 
-_NEVER = 1 << 62
-NEVER = _NEVER
+_NEVER: Final = 1 << 62
+NEVER: Final = _NEVER
 
 
 # All or nothing per record (Engine._internal_error): what one record can change
