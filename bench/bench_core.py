@@ -176,6 +176,14 @@ def run_process_file(path: Path, work: Path, *extra: str, name: str = "process-f
     return _timed([*cmd, *extra])
 
 
+def hot_path() -> str:
+    """What the process-file runs execute: compiled, sources or pure (sessionizer/_native.py)."""
+    cmd = [sys.executable, "-m", "sessionizer", "--version"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False).stdout
+    m = re.search(r"\((compiled|sources|pure)\)", out)
+    return m.group(1) if m else "unknown"
+
+
 def state_stats(path: Path, work: Path) -> tuple[dict[str, Any] | None, str]:
     """Bytes per open session: the CLI's --state-stats, else offline.state_stats, else n/a."""
     run = run_process_file(path, work, "--keep-open", "--state-stats", name="state-stats")
@@ -303,7 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     ratio_in = b_in / p_in if b_in and p_in else None
     passed = ratio is not None and ratio >= args.target
 
-    table = Table(title=f"bench-core: {events:,} events, best of {args.reps}")
+    engine_code = hot_path()
+    table = Table(
+        title=f"bench-core: {events:,} events, best of {args.reps}, engine: {engine_code}"
+    )
     table.add_column("run")
     table.add_column("wall, every run (s)")
     table.add_column("best wall (s)", justify="right")
@@ -358,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         "target": args.target,
         "pass": passed,
         "bytes_per_open_session": bpos,
+        "hot_path": engine_code,
     }
     # One line for scripts: grep '^BENCH_CORE ' | cut -d' ' -f2- | jq .
     print("BENCH_CORE " + json.dumps(summary, separators=(",", ":")), flush=True)
