@@ -10,7 +10,7 @@ $(VENV_STAMP): pyproject.toml
 	touch $(VENV_STAMP)
 
 # The engine and its file driver compiled with mypyc (sessionizer/_native.py), rebuilt
-# when a source changes; without a C compiler the sources run (same bytes, ~1.3x slower).
+# when a source changes; without a C compiler the sources run (same bytes, 1.3-1.6x slower).
 NATIVE_STAMP := sessionizer/_native.json
 NATIVE_SOURCES := sessionizer/_native.py $(wildcard sessionizer/core/*.py) \
 	sessionizer/encode.py sessionizer/driver.py sessionizer/offline.py

@@ -1203,3 +1203,17 @@ def test_the_incremental_open_sessions_gauge_equals_a_walk_at_every_step(
     assert fresh.open_sessions() == _walk_open(fresh) == 0
     fresh.take_dirty()
     assert fresh.open_sessions() == 0
+
+
+def _fnv1a_utf16le(text: str) -> int:
+    """R12's session_id by its definition: byte by byte, 64-bit, read as signed."""
+    h = 0xCBF29CE484222325
+    for b in text.encode("utf-16-le", "surrogatepass"):
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h - (1 << 64) if h >= 1 << 63 else h
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.one_of(st.uuids().map(lambda u: str(u).upper()), st.text(max_size=80)))
+def test_r12_session_id_is_fnv1a_of_utf16le_for_any_text(text: str) -> None:
+    assert session_id(text) == _fnv1a_utf16le(text)

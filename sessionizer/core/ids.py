@@ -22,7 +22,6 @@ _M32: Final = 0xFFFFFFFF
 # 2^40 * _SQ_HI + _SQ_LO (mod 2^64).
 _SQ_HI: Final = 870
 _SQ_LO: Final = 189_225
-_PRIME_SQ: Final = (_SQ_HI << 40) + _SQ_LO
 _VARIANT = "89ab"
 
 
@@ -36,23 +35,19 @@ def session_uuid(app: str, device: str, number: int, start_ms: int) -> str:
 
 def session_id(uuid_text: str) -> int:
     """64-bit FNV-1a over the UTF-16LE bytes, read as signed (the mParticle SDKs' way)."""
-    if len(uuid_text) == 36 and uuid_text.isascii():
-        return _session_id_36(uuid_text)
-    h = _FNV_OFFSET
     if uuid_text.isascii():
-        for c in uuid_text.encode("ascii"):
-            h = ((h ^ c) * _PRIME_SQ) & _MASK
-    else:
-        for byte in uuid_text.encode("utf-16-le"):
-            h = ((h ^ byte) * _FNV_PRIME) & _MASK
+        return _session_id_ascii(uuid_text)
+    h = _FNV_OFFSET
+    for byte in uuid_text.encode("utf-16-le"):
+        h = ((h ^ byte) * _FNV_PRIME) & _MASK
     return h - (1 << 64) if h >= 1 << 63 else h
 
 
-def _session_id_36(uuid_text: str) -> int:
-    """``session_id`` of a 36-character ASCII text (every session_uuid): the 64-bit
-    state kept as two 32-bit halves, so every product fits in 63 bits and stays a
-    machine integer (compiled, mypyc) or a small int (interpreted); a 128-bit
-    product per character was a twentieth of process-file's instructions."""
+def _session_id_ascii(uuid_text: str) -> int:
+    """``session_id`` of an ASCII text (every session_uuid): the 64-bit state kept
+    as two 32-bit halves, so every product fits in 63 bits and stays a machine
+    integer (compiled, mypyc) or a small int (interpreted); a 128-bit product per
+    character was a twentieth of process-file's instructions."""
     hi: i64 = _FNV_OFFSET >> 32
     lo: i64 = _FNV_OFFSET & _M32
     for c in uuid_text.encode("ascii"):
