@@ -83,6 +83,16 @@ CHAOS_ARGS ?= --seeds 5
 chaos: $(READY)
 	$(PY) bench/chaos.py $(CHAOS_ARGS)
 
+# Apache Kafka from its Maven jars (sessionizer/apache_kafka.py, deploy/kafka/pom.xml):
+# `make kafka` runs one KRaft node on 127.0.0.1:9092 until Ctrl-C (KAFKA_ARGS="--nodes 3").
+KAFKA_ARGS ?=
+.PHONY: kafka kafka-jars
+kafka-jars: $(VENV_STAMP)
+	$(PY) -c 'from sessionizer.apache_kafka import lib_dir; lib_dir()'
+
+kafka: $(VENV_STAMP) kafka-jars
+	$(PY) -m sessionizer.apache_kafka $(KAFKA_ARGS)
+
 # The demo: embedded broker, worker, live sample traffic and a live view of the sessions.
 .PHONY: run
 run: $(READY)

@@ -1,8 +1,11 @@
 """Stream benchmark: the sessionizer worker against a raw aiokafka passthrough.
 
     python bench/bench_stream.py [--records 100000] [--events-per-record 3] [--workers 2]
+                                 [--broker embedded|kafka|both]
 
-One embedded broker, one synthetic workload (``sessionizer.workload``: mobile
+One broker (the embedded one by default; ``kafka``: one Apache Kafka node from
+sessionizer/apache_kafka.py; ``both``: the whole run on each, one after the
+other, with a side-by-side summary), one synthetic workload (``sessionizer.workload``: mobile
 SDK uploads with lifecycle events, background/foreground cycles, attribute
 changes, occasional opt-outs, a few late and bad records), keyed by device.
 Each pipeline gets its own input topic, filled before it starts, and runs as
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -41,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -505,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--py-spy", metavar="FILE", help="profile the worker (collapsed stacks)")
     ap.add_argument("--py-spy-native", action="store_true", help="with native frames (orjson)")
     ap.add_argument("--out", help="keep logs here (default: a temporary directory)")
+    ap.add_argument("--broker", choices=("embedded", "kafka", "both"), default="embedded")
     args = ap.parse_args(argv)
     if any("=" not in kv for kv in args.worker_env):
         ap.error("--worker-env wants K=V")
@@ -531,24 +537,57 @@ def main(argv: list[str] | None = None) -> int:
     )
     work = Path(args.out or tempfile.mkdtemp(prefix="bench-stream-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    kinds = ("embedded", "kafka") if args.broker == "both" else (args.broker,)
+    status, failed, summary = 0, False, []
     try:
-        with embedded_broker(work / "broker.log") as broker:
-            console.print(f"broker: embedded at {broker.bootstrap} (pid {broker.pid})")
-            ctx = Ctx(args, broker.bootstrap, broker.pid, work, console.print)
-            try:
-                results = asyncio.run(bench(ctx, w))
-            finally:
-                procs.stop_all(timeout=10)
+        for kind in kinds:
+            with broker_of(kind, work) as (name, bootstrap, pid):
+                console.print(f"broker: {name} at {bootstrap} (pid {pid})")
+                ctx = Ctx(args, bootstrap, pid, work, console.print)
+                try:
+                    results = asyncio.run(bench(ctx, w))
+                finally:
+                    procs.stop_all(timeout=10)
+            status |= report(ctx, results, w)
+            failed |= any(not r.ok for rs in results.values() for r in rs)
+            summary.append((name, results))
     except KeyboardInterrupt:
         console.print(f"[red]interrupted[/]; logs in {work}")
         return 130
-    status = report(ctx, results, w)
-    failed = any(not r.ok for rs in results.values() for r in rs)
+    if len(summary) > 1:
+        for name, results in summary:
+            best = {k: max(v, key=lambda r: (r.ok, r.rps)) for k, v in results.items()}
+            raw, one, two = best.get("raw"), best.get("worker"), best.get("workers")
+            ratio = one.rps / raw.rps if one and raw and one.ok and raw.ok else None
+            scale = two.rps / one.rps if two and one and two.ok and one.ok else None
+            console.print(
+                f"{name}: raw {fmt(raw.rps if raw else None)} records/s, worker "
+                f"{fmt(one.rps if one else None)} records/s, worker/raw {fmt(ratio, '.3f')}"
+                + (f", {args.workers} workers / 1: {fmt(scale, '.2f')} x" if two else "")
+            )
     if args.out or failed:
         console.print(f"[dim]logs in {work}[/]")
     else:
         shutil.rmtree(work, ignore_errors=True)
     return status
+
+
+@contextlib.contextmanager
+def broker_of(kind: str, work: Path) -> Iterator[tuple[str, str, int | None]]:
+    """(name, bootstrap, pid) of a fresh broker of this kind, stopped on the way out."""
+    if kind == "embedded":
+        with embedded_broker(work / "broker.log") as broker:
+            yield "embedded (Tansu)", broker.bootstrap, broker.pid
+        return
+    from sessionizer.apache_kafka import KafkaCluster, kafka_version
+
+    with KafkaCluster(nodes=1, heap_mb=1024, base_dir=work / "kafka") as kafka:
+        node = kafka.members[0]
+        yield (
+            f"Apache Kafka {kafka_version()}",
+            kafka.bootstrap,
+            node.proc.pid if node.proc else None,
+        )
 
 
 if __name__ == "__main__":

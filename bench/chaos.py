@@ -1,8 +1,11 @@
 """Chaos run (issue #7 D): workers killed and restarted under steady traffic.
 
     python bench/chaos.py [--seed 1] [--seeds 5] [--events 100000] [--workers 3] [--store rocksdb]
+    python bench/chaos.py --kafka-nodes 3 --broker-faults     # `make chaos-brokers`
 
-For each seed, with a fresh embedded broker, fresh topics and a fresh app id:
+For each seed, with a fresh Apache Kafka (one node by default, sessionizer/apache_kafka.py;
+``--embedded`` for the development broker, ``--broker`` for yours), fresh topics and a
+fresh app id:
 
 1. ``--workers`` workers (``python -m sessionizer worker``) join one group on
    ``--partitions`` partitions.
@@ -14,6 +17,11 @@ For each seed, with a fresh embedded broker, fresh topics and a fresh app id:
    table (right after it logs that it recovers, before it logs that it is
    ready), one 0-300 ms after a restart made it ready (while the group works
    off the backlog), and once all workers are SIGKILLed at the same moment.
+   With ``--broker-faults`` (three nodes, replication factor 3, min.insync.replicas 2,
+   producers at acks=all with idempotence), the brokers fail too, one at a time: the
+   leader of the busiest input partitions is SIGKILLed, a broker is SIGSTOPped past
+   its session timeout and SIGCONTed, the active controller is SIGKILLed, and each
+   comes back; workers must ride through all of it without a restart.
 4. After the traffic, every worker is (re)started, one far-future "clock"
    record per partition moves every watermark past every deadline, and the
    outputs are read until they equal what process-file makes of the same input
@@ -79,6 +87,7 @@ from harness import (  # noqa: E402
 )
 
 from sessionizer import codec, procs  # noqa: E402
+from sessionizer.apache_kafka import KafkaCluster  # noqa: E402
 from sessionizer.broker import EmbeddedBroker  # noqa: E402
 from sessionizer.core.config import EngineConfig  # noqa: E402
 from sessionizer.core.engine import Engine  # noqa: E402
@@ -491,6 +500,7 @@ class Slot:
         # a RocksDB store outlives a kill.
         env = {
             "SESSIONIZER_STORE": r.args.store,
+            "SESSIONIZER_REPLICATION_FACTOR": str(r.replication),
             "SESSIONIZER_DATA_DIR": str(r.log_dir / f"{r.names.prefix}-w{self.idx}-data"),
         }
         self.worker = WorkerProc(
@@ -536,9 +546,13 @@ class Run:
         bootstrap: str,
         log_dir: Path,
         code: Path | None = None,
+        kafka: KafkaCluster | None = None,
     ) -> None:
         self.args = args
         self.code = code
+        self.kafka = kafka  # ours to fail (--broker-faults)
+        self.replication = kafka.replication if kafka is not None else 1
+        self.broker_faults: list[str] = []
         self.seed = seed
         self.rng = random.Random(seed)
         self.bootstrap = bootstrap
@@ -758,6 +772,62 @@ class Run:
             else:
                 await self.kill_all([rng.uniform(0.5, 8) for _ in self.slots])
 
+    # -------------------------------------------------------------- broker faults
+
+    def _fault(self, what: str) -> None:
+        line = f"t={self.now():6.1f}s {what}"
+        self.broker_faults.append(line)
+        log(f"  {line}")
+
+    async def _healed(self, timeout: float = 90.0) -> None:
+        """Every node back in every ISR, so the next fault leaves min.insync.replicas."""
+        assert self.kafka is not None
+        t = time.monotonic()
+        while time.monotonic() - t < timeout:
+            with contextlib.suppress(Exception):
+                if not await asyncio.to_thread(self.kafka.under_replicated):
+                    return
+            await asyncio.sleep(1.0)
+        self.anomalies.append(f"partitions still under-replicated {timeout:.0f}s after a fault")
+
+    async def broker_chaos(self, duration: float) -> None:
+        """One broker fault at a time: leader kill, pause past the session timeout,
+        controller kill; each broker comes back and the cluster heals before the next."""
+        k = self.kafka
+        assert k is not None
+        rng = random.Random(self.seed * 7919)
+        topic = self.names.topics["raw_events"]
+        plan = [
+            (rng.uniform(0.1, 0.2) * duration, "leader"),
+            (rng.uniform(0.4, 0.5) * duration, "pause"),
+            (rng.uniform(0.7, 0.8) * duration, "controller"),
+        ]
+        for at, what in plan:
+            await asyncio.sleep(max(0.0, at - self.now()))
+            if what == "leader":
+                leaders = Counter((await asyncio.to_thread(k.leaders, topic)).values())
+                node, n = leaders.most_common(1)[0]
+                k.kill(node)
+                self._fault(f"SIGKILL broker {node} (leader of {n} input partitions)")
+                await asyncio.sleep(rng.uniform(5, 12))
+            elif what == "pause":
+                node = rng.choice([m.node_id for m in k.members])
+                k.pause(node)
+                self._fault(f"SIGSTOP broker {node}")
+                await asyncio.sleep(rng.uniform(14, 20))  # broker.session.timeout.ms = 9 s
+                k.resume(node)
+                self._fault(f"SIGCONT broker {node}")
+            else:
+                node = await asyncio.to_thread(k.active_controller)
+                k.kill(node)
+                self._fault(f"SIGKILL broker {node} (the active controller)")
+                await asyncio.sleep(rng.uniform(5, 12))
+            if what != "pause":
+                await asyncio.to_thread(k.restart, node)
+                self._fault(f"broker {node} restarted")
+            await self._healed()
+            self._fault("all partitions fully replicated again")
+
     async def monitor(self) -> None:
         while True:
             for s in self.slots:
@@ -801,14 +871,16 @@ class Run:
         await admin.start()
         try:
             await admin.create_topics(
-                [NewTopic(self.names.topics["raw_events"], self.args.partitions, 1)]
+                [NewTopic(self.names.topics["raw_events"], self.args.partitions, self.replication)]
             )
         finally:
             await admin.close()
 
     async def traffic(self, recs: list[bytes], duration: float) -> None:
         topic = self.names.topics["raw_events"]
-        p = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5)
+        p = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, linger_ms=5, acks="all", enable_idempotence=True
+        )
         await p.start()
         futs = []
         try:
@@ -827,7 +899,7 @@ class Run:
         self.meta = [(m.partition, m.offset) for m in md]
 
     async def send_clocks(self, clocks: list[bytes]) -> None:
-        p = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
+        p = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True)
         await p.start()
         try:
             topic = self.names.topics["raw_events"]
@@ -938,11 +1010,16 @@ class Run:
             )
             self.t0 = time.monotonic()
             chaos = None if a.no_chaos else asyncio.ensure_future(self.chaos(a.duration))
+            faults = None
+            if a.broker_faults:
+                faults = asyncio.ensure_future(self.broker_chaos(a.duration))
             await self.traffic(recs, a.duration)
             self.traffic_done = True
             log(f"  t={self.now():6.1f}s traffic done: {len(recs)} records sent")
             if chaos is not None:
                 await chaos
+            if faults is not None:
+                await faults
             while self.tasks:
                 await asyncio.gather(*list(self.tasks))
             for s in self.slots:
@@ -985,6 +1062,10 @@ class Run:
         for k in self.kills:
             note = f" {k.note}" if k.note else ""
             log(f"    t={k.t:6.1f}s {k.sig:7} {k.target:6} {k.phase}{note}")
+        if self.broker_faults:
+            log(f"  broker faults ({self.replication} replicas, min.insync.replicas 2):")
+            for line in self.broker_faults:
+                log(f"    {line}")
         log(
             f"  duplicates: events {d['events']}, session records {d['session records']}, "
             f"dead letters {d['dead letters']}; identical session_end events sent again "
@@ -1050,13 +1131,19 @@ async def run_seed(args: argparse.Namespace, seed: int, base: Path, code: Path |
     log_dir = base / f"seed-{seed}"
     log_dir.mkdir(parents=True, exist_ok=True)
     t = time.monotonic()
-    broker = None
+    broker: EmbeddedBroker | KafkaCluster | None = None
+    kafka = None
     if args.broker:
         bootstrap = args.broker.removeprefix("kafka://")
-    else:
+    elif args.embedded:
         broker = EmbeddedBroker(log_path=log_dir / "broker.log").start()
         bootstrap = broker.bootstrap
-    run = Run(args, seed, bootstrap, log_dir, code)
+    else:
+        broker = kafka = KafkaCluster(nodes=args.kafka_nodes, base_dir=log_dir / "kafka")
+        kafka.start()
+        bootstrap = kafka.bootstrap
+        log(f"  Apache Kafka, {args.kafka_nodes} node(s): {bootstrap}")
+    run = Run(args, seed, bootstrap, log_dir, code, kafka)
     try:
         ok = await run.main()
     except Exception as err:  # a harness failure is a failed seed, with its logs
@@ -1126,7 +1213,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="give up early when no output came for this long and all input is committed",
     )
     ap.add_argument("--no-chaos", action="store_true", help="same run without kills (baseline)")
-    ap.add_argument("--broker", help="host:port of a running broker instead of the embedded one")
+    ap.add_argument("--broker", help="host:port of a running Kafka instead of a fresh one")
+    ap.add_argument(
+        "--embedded", action="store_true", help="the embedded development broker (Tansu)"
+    )
+    ap.add_argument(
+        "--kafka-nodes", type=int, choices=(1, 3), default=1, help="nodes of the fresh Kafka"
+    )
+    ap.add_argument(
+        "--broker-faults",
+        action="store_true",
+        help="kill, pause and restart brokers too (needs --kafka-nodes 3)",
+    )
     ap.add_argument("--log-dir", help="where worker logs go (default: a new temporary directory)")
     ap.add_argument("--keep-logs", action="store_true", help="keep the logs of passing seeds")
     ap.add_argument(
@@ -1144,6 +1242,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.broker_faults and (args.kafka_nodes != 3 or args.broker or args.embedded):
+        print("chaos: --broker-faults needs a fresh three-node Kafka (--kafka-nodes 3)")
+        return 2
     # SIGTERM exits like Ctrl-C does: workers and broker are stopped on the way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     return asyncio.run(amain(args))

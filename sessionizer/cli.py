@@ -160,7 +160,7 @@ def worker(
     """Run the streaming worker (Faust) against a Kafka broker."""
     import asyncio
 
-    from .stream.kafka import ensure_topics
+    from .stream.kafka import prepare_broker
     from .stream.worker import build_app
 
     settings = _settings(
@@ -170,7 +170,7 @@ def worker(
     if problem:
         _config_exit(problem)
     try:
-        created = asyncio.run(ensure_topics(settings))
+        broker, created = asyncio.run(prepare_broker(settings))
     except ConfigError as err:
         _config_exit(err)
     except Exception as exc:
@@ -183,7 +183,7 @@ def worker(
         click.echo(f"sessionizer: {note}", err=True)
     import faust
 
-    app = _config_safe(lambda: build_app(settings))
+    app = _config_safe(lambda: build_app(settings, broker=broker))
     # The worker prints "sessionizer worker ready: partitions [...] of TOPIC; web URL"
     # on stderr whenever its assignment changes (docs/operations.md#start-up); not
     # redirected into Faust's log, so it stays one plain line at any log level.

@@ -16,6 +16,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -25,7 +26,7 @@ from faust.types import TP
 #: The versions this module was checked against (pyproject.toml pins the same).
 PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
 
-#: Faust settings for any broker (safe on a real Kafka too); see docs/broker.md.
+#: Faust settings for any broker; see docs/broker.md.
 FAUST_TUNING: dict[str, Any] = {
     # Tansu holds every JoinGroup for ceil(session_timeout / 2): Faust's 60 s
     # default made a worker wait 30 s before its first event. 10 s is aiokafka's
@@ -33,13 +34,46 @@ FAUST_TUNING: dict[str, Any] = {
     "broker_session_timeout": 10.0,
     # Keep heartbeats at most a third of the session timeout, as Kafka advises.
     "broker_heartbeat_interval": 3.0,
-    # Faust stops a worker when a changelog's end offset is below what it has
-    # already read from it (ConsistencyError). Tansu under-reports end offsets
-    # (docs/broker.md), so a worker taking over a partition it had read as a
-    # standby crashed. Recovery does not rely on Faust's offsets: the state's
-    # marker says where each partition resumes (docs/decisions.md).
-    "recovery_consistency_check": False,
 }
+
+
+@dataclass(frozen=True)
+class Broker:
+    """What differs between the brokers the worker runs on, found once at start-up."""
+
+    name: str
+    #: ListOffsets(latest) is the offset after the last record (Tansu: after the
+    #: last batch's first record).
+    exact_end_offsets: bool
+    #: Idempotent and transactional producers from aiokafka work.
+    transactions: bool
+
+    def faust_settings(self) -> dict[str, Any]:
+        # Faust's recovery check (ConsistencyError when a changelog's end offset is
+        # below what was read of it) is right wherever end offsets are exact; on
+        # Tansu it stopped a worker taking over a partition it had read as a standby.
+        return {**FAUST_TUNING, "recovery_consistency_check": self.exact_end_offsets}
+
+
+KAFKA = Broker("Apache Kafka", exact_end_offsets=True, transactions=True)
+TANSU = Broker("Tansu (embedded development broker)", exact_end_offsets=False, transactions=False)
+
+_CREATE_PARTITIONS = 37  # ApiVersions key: every Kafka since 1.0 has it, Tansu does not
+
+
+async def detect_broker(options: Mapping[str, Any]) -> Broker:
+    """The broker behind these aiokafka connection options, from its ApiVersions answer."""
+    from aiokafka import AIOKafkaClient
+
+    client = AIOKafkaClient(**options)
+    try:
+        await client.bootstrap()
+        node = next(iter(client.cluster.brokers())).nodeId
+        conn = await client._get_conn(node)
+        versions: Mapping[int, Any] = conn._versions
+    finally:
+        await client.close()
+    return KAFKA if _CREATE_PARTITIONS in versions else TANSU
 
 
 class WorkerApp(faust.App):
@@ -154,6 +188,12 @@ def exclude_from_fetch(app: faust.App, topic: str) -> None:
     consumer._set_active_tps = _set_active_tps
     consumer.resume_partitions = resume_partitions
     consumer.on_buffer_drop = on_buffer_drop
+
+
+def has_leader(consumer: Any, tp: TP) -> bool:
+    """False while the consumer's latest metadata gives the partition no leader."""
+    leader = consumer._client.cluster.leader_for_partition(tp)
+    return leader is None or leader >= 0  # None: not in the metadata yet
 
 
 def raw_producer(app: faust.App) -> Any:

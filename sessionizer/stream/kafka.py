@@ -15,6 +15,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from .. import codec
 from ..settings import Settings
+from .compat import Broker, detect_broker
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,12 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         # Keyed by device, like sessionized-events (docs/integrations.md).
         *(TopicSpec(t.integration(name), n) for name in settings.integrations),
     ]
+
+
+async def prepare_broker(settings: Settings) -> tuple[Broker, list[str]]:
+    """The worker's start-up against its broker: which broker it is, and its topics."""
+    broker = await detect_broker(client_options(settings))
+    return broker, await ensure_topics(settings)
 
 
 async def ensure_topics(

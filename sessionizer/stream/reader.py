@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ..settings import Settings
+from .compat import has_leader
 from .kafka import client_options
 
 # (offset, key, value, timestamp ms, headers) of one source record.
@@ -73,6 +74,13 @@ class DirectReader:
         except Exception:  # not assigned (any more)
             return None
         return None if hw is None else int(hw)
+
+    def leaderless(self) -> list[int]:
+        """Assigned partitions that have no leader now (a broker down, no replica in sync)."""
+        c = self._consumer
+        if c is None:
+            return []
+        return sorted(tp.partition for tp in c.assignment() if not has_leader(c, tp))
 
     async def run(self) -> None:
         s = self.settings

@@ -31,7 +31,8 @@ from ..integrations import Options
 from ..offline import tune_gc
 from ..settings import Settings
 from .compat import (
-    FAUST_TUNING,
+    KAFKA,
+    Broker,
     WorkerApp,
     commit,
     connect,
@@ -492,6 +493,9 @@ class Pipeline:
             out.append(f"opt-out control reader stopped: {failure}")
         elif not self.control_reader.ready.is_set():
             out.append("opt-out control topic not read yet")
+        if self.reader is not None:
+            for p in self.reader.leaderless():
+                out.append(f"partition {p}: no leader for {self.input_topic}-{p} (brokers down?)")
         now = wall_ms()
         stall = self.settings.stall_timeout_ms
         for p, r in sorted(self.runners.items()):
@@ -530,8 +534,9 @@ class Pipeline:
         store.written(marker, acked[-1].offset)
 
 
-def build_app(settings: Settings, *, web: bool = True) -> faust.App:
-    """The Faust app of the worker; all payloads are bytes we encode with orjson."""
+def build_app(settings: Settings, *, web: bool = True, broker: Broker = KAFKA) -> faust.App:
+    """The Faust app of the worker on ``broker`` (compat.detect_broker); all payloads are
+    bytes we encode with orjson."""
     install_leave_group_fix()
     from .security import faust_credentials, redact_logs
 
@@ -562,7 +567,7 @@ def build_app(settings: Settings, *, web: bool = True) -> faust.App:
         # per partition, and a short linger for what Faust itself sends.
         producer_max_batch_size=1 << 20,
         producer_linger=0.005,
-        **FAUST_TUNING,
+        **broker.faust_settings(),
     )
     source = app.topic(
         settings.topics.raw_events,

@@ -1,7 +1,10 @@
-"""Fixtures for tests against a real broker: the embedded one, or yours.
+"""Fixtures for tests against a real broker: Apache Kafka, or yours.
 
-Set SESSIONIZER_TEST_BROKER=host:port (or kafka://host:port) to run the suite
-against an existing Kafka instead of starting the embedded broker.
+The `broker` fixture is one Apache Kafka node (sessionizer/apache_kafka.py) for
+the whole session. Set SESSIONIZER_TEST_BROKER=host:port (or kafka://host:port)
+to run the suite against an existing Kafka instead, or =embedded for the
+embedded development broker. Without Java the Kafka tests are skipped with one
+line, except in CI (CI=true), where that is a failure.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from sessionizer.apache_kafka import KafkaCluster, KafkaUnavailable
 from sessionizer.broker import BrokerUnavailable, EmbeddedBroker
 
 ENV_TEST_BROKER = "SESSIONIZER_TEST_BROKER"
@@ -21,7 +25,7 @@ ENV_TEST_BROKER = "SESSIONIZER_TEST_BROKER"
 
 @dataclass(frozen=True)
 class ExternalBroker:
-    """A broker someone else runs: same `.bootstrap` and `.url` as EmbeddedBroker."""
+    """A broker someone else runs: same `.bootstrap` and `.url` as the others."""
 
     bootstrap: str
 
@@ -35,21 +39,53 @@ def external_bootstrap() -> str | None:
     return value.removeprefix("kafka://") or None
 
 
+def unavailable(reason: str) -> None:
+    """Skips the test, or fails it in CI: there a broker that cannot start is a defect."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
-def broker() -> Iterator[EmbeddedBroker | ExternalBroker]:
-    """One broker for the whole session; tests keep apart through unique names."""
-    bootstrap = external_bootstrap()
-    if bootstrap:
-        yield ExternalBroker(bootstrap)
-        return
+def kafka() -> Iterator[KafkaCluster]:
+    """One Apache Kafka node (combined KRaft broker and controller) for the session."""
+    try:
+        cluster = KafkaCluster(nodes=1).start()
+    except KafkaUnavailable as err:
+        unavailable(f"Apache Kafka cannot run here: {err}; `make kafka` explains how to get it")
+        raise AssertionError("unreachable") from None
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def embedded_broker() -> Iterator[EmbeddedBroker]:
+    """The embedded development broker, for the paths that use it (demo, `broker`)."""
     try:
         embedded = EmbeddedBroker().start()
     except BrokerUnavailable as err:
-        pytest.skip(str(err))
+        unavailable(str(err))
+        raise AssertionError("unreachable") from None
     try:
         yield embedded
     finally:
         embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def broker(
+    request: pytest.FixtureRequest,
+) -> Iterator[KafkaCluster | EmbeddedBroker | ExternalBroker]:
+    """The broker the integration tests run on; tests keep apart through unique names."""
+    bootstrap = external_bootstrap()
+    if bootstrap == "embedded":
+        yield request.getfixturevalue("embedded_broker")
+    elif bootstrap:
+        yield ExternalBroker(bootstrap)
+    else:
+        yield request.getfixturevalue("kafka")
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from sessionizer import codec, procs
@@ -27,10 +28,12 @@ __all__ = [
     "clock_records",
     "device_key",
     "final_sessions",
+    "http_get",
     "max_event_ts",
     "optout_device",
     "produce",
     "read_all",
+    "until",
 ]
 
 CLOCK_APP = "zz.clock"
@@ -184,6 +187,32 @@ async def read_all(
         )
     finally:
         await c.stop()
+
+
+async def http_get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, Any]:
+    """(status, body): JSON bodies decoded, others as text."""
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as s,
+        s.get(f"http://{host}:{port}{path}") as r,
+    ):
+        body = await r.text()
+        return r.status, codec.loads(body) if "json" in r.content_type else body
+
+
+async def until(probe: Any, what: str, timeout: float = 90.0) -> Any:
+    """Polls ``await probe()`` until it returns a truthy value, or fails after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = await probe()
+        except aiohttp.ClientError as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"{what} not reached in {timeout}s; last: {last!r}")
 
 
 def final_sessions(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:

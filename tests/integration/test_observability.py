@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from harness import Names, WorkerProc, device_key, produce
+from harness import Names, WorkerProc, device_key, http_get, produce, until
 from jsonschema import Draft202012Validator
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -33,29 +33,8 @@ def _names() -> Names:
     return Names(f"obs-{uuid.uuid4().hex[:8]}")
 
 
-async def _get(port: int, path: str) -> tuple[int, Any]:
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as s,
-        s.get(f"http://127.0.0.1:{port}{path}") as r,
-    ):
-        body = await r.text()
-        return r.status, codec.loads(body) if "json" in r.content_type else body
-
-
-async def _until(probe: Any, what: str, timeout: float = 90.0) -> Any:
-    """Polls ``probe()`` until it returns a truthy value, or fails after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = await probe()
-        except aiohttp.ClientError as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        await asyncio.sleep(0.3)
-    raise AssertionError(f"{what} not reached in {timeout}s; last: {last!r}")
+_get = http_get
+_until = until
 
 
 async def _healthy(port: int, timeout: float = 120.0) -> dict[str, Any]:
