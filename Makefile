@@ -36,6 +36,7 @@ PURE_TESTS := tests/test_golden.py tests/test_rules.py tests/test_properties.py 
 test: $(READY) lint
 	$(PY) -m pytest -q
 	SESSIONIZER_PURE_PYTHON=1 $(PY) -m pytest -q $(PURE_TESTS)
+	$(MAKE) --no-print-directory chaos-ci
 
 lint: $(VENV_STAMP)
 	.venv/bin/ruff check sessionizer tests bench
@@ -76,12 +77,24 @@ FUZZ_ARGS ?= --records 1000000
 fuzz: $(READY)
 	$(PY) bench/fuzz.py $(FUZZ_ARGS)
 
-# Chaos: workers SIGKILLed/SIGTERMed and restarted under steady traffic; the live
-# output must equal process-file's. CHAOS_ARGS="--seed 7 --seeds 1 --keep-logs" to vary.
+# Chaos: workers SIGKILLed/SIGTERMed and restarted under steady traffic on a fresh Apache
+# Kafka per seed; the live output must equal process-file's. CHAOS_ARGS="--seed 7 --seeds 1
+# --keep-logs" to vary (--embedded: on the development broker).
 CHAOS_ARGS ?= --seeds 5
-.PHONY: chaos
+.PHONY: chaos chaos-brokers chaos-ci
 chaos: $(READY)
 	$(PY) bench/chaos.py $(CHAOS_ARGS)
+
+# The same on three Kafka nodes (replication 3, min.insync.replicas 2) whose brokers fail
+# too: the busiest leader SIGKILLed, a broker SIGSTOPped past its session timeout, the active
+# controller SIGKILLed, each restarted.
+chaos-brokers: $(READY)
+	$(PY) bench/chaos.py --kafka-nodes 3 --broker-faults $(CHAOS_ARGS)
+
+# One short seed of each, run by `make test`: worker kills, then broker faults.
+chaos-ci: $(READY)
+	$(PY) bench/chaos.py --seeds 1 --events 20000 --duration 45
+	$(PY) bench/chaos.py --seeds 1 --seed 2 --events 20000 --duration 60 --kafka-nodes 3 --broker-faults
 
 # Apache Kafka from its Maven jars (sessionizer/apache_kafka.py, deploy/kafka/pom.xml):
 # `make kafka` runs one KRaft node on 127.0.0.1:9092 until Ctrl-C (KAFKA_ARGS="--nodes 3").

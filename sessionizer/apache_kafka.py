@@ -46,6 +46,7 @@ _T = TypeVar("_T")
 REPO = Path(__file__).resolve().parents[1]
 POM = REPO / "deploy" / "kafka" / "pom.xml"
 LOG4J = POM.with_name("log4j2.properties")
+LOG4J_TOOLS = POM.with_name("log4j2-tools.properties")
 CACHE = REPO / ".cache"
 ENV_LIB = "SESSIONIZER_KAFKA_LIB"  # a folder of Kafka's jars to use instead of the cache
 STARTED = "Kafka Server started"
@@ -107,14 +108,16 @@ def _fetch(lib: Path) -> None:
     (lib / ".complete").touch()
 
 
-def _java(lib: Path, main: str, *args: str, heap_mb: int = 128) -> list[str]:
+def _java(
+    lib: Path, main: str, *args: str, heap_mb: int = 128, log: Path = LOG4J_TOOLS
+) -> list[str]:
     return [
         "java",
         f"-Xmx{heap_mb}m",
         "-Xms64m",
         "-XX:+ExitOnOutOfMemoryError",
         "-Djava.awt.headless=true",
-        f"-Dlog4j2.configurationFile={LOG4J}",
+        f"-Dlog4j2.configurationFile={log}",
         "-cp",
         f"{lib}/*",
         main,
@@ -298,7 +301,8 @@ class KafkaCluster:
         return "".join(f"{k}={v}\n" for k, v in props.items())
 
     def _spawn(self, lib: Path, node: Node) -> None:
-        args = _java(lib, "kafka.Kafka", str(node.dir / "server.properties"), heap_mb=self.heap_mb)
+        props = str(node.dir / "server.properties")
+        args = _java(lib, "kafka.Kafka", props, heap_mb=self.heap_mb, log=LOG4J)
         node.proc = procs.spawn(args, node.log_path, die_with_parent=True)
         node.starts += 1
         node.paused = False

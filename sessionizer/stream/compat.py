@@ -47,6 +47,9 @@ class Broker:
     exact_end_offsets: bool
     #: Idempotent and transactional producers from aiokafka work.
     transactions: bool
+    #: Group generations start at 0 (Kafka: 1), so aiokafka skips LeaveGroup on
+    #: shutdown unless install_leave_group_fix() is in place.
+    generations_from_zero: bool
 
     def faust_settings(self) -> dict[str, Any]:
         # Faust's recovery check (ConsistencyError when a changelog's end offset is
@@ -55,8 +58,8 @@ class Broker:
         return {**FAUST_TUNING, "recovery_consistency_check": self.exact_end_offsets}
 
 
-KAFKA = Broker("Apache Kafka", exact_end_offsets=True, transactions=True)
-TANSU = Broker("Tansu (embedded development broker)", exact_end_offsets=False, transactions=False)
+KAFKA = Broker("Apache Kafka", True, transactions=True, generations_from_zero=False)
+TANSU = Broker("Tansu (embedded development broker)", False, False, generations_from_zero=True)
 
 _CREATE_PARTITIONS = 37  # ApiVersions key: every Kafka since 1.0 has it, Tansu does not
 

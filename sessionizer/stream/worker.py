@@ -537,7 +537,8 @@ class Pipeline:
 def build_app(settings: Settings, *, web: bool = True, broker: Broker = KAFKA) -> faust.App:
     """The Faust app of the worker on ``broker`` (compat.detect_broker); all payloads are
     bytes we encode with orjson."""
-    install_leave_group_fix()
+    if broker.generations_from_zero:
+        install_leave_group_fix()
     from .security import faust_credentials, redact_logs
 
     sec = settings.security

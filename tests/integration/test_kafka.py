@@ -70,7 +70,7 @@ async def test_kafkas_group_tool_shows_the_worker_and_its_lag_going_to_zero(
         # One member (the worker), with the input partitions among its assignment.
         rows = [ln for ln in members.splitlines() if ln.startswith(names.app_id)]
         assert len(rows) == 1, members
-        assert re.search(rf"{re.escape(topic)}\(0,1,2,3\)", members), members
+        assert re.search(rf"{re.escape(topic)}:0,1,2,3\b", members), members
     finally:
         assert w.terminate() == 0, w.log()[-3000:]
 
@@ -108,7 +108,7 @@ async def test_health_names_a_partition_without_leader_and_the_worker_recovers_a
     raw = names.topics["raw_events"]
     await _create(
         kafka3.bootstrap,
-        [NewTopic(raw, PARTITIONS, replica_assignment={p: [3] for p in range(PARTITIONS)})],
+        [NewTopic(raw, -1, -1, replica_assignments={p: [3] for p in range(PARTITIONS)})],
     )
     env = {"SESSIONIZER_REPLICATION_FACTOR": "3"}
     w = WorkerProc(kafka3.bootstrap, names, tmp_path, partitions=PARTITIONS, env=env)
