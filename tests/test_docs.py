@@ -23,7 +23,7 @@ from pathlib import Path
 import click
 import pytest
 
-from sessionizer import _native
+from sessionizer import _native, apache_kafka
 from sessionizer.cli import main as cli
 from sessionizer.core.config import ConfigError
 from sessionizer.settings import describe_settings, load_settings
@@ -240,7 +240,11 @@ def test_every_documented_command_parses(where: str, args: list[str]) -> None:
 
 
 def _known_env() -> set[str]:
-    return {d.env for d in describe_settings()} | {"SESSIONIZER_CONFIG", _native.PURE_ENV}
+    return {d.env for d in describe_settings()} | {
+        "SESSIONIZER_CONFIG",
+        _native.PURE_ENV,
+        apache_kafka.ENV_LIB,
+    }
 
 
 def test_every_documented_variable_is_a_setting() -> None:
