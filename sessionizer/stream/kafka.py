@@ -5,19 +5,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from .. import codec
 from ..settings import Settings
 from .compat import Broker, detect_broker
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+#: The worker's state table; Faust names its changelog ``{app_id}-state-changelog``.
+STATE_TABLE = "state"
+#: How long start-up retries what a broker fault makes fail (a dead node in the metadata).
+START_RETRY_S = 60.0
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
@@ -53,10 +60,44 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     ]
 
 
+def repartition_topic(settings: Settings) -> str:
+    return f"{settings.app_id}-repartition"
+
+
+def worker_topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Every topic a worker uses: the product's and Faust's own (which Faust does not
+    declare itself: ``topic_allow_declare=False``, so creation retries broker faults)."""
+    n = settings.partitions
+    return [
+        *topic_specs(settings),
+        TopicSpec(f"{settings.app_id}-{STATE_TABLE}-changelog", n, compacted=True),
+        TopicSpec(f"{settings.app_id}-__assignor-__leader", 1),
+        *([TopicSpec(repartition_topic(settings), n)] if settings.repartition else []),
+    ]
+
+
+async def retrying(what: str, attempt: Callable[[], Awaitable[_T]]) -> _T:
+    """``attempt()`` again while it fails with a retriable Kafka error, for START_RETRY_S:
+    a broker that just died is still in everyone's metadata for a while."""
+    deadline = time.monotonic() + START_RETRY_S
+    delay = 0.5
+    while True:
+        try:
+            return await attempt()
+        except KafkaError as exc:
+            if not exc.retriable or time.monotonic() > deadline:
+                raise
+            log.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
 async def prepare_broker(settings: Settings) -> tuple[Broker, list[str]]:
     """The worker's start-up against its broker: which broker it is, and its topics."""
-    broker = await detect_broker(client_options(settings))
-    return broker, await ensure_topics(settings)
+    broker = await retrying("broker detection", lambda: detect_broker(client_options(settings)))
+    specs = worker_topic_specs(settings)
+    created = await retrying("topic creation", lambda: ensure_topics(settings, specs))
+    return broker, created
 
 
 async def ensure_topics(

@@ -44,7 +44,7 @@ from .compat import (
     task,
     timer,
 )
-from .kafka import ControlReader, client_options
+from .kafka import STATE_TABLE, ControlReader, client_options, repartition_topic
 from .metrics import Metrics
 from .reader import DirectReader, Rec
 from .sender import BatchSender
@@ -564,6 +564,9 @@ def build_app(settings: Settings, *, web: bool = True, broker: Broker = KAFKA) -
         web_host=settings.web_host,
         consumer_auto_offset_reset="earliest",
         autodiscover=False,
+        # The worker creates every topic itself at start-up (kafka.worker_topic_specs),
+        # retrying broker faults; Faust's own creation gave up on a dead node.
+        topic_allow_declare=False,
         # Outputs go out as whole batches (BatchSender); room for a batch's worth
         # per partition, and a short linger for what Faust itself sends.
         producer_max_batch_size=1 << 20,
@@ -579,7 +582,7 @@ def build_app(settings: Settings, *, web: bool = True, broker: Broker = KAFKA) -
         partitions=settings.partitions,
     )
     table = app.Table(
-        "state",
+        STATE_TABLE,
         default=None,
         partitions=settings.partitions,
         key_type=bytes,
@@ -616,7 +619,7 @@ def build_app(settings: Settings, *, web: bool = True, broker: Broker = KAFKA) -
         # Re-key by device so that one device's records meet in one partition and
         # one engine; the origin header keeps dead letters and dedupe exact.
         engine_input = app.topic(
-            f"{settings.app_id}-repartition",
+            repartition_topic(settings),
             key_type=bytes,
             value_type=bytes,
             key_serializer="raw",
