@@ -45,6 +45,7 @@ from .compat import (
     timer,
 )
 from .kafka import STATE_TABLE, ControlReader, client_options, repartition_topic
+from .logs import limit_repeats
 from .metrics import Metrics
 from .reader import DirectReader, Rec
 from .sender import BatchSender
@@ -704,5 +705,6 @@ def build_app(settings: Settings, *, web: bool = True, broker: Broker = KAFKA) -
         from .web import register
 
         register(app, pipe, engine_input.get_topic_name())
+    limit_repeats("aiokafka")  # a broker outage: one line per kind of failure, not 40 a second
     tune_gc()
     return app
