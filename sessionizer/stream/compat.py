@@ -65,18 +65,22 @@ _CREATE_PARTITIONS = 37  # ApiVersions key: every Kafka since 1.0 has it, Tansu 
 
 
 async def detect_broker(options: Mapping[str, Any]) -> Broker:
-    """The broker behind these aiokafka connection options, from its ApiVersions answer."""
+    """The broker behind these aiokafka connection options, from its ApiVersions answer
+    (any node that answers: a dead one stays in the metadata for a while)."""
     from aiokafka import AIOKafkaClient
+    from aiokafka.errors import NodeNotReadyError
 
     client = AIOKafkaClient(**options)
     try:
         await client.bootstrap()
-        node = next(iter(client.cluster.brokers())).nodeId
-        conn = await client._get_conn(node)
-        versions: Mapping[int, Any] = conn._versions
+        for node in client.cluster.brokers():
+            conn = await client._get_conn(node.nodeId)
+            if conn is not None:
+                versions: Mapping[int, Any] = conn._versions
+                return KAFKA if _CREATE_PARTITIONS in versions else TANSU
     finally:
         await client.close()
-    return KAFKA if _CREATE_PARTITIONS in versions else TANSU
+    raise NodeNotReadyError("no broker of the cluster answered")
 
 
 class WorkerApp(faust.App):
