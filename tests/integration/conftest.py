@@ -39,25 +39,40 @@ def external_bootstrap() -> str | None:
     return value.removeprefix("kafka://") or None
 
 
+_SKIPPED_BECAUSE: set[str] = set()
+
+
 def unavailable(reason: str) -> None:
     """Skips the test, or fails it in CI: there a broker that cannot start is a defect."""
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"CI: {reason}", pytrace=False)
+    _SKIPPED_BECAUSE.add(reason)
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def kafka() -> Iterator[KafkaCluster]:
-    """One Apache Kafka node (combined KRaft broker and controller) for the session."""
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    # One line for the whole run, not one per skipped test.
+    for reason in sorted(_SKIPPED_BECAUSE):
+        terminalreporter.write_line(f"integration tests skipped: {reason}", yellow=True)
+
+
+def running_kafka(nodes: int) -> Iterator[KafkaCluster]:
+    """A fresh Kafka of ``nodes`` nodes while the fixture lasts (or a skip: `unavailable`)."""
     try:
-        cluster = KafkaCluster(nodes=1).start()
+        cluster = KafkaCluster(nodes=nodes).start()
     except KafkaUnavailable as err:
-        unavailable(f"Apache Kafka cannot run here: {err}; `make kafka` explains how to get it")
+        unavailable(f"Apache Kafka cannot run here: {err}; see docs/broker.md#apache-kafka")
         raise AssertionError("unreachable") from None
     try:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[KafkaCluster]:
+    """One Apache Kafka node (combined KRaft broker and controller) for the session."""
+    yield from running_kafka(1)
 
 
 @pytest.fixture(scope="session")

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from conftest import unavailable
+from conftest import running_kafka
 from harness import Names, WorkerProc, http_get, produce, read_all, until
 
 from sessionizer import codec
-from sessionizer.apache_kafka import KafkaCluster, KafkaUnavailable
+from sessionizer.apache_kafka import KafkaCluster
 from sessionizer.broker import EmbeddedBroker
 from sessionizer.stream.compat import KAFKA, TANSU, detect_broker
 from sessionizer.testing import T0, batch, custom, launch, screen
@@ -78,15 +78,7 @@ async def test_kafkas_group_tool_shows_the_worker_and_its_lag_going_to_zero(
 @pytest.fixture(scope="module")
 def kafka3() -> Iterator[KafkaCluster]:
     """Three Kafka nodes: replication factor 3, min.insync.replicas 2."""
-    try:
-        cluster = KafkaCluster(nodes=3).start()
-    except KafkaUnavailable as err:
-        unavailable(f"Apache Kafka cannot run here: {err}")
-        raise AssertionError("unreachable") from None
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from running_kafka(3)
 
 
 async def _create(bootstrap: str, topics: list[NewTopic]) -> None:
