@@ -71,7 +71,7 @@ def up_to_date() -> bool:
         return False
 
 
-class _Sources:
+class Sources:
     """Imports :data:`MODULES` from their ``.py`` files, whatever else is beside them.
     (A meta path finder by its one method: importlib.abc costs 10 ms of start-up.)"""
 
@@ -91,36 +91,13 @@ def install_guard() -> str:
     if os.environ.get(PURE_ENV, "") in ("", "0") and up_to_date():
         return "compiled"
     # Quietly: a stale build is a developer's edit in progress, and running it is right.
-    sys.meta_path.insert(0, _Sources())
+    sys.meta_path.insert(0, Sources())
     return "sources"
 
 
 def compiled(module: ModuleType) -> bool:
     """``module`` was loaded from an extension, not from its source."""
     return not str(getattr(module, "__file__", "")).endswith(".py")
-
-
-def source_modules() -> dict[str, ModuleType]:
-    """A fresh, interpreted copy of :data:`MODULES`, by name (none put in ``sys.modules``).
-
-    For tests that replace functions inside the engine (failure injection):
-    a compiled module's functions and classes cannot be replaced. The copies
-    import one another, so the copy of ``offline`` runs the copy of the engine.
-    """
-    importlib.import_module("sessionizer.offline")  # the real ones, to put back
-    real = {m: sys.modules.pop(m) for m in MODULES if m in sys.modules}
-    finder = _Sources()
-    sys.meta_path.insert(0, finder)
-    try:
-        return {m: importlib.import_module(m) for m in MODULES}
-    finally:
-        sys.meta_path.remove(finder)
-        for m in MODULES:
-            sys.modules.pop(m, None)
-        sys.modules.update(real)
-        for m, module in real.items():  # an import also set the copy on its package
-            parent, _, child = m.rpartition(".")
-            setattr(sys.modules[parent], child, module)
 
 
 def build() -> int:

@@ -6,11 +6,14 @@ same engine: ``run([batch("dev-1", launch(T0), screen(T0 + 1000))])``.
 
 from __future__ import annotations
 
+import importlib
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
-from . import codec
+from . import _native, codec
 from .core.config import EngineConfig
 from .core.engine import Engine
 from .core.model import DEAD_LETTERS, EVENTS, SESSIONS, Counts
@@ -182,3 +185,26 @@ def collect(eng: Engine, out: list[tuple[int, Any, dict[str, Any]]]) -> Result:
         engine=eng,
         order=decoded,
     )
+
+
+def source_modules() -> dict[str, ModuleType]:
+    """A fresh, interpreted copy of ``_native.MODULES``, by name (none put in ``sys.modules``).
+
+    For tests that replace functions inside the engine (failure injection):
+    a compiled module's functions and classes cannot be replaced. The copies
+    import one another, so the copy of ``offline`` runs the copy of the engine.
+    """
+    importlib.import_module("sessionizer.offline")  # the real ones, to put back
+    real = {m: sys.modules.pop(m) for m in _native.MODULES if m in sys.modules}
+    finder = _native.Sources()
+    sys.meta_path.insert(0, finder)
+    try:
+        return {m: importlib.import_module(m) for m in _native.MODULES}
+    finally:
+        sys.meta_path.remove(finder)
+        for m in _native.MODULES:
+            sys.modules.pop(m, None)
+        sys.modules.update(real)
+        for m, module in real.items():  # an import also set the copy on its package
+            parent, _, child = m.rpartition(".")
+            setattr(sys.modules[parent], child, module)

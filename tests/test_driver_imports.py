@@ -1,7 +1,8 @@
 """No import cycle between the package's modules (issue #10).
 
-Every import counts: at module level, inside functions (lazy) and under
-``TYPE_CHECKING``, so a cycle cannot hide behind any of them. Also: the core
+Every import counts: at module level, inside functions (lazy), under
+``TYPE_CHECKING`` and ``importlib.import_module("…")`` with a literal name, so a
+cycle cannot hide behind any of them. Also: the core
 imports nothing of the rest of the package (imports point one way).
 """
 
@@ -45,9 +46,23 @@ def _graph() -> dict[str, set[str]]:
                     f"{prefix}.{a.name}" if f"{prefix}.{a.name}" in mods else prefix
                     for a in node.names
                 ]
+            elif isinstance(node, ast.Call) and _dynamic_import(node):
+                targets = [node.args[0].value]
             deps.update(t for t in targets if t in mods and t != name)
         graph[name] = deps
     return graph
+
+
+def _dynamic_import(call: ast.Call) -> bool:
+    """``importlib.import_module("name")`` or ``import_module("name")``."""
+    f = call.func
+    fname = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+    return (
+        fname in ("import_module", "__import__")
+        and bool(call.args)
+        and isinstance(call.args[0], ast.Constant)
+        and isinstance(call.args[0].value, str)
+    )
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -90,6 +105,7 @@ def test_the_graph_sees_the_imports() -> None:
     assert "sessionizer.stream.metrics" in g["sessionizer.stream.worker"]
     assert "sessionizer.stream.web" in g["sessionizer.stream.worker"]  # a lazy import
     assert "sessionizer.core.engine" in g["sessionizer.driver"]
+    assert "sessionizer.integrations" in g["sessionizer.settings"]  # importlib.import_module
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 

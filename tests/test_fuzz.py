@@ -33,11 +33,11 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, note, settings
 from hypothesis import strategies as st
 
-from sessionizer import _native, codec, offline, workload
+from sessionizer import codec, offline, workload
 from sessionizer.core.config import EngineConfig
 from sessionizer.core.engine import MAX_DEPTH, Engine
 from sessionizer.core.model import DEAD_LETTERS, EVENTS, INTERNAL_ERROR, SESSIONS, Counts
-from sessionizer.testing import NOW, T0
+from sessionizer.testing import NOW, T0, source_modules
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "1000"))
 FUZZ = settings(
@@ -458,7 +458,7 @@ def test_a_regression_tombstone_and_non_bytes_values_are_dead_letters() -> None:
 
 # Injection replaces the engine's functions: a compiled engine (sessionizer/_native.py)
 # has none to replace, so part B runs an interpreted copy of the same source.
-_interpreted = _native.source_modules()
+_interpreted = source_modules()
 engine_mod = _interpreted["sessionizer.core.engine"]
 ioffline = _interpreted["sessionizer.offline"]
 IEngine = engine_mod.Engine

@@ -19,6 +19,7 @@ import pytest
 
 import sessionizer
 from sessionizer import _native
+from sessionizer.testing import source_modules
 
 PROBE = (
     "import sessionizer, sessionizer.core.engine as e, sessionizer.offline as o; "
@@ -128,7 +129,7 @@ def test_source_modules_are_an_interpreted_copy_that_leaves_the_real_ones() -> N
     from sessionizer import offline
     from sessionizer.core import engine
 
-    copy = _native.source_modules()
+    copy = source_modules()
     assert not any(_native.compiled(m) for m in copy.values())
     assert copy["sessionizer.offline"].Engine is copy["sessionizer.core.engine"].Engine
     assert sys.modules["sessionizer.core.engine"] is engine

@@ -12,13 +12,12 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from .. import codec
 from ..core.engine import Engine, identity
-from ..settings import Settings
 
 # Fixed forever (see the module docstring).
 DEDUP_NS = uuid.UUID("a4d2e1f0-6b3c-4e5d-8f7a-1b2c3d4e5f60")
@@ -47,6 +46,14 @@ class SessionFacts:
     previous_uuid: str | None
 
 
+class OptionSettings(Protocol):
+    """What ``Options.of`` reads of ``sessionizer.settings.Settings`` (which loads the
+    registry of integrations: no import back)."""
+
+    @property
+    def ga4_client_id_field(self) -> str | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Options:
     """What the settings choose about translations; every runner passes the same."""
@@ -56,7 +63,7 @@ class Options:
     ga4_client_id_field: str | None = None
 
     @classmethod
-    def of(cls, settings: Settings) -> Options:
+    def of(cls, settings: OptionSettings) -> Options:
         """The options of a ``sessionizer.settings.Settings``."""
         return cls(ga4_client_id_field=settings.ga4_client_id_field)
 
