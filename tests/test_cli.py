@@ -218,3 +218,22 @@ def test_report_since_must_be_a_duration_or_a_time(tmp_path: Path) -> None:
     res = sessionizer("report", "--since", "yesterday")
     err = _one_line_exit_2(res)
     assert err.startswith("sessionizer report: --since: cannot read 'yesterday' as a time"), err
+
+
+# --------------------------------------------------------------------- the broker's usage errors
+
+
+def test_broker_on_a_non_loopback_host_is_a_usage_error() -> None:
+    err = _one_line_exit_2(sessionizer("broker", "--host", "0.0.0.0", "--port", "0"))
+    assert err.startswith("sessionizer broker: --host:") and "0.0.0.0" in err
+
+
+def test_broker_on_a_taken_port_is_a_usage_error() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        err = _one_line_exit_2(sessionizer("broker", "--port", str(port)))
+    assert err == f"sessionizer broker: --port: 127.0.0.1:{port} is already in use"
