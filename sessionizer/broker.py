@@ -93,18 +93,6 @@ def _check_loopback(host: str) -> None:
         raise ValueError(f"the embedded broker listens on loopback only, not {host!r}")
 
 
-def _bindable_port(host: str, port: int) -> int | None:
-    """`port` (0: any free one) if nothing listens on it, else None."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        # Like the broker itself, ignore connections lingering in TIME_WAIT.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return None
-        return int(sock.getsockname()[1])
-
-
 def _api_versions_ok(host: str, port: int, timeout: float) -> bool:
     """One ApiVersions v0 round trip: proves the broker answers Kafka requests."""
     client_id = b"sessionizer"
@@ -180,7 +168,7 @@ class EmbeddedBroker:
         for attempt in range(attempts):
             # Checked first: otherwise the readiness probe could get its answer
             # from whatever already listens there.
-            port = _bindable_port(self.host, self.port)
+            port = procs.bindable_port(self.host, self.port)
             if port is None:
                 raise PortInUse(f"{self._address(self.port)} is already in use")
             try:

@@ -169,6 +169,9 @@ def worker(
     problem = _worker_unsupported(settings)
     if problem:
         _config_exit(problem)
+    from .stream.web import claim_web_port
+
+    settings = _config_safe(lambda: claim_web_port(settings))
     try:
         created = asyncio.run(ensure_topics(settings))
     except ConfigError as err:

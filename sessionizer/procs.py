@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "bindable_port",
     "free_port",
     "kill",
     "kill_all",
@@ -56,6 +57,18 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def bindable_port(host: str, port: int) -> int | None:
+    """``port`` (0: any free one) if a server could listen on ``host`` there now, else None."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        # Like servers do, ignore connections lingering in TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host.strip("[]"), port))
+        except OSError:
+            return None
+        return int(sock.getsockname()[1])
 
 
 def port_busy(port: int, host: str = "127.0.0.1") -> bool:

@@ -237,3 +237,18 @@ def test_broker_on_a_taken_port_is_a_usage_error() -> None:
         port = taken.getsockname()[1]
         err = _one_line_exit_2(sessionizer("broker", "--port", str(port)))
     assert err == f"sessionizer broker: --port: 127.0.0.1:{port} is already in use"
+
+
+def test_a_second_worker_on_a_taken_web_port_is_one_line_naming_web_port() -> None:
+    """Before it reaches the broker (none runs here): the port is checked first."""
+    import socket
+
+    with socket.socket() as first_worker:
+        first_worker.bind(("127.0.0.1", 0))
+        first_worker.listen()
+        port = first_worker.getsockname()[1]
+        err = _one_line_exit_2(sessionizer("worker", SESSIONIZER_WEB_PORT=str(port)))
+    assert err.startswith(
+        f"sessionizer: invalid setting web_port (SESSIONIZER_WEB_PORT): 127.0.0.1:{port} "
+        "is already in use"
+    )

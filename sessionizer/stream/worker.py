@@ -556,6 +556,7 @@ def build_app(settings: Settings, *, web: bool = True) -> faust.App:
         web_port=settings.web_port,
         web_bind=settings.web_host,
         web_host=settings.web_host,
+        canonical_url=settings.web_url,  # never 0.0.0.0: other workers forward to it
         consumer_auto_offset_reset="earliest",
         autodiscover=False,
         # Outputs go out as whole batches (BatchSender); room for a batch's worth
