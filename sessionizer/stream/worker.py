@@ -38,6 +38,7 @@ from .compat import (
     crash,
     exclude_from_fetch,
     install_leave_group_fix,
+    install_quiet_rebalance,
     raw_producer,
     seek,
     task,
@@ -533,6 +534,7 @@ class Pipeline:
 def build_app(settings: Settings, *, web: bool = True) -> faust.App:
     """The Faust app of the worker; all payloads are bytes we encode with orjson."""
     install_leave_group_fix()
+    install_quiet_rebalance()
     from .security import faust_credentials, redact_logs
 
     sec = settings.security
