@@ -160,12 +160,15 @@ def spawn(
     *,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
-    die_with_parent: int | None = None,
+    die_with_parent: bool | int = False,
 ) -> Proc:
     """Starts ``args`` in a new session (its own process group), stdout and stderr
     appended to ``log_path``, stdin from /dev/null; it is killed at our exit if still running,
-    and gets the signal ``die_with_parent`` if we die first (``tied_preexec``).
+    and, with ``die_with_parent`` (True: SIGTERM, or the signal), gets it if we die first.
     """
+    tie = None
+    if die_with_parent is not False:
+        tie = tied_preexec(signal.SIGTERM if die_with_parent is True else int(die_with_parent))
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             list(args),
@@ -175,7 +178,7 @@ def spawn(
             env=None if env is None else dict(env),
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=None if die_with_parent is None else tied_preexec(die_with_parent),
+            preexec_fn=tie,
         )
     if not _CHILDREN:
         atexit.register(kill_all)
