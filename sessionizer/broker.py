@@ -168,7 +168,10 @@ class EmbeddedBroker:
         for attempt in range(attempts):
             # Checked first: otherwise the readiness probe could get its answer
             # from whatever already listens there.
-            port = procs.bindable_port(self.host, self.port)
+            try:
+                port = procs.bindable_port(self.host, self.port)
+            except OSError as err:
+                raise BrokerError(f"cannot listen on {self._address(self.port)}: {err}") from None
             if port is None:
                 raise PortInUse(f"{self._address(self.port)} is already in use")
             try:

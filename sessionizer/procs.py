@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import errno
 import os
 import shutil
 import signal
@@ -60,14 +61,18 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def bindable_port(host: str, port: int) -> int | None:
-    """``port`` (0: any free one) if a server could listen on ``host`` there now, else None."""
+    """``port`` (0: any free one) if a server could listen on ``host`` there now; None if
+    something else listens there. Any other reason it cannot (no such address, a
+    privileged port) raises the OSError."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         # Like servers do, ignore connections lingering in TIME_WAIT.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host.strip("[]"), port))
-        except OSError:
-            return None
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                return None
+            raise
         return int(sock.getsockname()[1])
 
 

@@ -252,3 +252,12 @@ def test_a_second_worker_on_a_taken_web_port_is_one_line_naming_web_port() -> No
         f"sessionizer: invalid setting web_port (SESSIONIZER_WEB_PORT): 127.0.0.1:{port} "
         "is already in use"
     )
+
+
+def test_a_web_host_this_machine_does_not_have_is_one_line_naming_web_host() -> None:
+    # TEST-NET-2 (RFC 5737): never a local address; nothing is sent to it.
+    err = _one_line_exit_2(sessionizer("worker", SESSIONIZER_WEB_HOST="198.51.100.7"))
+    assert err.startswith(
+        "sessionizer: invalid setting web_host (SESSIONIZER_WEB_HOST): cannot listen on "
+        "198.51.100.7:6066: "
+    )

@@ -19,6 +19,7 @@ What is read of the worker is the :class:`WebView` protocol (the worker's
 from __future__ import annotations
 
 import dataclasses
+import errno
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -69,7 +70,14 @@ def claim_web_port(settings: Settings) -> Settings:
     A port already in use (a second worker on the host) is a configuration error
     naming ``web_port``, found before Faust's web server fails on it with a traceback.
     """
-    port = procs.bindable_port(settings.web_host, settings.web_port)
+    try:
+        port = procs.bindable_port(settings.web_host, settings.web_port)
+    except OSError as err:  # a privileged port, or an address this host does not have
+        key = "web_port" if err.errno == errno.EACCES else "web_host"
+        raise ConfigError(
+            settings.label(key),
+            f"cannot listen on {settings.web_host}:{settings.web_port}: {err.strerror or err}",
+        ) from None
     if port is None:
         raise ConfigError(
             settings.label("web_port"),
