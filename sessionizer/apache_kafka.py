@@ -303,7 +303,8 @@ class KafkaCluster:
     def _spawn(self, lib: Path, node: Node) -> None:
         props = str(node.dir / "server.properties")
         args = _java(lib, "kafka.Kafka", props, heap_mb=self.heap_mb, log=LOG4J)
-        node.proc = procs.spawn(args, node.log_path, die_with_parent=True)
+        # SIGKILL: a JVM's orderly stop can wait on a quorum that died with us.
+        node.proc = procs.spawn(args, node.log_path, die_with_parent=signal.SIGKILL)
         node.starts += 1
         node.paused = False
 

@@ -22,6 +22,8 @@ import time
 from types import TracebackType
 from typing import IO, Any
 
+from . import procs
+
 ENV_BIN = "SESSIONIZER_BROKER_BIN"
 
 # Tansu reads these from the environment; an inherited value could move its
@@ -41,6 +43,10 @@ class BrokerUnavailable(RuntimeError):
 
 class BrokerError(RuntimeError):
     """The embedded broker did not start or stopped unexpectedly."""
+
+
+class PortInUse(BrokerError):
+    """The port asked for is taken: a usage error (exit 2), not a broker failure."""
 
 
 def _unavailable(reason: str) -> BrokerUnavailable:
@@ -85,18 +91,6 @@ def _check_loopback(host: str) -> None:
         loopback = False
     if not loopback:
         raise ValueError(f"the embedded broker listens on loopback only, not {host!r}")
-
-
-def _bindable_port(host: str, port: int) -> int | None:
-    """`port` (0: any free one) if nothing listens on it, else None."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        # Like the broker itself, ignore connections lingering in TIME_WAIT.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return None
-        return int(sock.getsockname()[1])
 
 
 def _api_versions_ok(host: str, port: int, timeout: float) -> bool:
@@ -174,9 +168,12 @@ class EmbeddedBroker:
         for attempt in range(attempts):
             # Checked first: otherwise the readiness probe could get its answer
             # from whatever already listens there.
-            port = _bindable_port(self.host, self.port)
+            try:
+                port = procs.bindable_port(self.host, self.port)
+            except OSError as err:
+                raise BrokerError(f"cannot listen on {self._address(self.port)}: {err}") from None
             if port is None:
-                raise BrokerError(f"{self._address(self.port)} is already in use")
+                raise PortInUse(f"{self._address(self.port)} is already in use")
             try:
                 self._spawn(binary, port)
                 self._wait_ready(port)
@@ -217,6 +214,8 @@ class EmbeddedBroker:
                 # Own process group: the terminal's Ctrl-C reaches us, not the
                 # broker, so we decide when and how it stops.
                 start_new_session=True,
+                # And if we die without stopping it (SIGKILL), it dies too.
+                preexec_fn=procs.tied_preexec(),
             )
         except OSError as err:  # e.g. a binary built for another platform
             self._close_log()
@@ -307,10 +306,14 @@ class EmbeddedBroker:
 
 
 def run_broker(host: str = "127.0.0.1", port: int = 9092, binary: str | None = None) -> int:
-    """`sessionizer broker`: run until Ctrl-C or SIGTERM; the exit code."""
+    """`sessionizer broker`: run until Ctrl-C or SIGTERM; the exit code (2: usage, §9)."""
     try:
         broker = EmbeddedBroker(host, port, binary=binary).start()
-    except (BrokerUnavailable, BrokerError, ValueError) as err:
+    except (ValueError, PortInUse) as err:
+        option = "--host" if isinstance(err, ValueError) else "--port"
+        print(f"sessionizer broker: {option}: {err}", file=sys.stderr)
+        return 2
+    except (BrokerUnavailable, BrokerError) as err:
         print(f"sessionizer: {err}", file=sys.stderr)
         return 1
     stopping = threading.Event()

@@ -169,6 +169,9 @@ def worker(
     problem = _worker_unsupported(settings)
     if problem:
         _config_exit(problem)
+    from .stream.web import claim_web_port
+
+    settings = _config_safe(lambda: claim_web_port(settings))
     try:
         broker, created = asyncio.run(prepare_broker(settings))
     except ConfigError as err:
@@ -187,9 +190,10 @@ def worker(
     # The worker prints "sessionizer worker ready: partitions [...] of TOPIC; web URL"
     # on stderr whenever its assignment changes (docs/operations.md#start-up); not
     # redirected into Faust's log, so it stays one plain line at any log level.
-    faust.Worker(
-        app, loglevel=loglevel, quiet=True, redirect_stdouts=False
-    ).execute_from_commandline()
+    runner = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    if not runner.stdout.isatty():
+        runner.spinner = None  # it writes its cursor escapes even into a file
+    runner.execute_from_commandline()
 
 
 @main.command("produce")

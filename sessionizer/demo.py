@@ -22,7 +22,6 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -374,8 +373,9 @@ class Worker:
 
     @classmethod
     def start(cls, args: list[str], env: dict[str, str], log_path: Path) -> Worker:
-        # Dies with us even if we are SIGKILLed.
-        return cls(procs.spawn(args, log_path, env=env, die_with_parent=True), log_path)
+        # Dies with us even if we are SIGKILLed: at once, its state is in our temporary directory.
+        proc = procs.spawn(args, log_path, env=env, die_with_parent=signal.SIGKILL)
+        return cls(proc, log_path)
 
     async def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
         return await procs.stop_async(self.proc, timeout=timeout) or 0
@@ -807,16 +807,16 @@ def run(
 def _run(broker_url: str | None, port: int | None, opts: Options, signals: StopSignals) -> int:
     from aiokafka.errors import KafkaError
 
-    from .broker import BrokerError, BrokerUnavailable, EmbeddedBroker
+    from .broker import BrokerError, BrokerUnavailable, EmbeddedBroker, PortInUse
     from .settings import env_var, load_settings
 
     out = Output()
     with (
-        tempfile.TemporaryDirectory(prefix="sessionizer-demo-") as tmp,
+        procs.tied_tempdir("sessionizer-demo-") as tmp,
         contextlib.ExitStack() as stack,
     ):
         env = demo_env(opts.config, dict(os.environ))
-        env[env_var("data_dir")] = tmp
+        env[env_var("data_dir")] = str(tmp)
         env.setdefault(env_var("app_id"), f"sessionizer-demo-{os.getpid()}-{int(time.time())}")
         if broker_url is not None:
             # A user's broker: its live topics and groups are not ours to touch.
@@ -831,6 +831,9 @@ def _run(broker_url: str | None, port: int | None, opts: Options, signals: StopS
             stack.callback(broker.stop)
             try:
                 broker.start()
+            except PortInUse as err:
+                out.say(f"sessionizer demo: --port: {err}", err=True)
+                return 2  # a usage error (§9)
             except (BrokerError, BrokerUnavailable) as err:
                 out.say(f"sessionizer: {err}", err=True)
                 return 1
@@ -839,7 +842,7 @@ def _run(broker_url: str | None, port: int | None, opts: Options, signals: StopS
         stack.callback(procs.kill_all)
         settings = load_settings(opts.config, env=env, broker_url=broker_url)
         try:
-            return asyncio.run(run_demo(settings, env, opts, Path(tmp), out=out, signals=signals))
+            return asyncio.run(run_demo(settings, env, opts, tmp, out=out, signals=signals))
         except (KafkaError, OSError, asyncio.TimeoutError) as err:
             out.say(f"sessionizer: cannot use the broker {broker_url}: {err}", err=True)
             return 1

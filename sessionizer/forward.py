@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import email.utils
 import logging
@@ -264,7 +265,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.sent = Counter(
             "sessionizer_forward_sent",
-            "Records the destination acknowledged.",
+            "Events the destination acknowledged.",
             ["destination"],
             registry=self.registry,
         )
@@ -276,7 +277,7 @@ class Metrics:
         )
         self.failed = Counter(
             "sessionizer_forward_failed",
-            "Records dead-lettered (rejected by the destination, or unsendable).",
+            "Events dead-lettered (rejected by the destination, or unsendable).",
             ["destination", "reason"],
             registry=self.registry,
         )
@@ -325,9 +326,16 @@ class Sender:
         self.stop = stop
         self.retrying_since: float | None = None
         self.last_error: str | None = None
+        # Counted in events (a GA4 body holds several); retried in requests.
         self.sent = 0
         self.failed = 0
+        self.failed_by: collections.Counter[str] = collections.Counter()  # detail -> events
         self.retried = 0
+
+    def events(self, payload: Any) -> int:
+        """Events in one record of the integrations topic: one, or a GA4 body's events."""
+        events = payload.get("events") if self.cfg.name == "ga4" else None
+        return len(events) if isinstance(events, list) and events else 1
 
     def batches(self, items: list[Item]) -> list[list[Item]]:
         out: list[list[Item]] = []
@@ -346,8 +354,10 @@ class Sender:
         return out
 
     def _dead(self, it: Item, reason: str, detail: str, payload: Any = None, **kw: Any) -> Any:
-        self.failed += 1
-        self.metrics.failed.labels(self.cfg.name, reason).inc()
+        n = self.events(it.payload if payload is None else payload)
+        self.failed += n
+        self.failed_by[detail] += n
+        self.metrics.failed.labels(self.cfg.name, reason).inc(n)
         return (
             it.key,
             dead_letter(
@@ -438,8 +448,9 @@ class Sender:
                 text = f"{type(err).__name__}: {err}"
             self.metrics.latency.labels(cfg.name).observe(time.monotonic() - t0)
             if status is not None and 200 <= status < 300:
-                self.sent += len(batch)
-                self.metrics.sent.labels(cfg.name).inc(len(batch))
+                n = sum(self.events(it.payload) for it in batch)
+                self.sent += n
+                self.metrics.sent.labels(cfg.name).inc(n)
                 self.retrying_since = None
                 self.last_error = None
                 return []
@@ -536,14 +547,17 @@ class Forwarder:
                             continue
                         items: list[Item] = []
                         dead: list[Any] = []
+                        events = 0
                         for msgs in batch.values():
                             for m in msgs:
                                 item, raw = self._decode(m)
                                 if item is None:
                                     bad = Item({}, m.key, self._source(m), raw)
                                     dead.append(sender._dead(bad, UNSENDABLE, "not a JSON object"))
+                                    events += 1
                                 else:
                                     items.append(item)
+                                    events += sender.events(item.payload)
                         try:
                             dead += await sender.deliver(items)
                         except Stopped:
@@ -557,7 +571,7 @@ class Forwarder:
                         await consumer.commit(
                             {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
                         )
-                        self.committed += sum(len(m) for m in batch.values())
+                        self.committed += events
                 finally:
                     progress.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -578,13 +592,20 @@ class Forwarder:
             now = time.monotonic()
             rate = (s.sent - last) / max(now - t_last, 1e-9)
             last, t_last = s.sent, now
-            state = f", retrying ({s.last_error})" if s.retrying_since is not None else ""
-            print(
-                f"forward {self.cfg.name}: sent {s.sent} ({rate:.0f}/s), retried {s.retried}, "
-                f"failed {s.failed}, committed {self.committed}{state}",
-                file=self.out,
-                flush=True,
-            )
+            print(self.summary(rate), file=self.out, flush=True)
+
+    def summary(self, rate: float | None = None) -> str:
+        """One line, in events throughout: sent, dead-lettered (why, how many), committed."""
+        s = self.sender
+        sent, failed, retried = (s.sent, s.failed, s.retried) if s else (0, 0, 0)
+        per_s = f" ({rate:.0f}/s)" if rate is not None else ""
+        why = ", ".join(f"{detail}: {n}" for detail, n in s.failed_by.most_common()) if s else ""
+        state = f", retrying ({s.last_error})" if s and s.retrying_since is not None else ""
+        return (
+            f"forward {self.cfg.name}: sent {sent} events{per_s}, retried {retried} requests, "
+            f"dead-lettered {failed} events{f' ({why})' if why else ''}, "
+            f"committed {self.committed} events{state}"
+        )
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         s = self.sender
@@ -641,6 +662,7 @@ async def forward(cfg: ForwardConfig) -> int:
     finally:
         if runner is not None:
             await runner.cleanup()
+        print(fw.summary(), file=fw.out, flush=True)  # also a short run says what it did
     return 0
 
 

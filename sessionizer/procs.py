@@ -5,6 +5,11 @@ One way to run a helper process (a worker, a broker, a benchmark pipeline):
 ``stop`` signals the whole group and waits, then SIGKILLs what is left;
 whatever is still running when this process exits is killed (``atexit``), so a
 crashed or interrupted run leaves nothing behind. ``free_port`` finds a port.
+
+Nothing outlives its parent, even a SIGKILLed one, which no ``atexit`` hook sees:
+``popen_tied`` (or ``tied_preexec`` for a ``Popen`` of your own) starts a child that
+the kernel kills when we die, and ``tied_tempdir`` is a temporary directory that a
+small watchdog removes when we die.
 """
 
 from __future__ import annotations
@@ -12,25 +17,33 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import errno
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = [
+    "bindable_port",
     "free_port",
     "kill",
     "kill_all",
+    "popen_tied",
     "port_busy",
     "signal_group",
     "spawn",
     "stop",
     "stop_all",
     "stop_async",
+    "tied_preexec",
+    "tied_tempdir",
     "wait_async",
 ]
 
@@ -47,6 +60,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def bindable_port(host: str, port: int) -> int | None:
+    """``port`` (0: any free one) if a server could listen on ``host`` there now; None if
+    something else listens there. Any other reason it cannot (no such address, a
+    privileged port) raises the OSError."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        # Like servers do, ignore connections lingering in TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host.strip("[]"), port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                return None
+            raise
+        return int(sock.getsockname()[1])
+
+
 def port_busy(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         try:
@@ -56,13 +85,78 @@ def port_busy(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    # Linux: the child gets SIGTERM if we are killed (SIGKILL, crash) before we can stop it.
-    if sys.platform.startswith("linux"):
+_PR_SET_PDEATHSIG = 1
+_libc: Any = None
+
+
+def tied_preexec(sig: int = signal.SIGKILL) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get ``sig`` when we die, however we die.
+
+    Linux's parent-death signal (prctl PR_SET_PDEATHSIG); None elsewhere. The
+    kernel sends it when the *thread* that started the child ends: start tied
+    children from the main thread (or one that lives as long as they do).
+    """
+    global _libc
+    if not sys.platform.startswith("linux"):
+        return None
+    if _libc is None:
         import ctypes
 
-        with contextlib.suppress(Exception):
-            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        # Loaded here, not in the child: no import between fork and exec.
+        _libc = ctypes.CDLL(None, use_errno=True)
+    prctl, parent = _libc.prctl, os.getpid()
+
+    def tie() -> None:  # pragma: no cover - runs in the child
+        prctl(_PR_SET_PDEATHSIG, sig)
+        if os.getppid() != parent:  # we died before the tie was made
+            os.kill(os.getpid(), sig)
+
+    return tie
+
+
+def popen_tied(
+    args: Sequence[str], *, sig: int = signal.SIGKILL, **kw: Any
+) -> subprocess.Popen[Any]:
+    """``subprocess.Popen(args, **kw)`` for a child that dies with us (``tied_preexec``)."""
+    return subprocess.Popen(list(args), preexec_fn=tied_preexec(sig), **kw)
+
+
+# The watchdog: blocks on its stdin, whose write end only we hold; the EOF that
+# comes when we exit, however, removes the directory (again a moment later, in
+# case a dying child was still writing into it).
+_WATCHDOG = """
+import os, shutil, signal, sys, time
+for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+    signal.signal(s, signal.SIG_IGN)
+sys.stdin.buffer.read()
+for _ in range(3):
+    shutil.rmtree(sys.argv[1], ignore_errors=True)
+    time.sleep(0.3)
+"""
+
+
+@contextlib.contextmanager
+def tied_tempdir(prefix: str) -> Iterator[Path]:
+    """A temporary directory removed when the block ends or, if we are killed, by a watchdog."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    read_end, write_end = os.pipe()  # both not inherited by other children
+    try:
+        watchdog = subprocess.Popen(
+            [sys.executable, "-S", "-c", _WATCHDOG, str(path)],
+            stdin=read_end,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # no Ctrl-C of our terminal reaches it
+        )
+    finally:
+        os.close(read_end)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        os.close(write_end)  # the watchdog finds nothing left and exits
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            watchdog.wait(5)
 
 
 def spawn(
@@ -71,11 +165,15 @@ def spawn(
     *,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
-    die_with_parent: bool = False,
+    die_with_parent: bool | int = False,
 ) -> Proc:
     """Starts ``args`` in a new session (its own process group), stdout and stderr
-    appended to ``log_path``, stdin from /dev/null; it is killed at our exit if still running.
+    appended to ``log_path``, stdin from /dev/null; it is killed at our exit if still running,
+    and, with ``die_with_parent`` (True: SIGTERM, or the signal), gets it if we die first.
     """
+    tie = None
+    if die_with_parent is not False:
+        tie = tied_preexec(signal.SIGTERM if die_with_parent is True else int(die_with_parent))
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             list(args),
@@ -85,7 +183,7 @@ def spawn(
             env=None if env is None else dict(env),
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_die_with_parent if die_with_parent else None,
+            preexec_fn=tie,
         )
     if not _CHILDREN:
         atexit.register(kill_all)

@@ -410,6 +410,30 @@ def _url(raw: object) -> str:
     raise _Bad(f'must be an http(s) URL such as "https://api.example.com/batch", got {_show(raw)}')
 
 
+# Addresses a server binds to mean "every interface": nobody can connect to them.
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", "*", ""})
+
+
+def _advertised_url(raw: object) -> str:
+    if isinstance(raw, str) and _URL_RE.fullmatch(raw):
+        from urllib.parse import urlsplit
+
+        try:
+            host = urlsplit(raw).hostname
+        except ValueError:
+            host = None
+        if (
+            host is not None
+            and host not in WILDCARD_HOSTS
+            and _valid_host(f"[{host}]" if ":" in host else host)
+        ):
+            return raw.rstrip("/")
+    raise _Bad(
+        "must be the http(s) URL other workers reach this one at, such as "
+        f'"http://worker-1.internal:6066" (not a wildcard address), got {_show(raw)}'
+    )
+
+
 def _destinations() -> tuple[str, ...]:
     # Imported when needed: the integrations may read the settings themselves.
     registry = importlib.import_module("sessionizer.integrations").REGISTRY
@@ -773,10 +797,25 @@ class Settings:
         _refuse_exactly_once,
     )
     web_port: int = _setting(
-        "web_port", "integer 0-65535", 6066, "Port of the worker's web server.", _integer(0, 65535)
+        "web_port",
+        "integer 0-65535",
+        6066,
+        "Port of the worker's web server; 0: any free port, shown in the ready line. A port "
+        "already in use (a second worker on the host) stops start-up with one line naming "
+        "this setting.",
+        _integer(0, 65535),
     )
     web_host: str = _setting(
         "web_host", "host", "127.0.0.1", "Address the worker's web server binds.", _host
+    )
+    web_advertised_url: str | None = _optional(
+        "web_advertised_url",
+        "http(s) URL",
+        "The URL other workers use to reach this worker's web server (they forward "
+        "`/sessions` to it) and that the ready line and `/health` show. Unset: "
+        "`http://web_host:web_port`, with this machine's host name when web_host is "
+        "`0.0.0.0` or `::`, which no one can connect to.",
+        _advertised_url,
     )
     web_token: Secret | None = _optional(
         "web_token",
@@ -910,6 +949,20 @@ class Settings:
         if self.standby_replicas is not None:
             return self.standby_replicas
         return 1 if self.store == "rocksdb" else 0
+
+    @property
+    def web_url(self) -> str:
+        """What this worker advertises for its web server (``web_advertised_url``)."""
+        if self.web_advertised_url is not None:
+            return self.web_advertised_url
+        host = self.web_host
+        if host in WILDCARD_HOSTS:
+            import socket
+
+            host = socket.gethostname()
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"http://{host}:{self.web_port}"
 
     def source(self, key: str) -> Source:
         """Where the setting of flat name ``key`` came from."""

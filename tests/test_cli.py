@@ -218,3 +218,46 @@ def test_report_since_must_be_a_duration_or_a_time(tmp_path: Path) -> None:
     res = sessionizer("report", "--since", "yesterday")
     err = _one_line_exit_2(res)
     assert err.startswith("sessionizer report: --since: cannot read 'yesterday' as a time"), err
+
+
+# --------------------------------------------------------------------- the broker's usage errors
+
+
+def test_broker_on_a_non_loopback_host_is_a_usage_error() -> None:
+    err = _one_line_exit_2(sessionizer("broker", "--host", "0.0.0.0", "--port", "0"))
+    assert err.startswith("sessionizer broker: --host:") and "0.0.0.0" in err
+
+
+def test_broker_on_a_taken_port_is_a_usage_error() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        err = _one_line_exit_2(sessionizer("broker", "--port", str(port)))
+    assert err == f"sessionizer broker: --port: 127.0.0.1:{port} is already in use"
+
+
+def test_a_second_worker_on_a_taken_web_port_is_one_line_naming_web_port() -> None:
+    """Before it reaches the broker (none runs here): the port is checked first."""
+    import socket
+
+    with socket.socket() as first_worker:
+        first_worker.bind(("127.0.0.1", 0))
+        first_worker.listen()
+        port = first_worker.getsockname()[1]
+        err = _one_line_exit_2(sessionizer("worker", SESSIONIZER_WEB_PORT=str(port)))
+    assert err.startswith(
+        f"sessionizer: invalid setting web_port (SESSIONIZER_WEB_PORT): 127.0.0.1:{port} "
+        "is already in use"
+    )
+
+
+def test_a_web_host_this_machine_does_not_have_is_one_line_naming_web_host() -> None:
+    # TEST-NET-2 (RFC 5737): never a local address; nothing is sent to it.
+    err = _one_line_exit_2(sessionizer("worker", SESSIONIZER_WEB_HOST="198.51.100.7"))
+    assert err.startswith(
+        "sessionizer: invalid setting web_host (SESSIONIZER_WEB_HOST): cannot listen on "
+        "198.51.100.7:6066: "
+    )

@@ -24,6 +24,7 @@ from sessionizer.forward import (
     SPECS,
     ForwardConfig,
     ForwardConfigError,
+    Forwarder,
     Item,
     Metrics,
     Sender,
@@ -228,7 +229,8 @@ async def test_delivers_everything_within_limits(name: str) -> None:
     assert sorted(dedup(name, p) for p in fake.received) == sorted(
         dedup(name, it.payload) for it in its
     )
-    assert sender.sent == len(its)
+    # Counted in events: a GA4 body holds several.
+    assert sender.sent == (len(_ga4_events(its_payloads(its))) if name == "ga4" else len(its))
     expect = len(its) if name == "ga4" else -(-len(its) // 40)
     assert fake.requests == expect
 
@@ -311,15 +313,33 @@ async def test_413_splits_the_batch() -> None:
     assert dead == [] and len(fake.received) == 10 and fake.requests == 3
 
 
+def its_payloads(its: list[Item]) -> list[dict[str, Any]]:
+    return [it.payload for it in its]
+
+
+def _ga4_events(bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for b in bodies for e in b["events"]]
+
+
 async def test_ga4_events_older_than_72_hours_are_dead_letters() -> None:
     its = items("ga4")
     ts = sorted(e["timestamp_micros"] // 1000 for it in its for e in it.payload["events"])
     now = ts[len(ts) // 2] + 72 * 3600_000  # half of them too old
     fake = Fake("ga4")
-    dead, _, _ = await deliver("ga4", its, fake, clock=lambda: now)
-    sent = [e for b in fake.received for e in b["events"]]
+    dead, sender, _ = await deliver("ga4", its, fake, clock=lambda: now)
+    sent = _ga4_events(fake.received)
     assert dead and sent
     assert len(sent) + len(dead) == len(ts)
+    # One unit, events, for what was sent and what was dead-lettered, and why.
+    assert (sender.sent, sender.failed) == (len(sent), len(dead))
+    assert sender.failed_by == {"event older than GA4's 72 hours at send time": len(dead)}
+    fw = Forwarder(config("ga4", "http://unused"))
+    fw.sender, fw.committed = sender, len(ts)
+    assert fw.summary() == (
+        f"forward ga4: sent {len(sent)} events, retried 0 requests, dead-lettered {len(dead)} "
+        f"events (event older than GA4's 72 hours at send time: {len(dead)}), "
+        f"committed {len(ts)} events"
+    )
     limit = (now - 72 * 3600_000 + 15 * 60_000) * 1000
     assert all(e["timestamp_micros"] >= limit for e in sent)
     for _k, d in dead:

@@ -14,12 +14,14 @@ where each tag may appear without re-implementing the session rules.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import random
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -28,7 +30,7 @@ from hypothesis import strategies as st
 
 from sessionizer import codec
 from sessionizer.core.config import EngineConfig
-from sessionizer.core.engine import Engine, identity
+from sessionizer.core.engine import Engine, attribute_sum, identity
 from sessionizer.core.ids import session_id, session_uuid
 from sessionizer.core.model import DEAD_LETTERS, EVENTS, SESSIONS
 from sessionizer.core.state import OPEN
@@ -1217,3 +1219,25 @@ def _fnv1a_utf16le(text: str) -> int:
 @given(text=st.one_of(st.uuids().map(lambda u: str(u).upper()), st.text(max_size=80)))
 def test_r12_session_id_is_fnv1a_of_utf16le_for_any_text(text: str) -> None:
     assert session_id(text) == _fnv1a_utf16le(text)
+
+
+# Amounts as apps send them: up to 6 decimal places, below 10 million, so that a sum of
+# 20 has at most 15 significant digits, which a double always holds.
+_amounts = st.builds(
+    lambda units, places: Decimal(units).scaleb(-places),
+    st.integers(-(10**7), 10**7),
+    st.integers(0, 6),
+)
+
+
+@given(amounts=st.lists(_amounts, min_size=1, max_size=20))
+def test_r14_a_sum_of_decimals_is_the_nearest_double_to_their_decimal_sum(
+    amounts: list[Decimal],
+) -> None:
+    """Each increment is read as JSON (a double); their sum prints as the decimal sum would."""
+    values = [codec.loads(str(a).encode()) for a in amounts]
+    total = functools.reduce(attribute_sum, values)
+    if all(type(v) is int for v in values):
+        assert total == sum(values)
+    else:
+        assert total == float(sum(amounts)), note(f"{values} -> {total!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from sessionizer import codec
 from sessionizer.core.config import AppOverrides, EngineConfig
 from sessionizer.core.ids import NAMESPACE, session_id, session_uuid
 from sessionizer.testing import (
@@ -364,6 +365,32 @@ def test_r14_increment_over_null_counts_from_zero() -> None:
     res = run([batch(D, launch(T0), set_attr(T0 + 1, "n", None), incr_attr(T0 + 2, "N", 4))])
     (s,) = by_number(res)
     assert s["session_attributes"] == {"n": 4} and res.dead == []
+
+
+def test_r14_a_sum_of_decimals_has_no_binary_noise() -> None:
+    """9.99 + 2.54 is 12.53 in the output, not 12.530000000000001; ints stay exact."""
+    res = run(
+        [
+            batch(
+                D,
+                launch(T0),
+                incr_attr(T0 + 1, "spend", 9.99),
+                incr_attr(T0 + 2, "spend", 2.54),
+                incr_attr(T0 + 3, "tenths", 0.1),
+                incr_attr(T0 + 4, "tenths", 0.2),
+                incr_attr(T0 + 5, "mixed", 2**53 + 1),
+                incr_attr(T0 + 6, "mixed", 1),
+                incr_attr(T0 + 7, "tiny", 5e-324),
+                incr_attr(T0 + 8, "tiny", 5e-324),
+            )
+        ]
+    )
+    (s,) = by_number(res)
+    attrs = s["session_attributes"]
+    assert 9.99 + 2.54 != 12.53 and 0.1 + 0.2 != 0.3  # what a plain float sum gives
+    assert attrs == {"spend": 12.53, "tenths": 0.3, "mixed": 2**53 + 2, "tiny": 1e-323}
+    assert type(attrs["mixed"]) is int
+    assert b'"spend":12.53,' in codec.dumps(s) and res.dead == []
 
 
 def test_r14_sum_outside_64_bits_is_a_dead_letter_not_a_crash() -> None:

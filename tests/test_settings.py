@@ -1322,3 +1322,39 @@ def test_the_forwarder_key_never_shows() -> None:
         )
     assert "sk-live-1" not in str(info.value)
     assert "sk-live-1" not in repr(load_settings(env={"SESSIONIZER_FORWARD_API_KEY": "sk-live-1"}))
+
+
+# --------------------------------------------------------------------------- the advertised web URL
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])
+def test_a_wildcard_web_host_is_never_advertised(host: str) -> None:
+    import socket
+
+    s = load_settings(env={"SESSIONIZER_WEB_HOST": host, "SESSIONIZER_WEB_PORT": "7001"})
+    assert s.web_url == f"http://{socket.gethostname()}:7001"
+
+
+def test_the_advertised_url_is_what_the_worker_advertises() -> None:
+    env = {"SESSIONIZER_WEB_HOST": "0.0.0.0", "SESSIONIZER_WEB_ADVERTISED_URL": "http://w1:80/"}
+    assert load_settings(env=env).web_url == "http://w1:80"
+    assert load_settings(env={"SESSIONIZER_WEB_HOST": "::1"}).web_url == "http://[::1]:6066"
+    assert load_settings(env={}).web_url == "http://127.0.0.1:6066"
+
+
+@pytest.mark.parametrize(
+    "url", ["http://0.0.0.0:6066", "http://[::]:6066", "worker-1:6066", "ftp://w1", "http://"]
+)
+def test_an_advertised_url_nobody_can_reach_is_refused(url: str) -> None:
+    err = error(env={"SESSIONIZER_WEB_ADVERTISED_URL": url})
+    assert err.setting == "web_advertised_url (SESSIONIZER_WEB_ADVERTISED_URL)"
+
+
+def test_the_worker_app_advertises_the_url() -> None:
+    from sessionizer.stream.worker import build_app
+
+    env = {"SESSIONIZER_WEB_HOST": "0.0.0.0", "SESSIONIZER_WEB_ADVERTISED_URL": "http://w1:7002"}
+    app = build_app(load_settings(env=env))
+    assert str(app.conf.canonical_url) == "http://w1:7002"
+    app = build_app(load_settings(env={"SESSIONIZER_WEB_HOST": "0.0.0.0"}))
+    assert app.conf.canonical_url.host not in ("0.0.0.0", "", None)

@@ -19,6 +19,7 @@ was before the record (§7.3 v2, ``Engine._internal_error``).
 from __future__ import annotations
 
 import base64
+import decimal
 import heapq
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -191,6 +192,19 @@ def check_attribute(data: dict[str, Any], dumps: Dumps) -> tuple[str, int, Any]:
     ):
         raise DeadLetter("bad_session_attribute", f"value longer than {MAX_ATTR_VALUE} characters")
     return name, 0, value
+
+
+# Enough digits for the exact sum of any two doubles: the only rounding is the last one.
+_SUM = decimal.Context(prec=800, traps=[])
+
+
+def attribute_sum(a: int | float, b: int | float) -> int | float:
+    """R14: ints add exactly; with a float, the double nearest the exact sum of the
+    two numbers as they print (9.99 + 2.54 is 12.53, not 12.530000000000001)."""
+    if type(a) is int and type(b) is int:
+        return a + b
+    # No traps: an overflow is inf, which the caller refuses (never an exception here).
+    return float(_SUM.add(decimal.Decimal(repr(a)), decimal.Decimal(repr(b))))
 
 
 def _writable_number(v: int | float) -> bool:
@@ -1396,7 +1410,7 @@ class _Record:
                 if type(v) is bool or not isinstance(v, (int, float)):
                     self.dead(ev, "bad_session_attribute", "increment of a non-numeric value")
                     return False
-                if not _writable_number(v + attr[2]):
+                if not _writable_number(attribute_sum(v, attr[2])):
                     # Read fine, cannot be written (§7.3): outside int64/uint64, or not finite.
                     self.dead(ev, "bad_session_attribute", "sum out of range")
                     return False
@@ -1484,5 +1498,5 @@ def _set_attr(s: Session, attr: tuple[str, int, Any]) -> None:
     elif op == 0 or cur[1] is None:
         attrs[low] = [cur[0], operand]  # R14 v2: an increment over null counts from 0
     else:
-        attrs[low] = [cur[0], cur[1] + operand]
+        attrs[low] = [cur[0], attribute_sum(cur[1], operand)]
     s.attrs = attrs

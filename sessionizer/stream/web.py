@@ -18,6 +18,8 @@ What is read of the worker is the :class:`WebView` protocol (the worker's
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,6 +28,8 @@ from faust.web import Request, Response, View
 from prometheus_client.exposition import choose_encoder
 from yarl import URL
 
+from .. import procs
+from ..core.config import ConfigError
 from ..core.engine import controlled
 from ..core.state import OPEN, KeyState, Session
 from ..settings import Settings
@@ -58,6 +62,29 @@ class WebView(WorkerView, Protocol):
 
     def problems(self, lag: Mapping[int, int | None]) -> list[str]:
         """Why the worker is not healthy; empty when it is."""
+
+
+def claim_web_port(settings: Settings) -> Settings:
+    """``settings`` with a web port this worker can listen on; ``web_port`` 0 picks one.
+
+    A port already in use (a second worker on the host) is a configuration error
+    naming ``web_port``, found before Faust's web server fails on it with a traceback.
+    """
+    try:
+        port = procs.bindable_port(settings.web_host, settings.web_port)
+    except OSError as err:  # a privileged port, or an address this host does not have
+        key = "web_port" if err.errno == errno.EACCES else "web_host"
+        raise ConfigError(
+            settings.label(key),
+            f"cannot listen on {settings.web_host}:{settings.web_port}: {err.strerror or err}",
+        ) from None
+    if port is None:
+        raise ConfigError(
+            settings.label("web_port"),
+            f"{settings.web_host}:{settings.web_port} is already in use (another worker "
+            "on this host?): give each worker its own port, or 0 for any free one",
+        )
+    return settings if port == settings.web_port else dataclasses.replace(settings, web_port=port)
 
 
 def register(app: faust.App, pipe: WebView, topic: str) -> None:

@@ -39,6 +39,7 @@ from .compat import (
     crash,
     exclude_from_fetch,
     install_leave_group_fix,
+    install_quiet_rebalance,
     raw_producer,
     seek,
     task,
@@ -540,6 +541,7 @@ def build_app(settings: Settings, *, web: bool = True, broker: Broker = KAFKA) -
     bytes we encode with orjson."""
     if broker.generations_from_zero:
         install_leave_group_fix()
+    install_quiet_rebalance()
     from .security import faust_credentials, redact_logs
 
     sec = settings.security
@@ -563,6 +565,7 @@ def build_app(settings: Settings, *, web: bool = True, broker: Broker = KAFKA) -
         web_port=settings.web_port,
         web_bind=settings.web_host,
         web_host=settings.web_host,
+        canonical_url=settings.web_url,  # never 0.0.0.0: other workers forward to it
         consumer_auto_offset_reset="earliest",
         autodiscover=False,
         # The worker creates every topic itself at start-up (kafka.worker_topic_specs),

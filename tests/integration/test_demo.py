@@ -289,8 +289,10 @@ class StoppableDemo:
     """`sessionizer demo` with its output on a pipe (summary lines) or a pseudo-terminal
     (the live view) that this test reads, and can close."""
 
-    def __init__(self, *, terminal: bool = False) -> None:
+    def __init__(self, *, terminal: bool = False, tmpdir: Path | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONIZER_")}
+        if tmpdir is not None:
+            env["TMPDIR"] = str(tmpdir)  # where its temporary directory goes
         cmd = [sys.executable, "-m", "sessionizer", "demo", "--port", "0"]
         cmd += ["--rate", "20", "--seed", "5"] + ([] if terminal else ["--no-view"])
         self.stdout: Any = None
@@ -387,6 +389,61 @@ def test_piped_demo_stops_everything_it_started(how: str) -> None:
 def test_live_view_stops_everything_when_its_terminal_closes() -> None:
     """The live view's terminal window closed: SIGHUP, and every write fails (EIO)."""
     _stop_and_check(StoppableDemo(terminal=True), "terminal closed")
+
+
+@pytest.mark.integration
+def test_a_sigkilled_demo_leaves_no_process_and_no_directory(tmp_path: Path) -> None:
+    """No clean-up code of the demo runs on SIGKILL: the kernel and a watchdog do it."""
+    demo = StoppableDemo(tmpdir=tmp_path)
+    started: dict[int, tuple[int, int]] = {}
+    survivors: dict[int, str] = {}
+    try:
+        running = demo.read_until(lambda text: "worker running" in text, timeout=90)
+        started = _descendants(demo.proc.pid)
+        assert running, demo.text
+        cmds = " ".join(Path(f"/proc/{p}/cmdline").read_text() for p in started)
+        assert "tansu" in cmds and "worker" in cmds, cmds
+        assert [p.name[:16] for p in tmp_path.iterdir()] == ["sessionizer-demo"]
+        demo.proc.kill()
+        demo.proc.wait(10)
+        deadline = time.monotonic() + 10  # the kernel's signal and the watchdog take a moment
+        while time.monotonic() < deadline and (
+            (survivors := _survivors(started, demo.proc.pid)) or any(tmp_path.iterdir())
+        ):
+            time.sleep(0.1)
+    finally:
+        demo.kill()
+        for pid in {**survivors, **_survivors(started, demo.proc.pid)}:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert survivors == {}, demo.text
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.integration
+def test_a_sigkilled_broker_command_takes_the_broker_with_it() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONIZER_")}
+    cmd = [sys.executable, "-m", "sessionizer", "broker", "--port", str(free_port())]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, start_new_session=True)
+    started: dict[int, tuple[int, int]] = {}
+    survivors: dict[int, str] = {}
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip(), "the broker did not start"
+        started = _descendants(proc.pid)
+        cmds = " ".join(Path(f"/proc/{p}/cmdline").read_text() for p in started)
+        assert "tansu" in cmds, cmds
+        proc.kill()
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while (survivors := _survivors(started, proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        procs.kill(proc)
+        for pid in {**survivors, **_survivors(started, proc.pid)}:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert survivors == {}
 
 
 # --------------------------------------------------------------------------- a user's broker
