@@ -39,6 +39,7 @@ __all__ = [
     "java_available",
     "kafka_version",
     "lib_dir",
+    "sweep_stale",
 ]
 
 _T = TypeVar("_T")
@@ -153,7 +154,7 @@ async def _metadata(bootstrap: str, topics: list[str] | None = None) -> dict[str
         await admin.close()
 
 
-def _sweep_stale(root: Path) -> None:
+def sweep_stale(root: Path) -> None:
     """Directories of clusters whose owner was SIGKILLed (their JVMs died with it)."""
     for d in root.glob(f"{_DIR_PREFIX}*"):
         owner = d.name.removeprefix(_DIR_PREFIX).split("-", 1)[0]
@@ -223,7 +224,7 @@ class KafkaCluster:
             raise KafkaUnavailable(reason)
         lib = lib_dir()
         root = Path(tempfile.gettempdir())
-        _sweep_stale(root)
+        sweep_stale(root)
         if self.base_dir is None:
             self.base_dir = Path(tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-", dir=root))
             self._owns_dir = True

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,11 +15,11 @@ from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from conftest import running_kafka
+from conftest import running_kafka, unavailable
 from harness import Names, WorkerProc, http_get, produce, read_all, until
 
 from sessionizer import codec
-from sessionizer.apache_kafka import KafkaCluster
+from sessionizer.apache_kafka import KafkaCluster, sweep_stale
 from sessionizer.broker import EmbeddedBroker
 from sessionizer.stream.compat import KAFKA, TANSU, detect_broker
 from sessionizer.testing import T0, batch, custom, launch, screen
@@ -143,3 +146,36 @@ async def test_health_names_a_partition_without_leader_and_the_worker_recovers_a
         if kafka3.node(3).proc is None:
             kafka3.restart(3)
         assert w.terminate() == 0, w.log()[-3000:]
+
+
+def test_a_sigkilled_owner_leaves_no_jvm_and_its_directory_is_swept(tmp_path: Path) -> None:
+    """The JVMs die with the process that started them, even on SIGKILL (PDEATHSIG);
+    the next cluster started on this machine removes the dead owner's directory."""
+    script = (
+        "import os, sys\n"
+        "from sessionizer.apache_kafka import KafkaCluster\n"
+        "k = KafkaCluster(nodes=1).start()\n"
+        "print(k.members[0].proc.pid, k.base_dir, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    owner = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert owner.stdout is not None
+        line = owner.stdout.readline().split()
+        if not line:
+            unavailable("Apache Kafka did not start in the owner process")
+        jvm, base = int(line[0]), Path(line[1])
+        assert Path(f"/proc/{jvm}").exists() and base.is_dir()
+        owner.kill()
+        owner.wait(10)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{jvm}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not Path(f"/proc/{jvm}").exists(), "the JVM outlived its SIGKILLed owner"
+        assert base.is_dir()  # nobody removed it yet: the owner died without a word
+        sweep_stale(base.parent)
+        assert not base.exists()
+    finally:
+        owner.kill()
