@@ -24,7 +24,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -300,6 +300,9 @@ class Item:
     raw: str
 
 
+AfterRequest = Callable[[list[Item], list[Any]], Awaitable[None]]
+
+
 class Stopped(Exception):
     """The forwarder was asked to stop while a batch waited to be retried."""
 
@@ -394,14 +397,20 @@ class Sender:
                 keep.append(it)
         return keep, dead
 
-    async def deliver(self, items: list[Item]) -> list[Any]:
+    async def deliver(self, items: list[Item], after: AfterRequest | None = None) -> list[Any]:
         """Sends every item; returns [(key, dead letter)] of those the destination
-        refused. Returns only when each item is acknowledged or dead-lettered."""
+        refused. Returns only when each item is acknowledged or dead-lettered.
+        ``after(rest, dead)`` runs once each request is answered, with the items not
+        sent yet and the dead letters not handed over yet (it takes them)."""
         dead: list[Any] = []
         if self.cfg.name == "ga4":
             items, dead = self._ga4_fresh(items)
-        for batch in self.batches(items):
+        batches = self.batches(items)
+        for i, batch in enumerate(batches):
             dead += await self._send(batch)
+            if after is not None:
+                await after([it for b in batches[i + 1 :] for it in b], dead)
+                dead = []
         return dead
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
@@ -490,8 +499,20 @@ class Sender:
             return dead
 
 
+def commit_point(batch: Mapping[Any, Sequence[Any]], rest: Sequence[Item]) -> dict[Any, int]:
+    """The offsets to commit for a poll (``batch``: partition -> its records, in order)
+    when ``rest`` is what is not yet acknowledged: each partition's first such record,
+    or past its last record when nothing of it is left."""
+    first: dict[int, int] = {}
+    for it in rest:
+        part, off = it.source["partition"], it.source["offset"]
+        if off < first.get(part, off + 1):
+            first[part] = off
+    return {tp: first.get(tp.partition, msgs[-1].offset + 1) for tp, msgs in batch.items()}
+
+
 class Forwarder:
-    """The consumer loop: poll, deliver, dead-letter, commit."""
+    """The consumer loop: poll, deliver (committing after each request), dead-letter."""
 
     def __init__(self, cfg: ForwardConfig, *, out: Any = None) -> None:
         self.cfg = cfg
@@ -545,33 +566,10 @@ class Forwarder:
                         batch = await consumer.getmany(timeout_ms=500, max_records=cfg.poll_records)
                         if not batch:
                             continue
-                        items: list[Item] = []
-                        dead: list[Any] = []
-                        events = 0
-                        for msgs in batch.values():
-                            for m in msgs:
-                                item, raw = self._decode(m)
-                                if item is None:
-                                    bad = Item({}, m.key, self._source(m), raw)
-                                    dead.append(sender._dead(bad, UNSENDABLE, "not a JSON object"))
-                                    events += 1
-                                else:
-                                    items.append(item)
-                                    events += sender.events(item.payload)
                         try:
-                            dead += await sender.deliver(items)
+                            await self._forward(batch, consumer, producer, sender)
                         except Stopped:
                             break  # uncommitted: sent again after a restart
-                        if dead:
-                            futs = [
-                                await producer.send(cfg.dead_letters_topic, codec.dumps(dl), key=k)
-                                for k, dl in dead
-                            ]
-                            await asyncio.gather(*futs)
-                        await consumer.commit(
-                            {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
-                        )
-                        self.committed += events
                 finally:
                     progress.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -581,6 +579,39 @@ class Forwarder:
             with contextlib.suppress(Exception):
                 await producer.stop()
             await consumer.stop()
+
+    async def _forward(self, batch: Any, consumer: Any, producer: Any, sender: Sender) -> None:
+        """One poll: decode, deliver, dead-letter; offsets follow each acknowledged
+        request, so a crash re-sends at most the request in flight, not the whole poll."""
+        items: list[Item] = []
+        dead: list[Any] = []
+        for msgs in batch.values():
+            for m in msgs:
+                item, raw = self._decode(m)
+                if item is None:
+                    bad = Item({}, m.key, self._source(m), raw)
+                    dead.append(sender._dead(bad, UNSENDABLE, "not a JSON object"))
+                else:
+                    items.append(item)
+        polled = sum(sender.events(it.payload) for it in items) + len(dead)
+        base = self.committed
+
+        async def after(rest: list[Item], more: list[Any]) -> None:
+            await self._dead_letters(producer, more)
+            await consumer.commit(commit_point(batch, rest))
+            self.committed = base + polled - sum(sender.events(it.payload) for it in rest)
+
+        if dead:  # what the decode refused
+            await after(items, dead)
+        await after([], await sender.deliver(items, after))
+
+    async def _dead_letters(self, producer: Any, dead: list[Any]) -> None:
+        if dead:
+            futs = [
+                await producer.send(self.cfg.dead_letters_topic, codec.dumps(dl), key=k)
+                for k, dl in dead
+            ]
+            await asyncio.gather(*futs)
 
     async def _progress(self) -> None:
         last, t_last = 0, time.monotonic()

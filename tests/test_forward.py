@@ -391,3 +391,24 @@ async def test_a_stop_cuts_a_retry_short_and_the_batch_is_not_delivered() -> Non
         with pytest.raises(Stopped):
             await asyncio.wait_for(task, 5)
     assert sender.sent == 0 and fake.received == []
+
+
+def test_commit_point_is_each_partitions_first_unacknowledged_record() -> None:
+    from types import SimpleNamespace
+
+    from aiokafka import TopicPartition
+
+    from sessionizer.forward import Item, commit_point
+
+    tp0, tp1 = TopicPartition("t", 0), TopicPartition("t", 1)
+    batch = {
+        tp0: [SimpleNamespace(offset=o) for o in (5, 6, 7)],
+        tp1: [SimpleNamespace(offset=o) for o in (10, 11)],
+    }
+
+    def item(part: int, off: int) -> Item:
+        return Item({}, None, {"topic": "t", "partition": part, "offset": off}, "")
+
+    assert commit_point(batch, []) == {tp0: 8, tp1: 12}
+    assert commit_point(batch, [item(0, 7), item(1, 10), item(1, 11)]) == {tp0: 7, tp1: 10}
+    assert commit_point(batch, [item(0, 6), item(0, 7)]) == {tp0: 6, tp1: 12}

@@ -116,7 +116,7 @@ async def test_forward_sigkill_restart_loses_nothing_and_keeps_dedup_ids(
         "batch_size": 25,
         "timeout_s": 5.0,
         "max_backoff_s": 0.2,
-        "poll_records": 50,
+        "poll_records": 200,  # several requests per poll: offsets follow each request
         "progress_s": 1.0,
     }
     log = tmp_path / "forward.log"
@@ -151,4 +151,7 @@ async def test_forward_sigkill_restart_loses_nothing_and_keeps_dedup_ids(
         by_id.setdefault(codec.loads(b)["insert_id"], set()).add(b)
     assert all(len(v) == 1 for v in by_id.values())
     assert len(by_id) == len(records)
+    # Offsets were committed after each acknowledged request: the kill re-sent at most
+    # the request in flight (a commit per poll re-sent up to 200 records).
+    assert len(fake.received) - len(records) <= cfg["batch_size"]
     assert "forward amplitude: sent" in log.read_text()  # the progress line
