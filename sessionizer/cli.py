@@ -206,16 +206,24 @@ def worker(
     "--rate",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
-    help="At most R records per second (default: as fast as possible).",
+    help="At most R events per second (default: as fast as possible; --live: 50).",
+)
+@click.option(
+    "--live",
+    is_flag=True,
+    help="Endless synthetic traffic stamped with the wall clock as it happens (compose).",
 )
 @_broker_option
 @_config_option
-@click.option("--devices", type=click.IntRange(min=1), default=None, help="--generate: devices.")
-@click.option("--seed", type=int, default=1, show_default=True, help="--generate: random seed.")
+@click.option(
+    "--devices", type=click.IntRange(min=1), default=None, help="--generate, --live: devices."
+)
+@click.option("--seed", type=int, default=1, show_default=True, help="--generate, --live: seed.")
 def produce(
     file: str | None,
     n_events: int | None,
     rate: float | None,
+    live: bool,
     broker_url: str | None,
     config: str | None,
     devices: int | None,
@@ -226,13 +234,15 @@ def produce(
 
     from .produce import run
 
-    if (file is None) == (n_events is None):
-        raise click.UsageError("give either FILE or --generate N")
+    if (file is not None) + (n_events is not None) + live != 1:
+        raise click.UsageError("give one of FILE, --generate N or --live")
     if file is not None and file != "-" and not os.path.isfile(file):
         raise click.UsageError(f"input file not found: {file}")
     settings = _settings(config, broker_url=broker_url)
     sys.exit(
-        _config_safe(lambda: run(settings, file, n_events, rate=rate, devices=devices, seed=seed))
+        _config_safe(
+            lambda: run(settings, file, n_events, rate=rate, devices=devices, seed=seed, live=live)
+        )
     )
 
 
