@@ -64,6 +64,18 @@ def _worker_unsupported(settings: Settings) -> str | None:
                 f"invalid setting {settings.label('store')}: rocksdb needs the rocksdict "
                 "package (pip install rocksdict); or use memory"
             )
+        from .stream.datadir import hold
+
+        try:
+            owner = hold(settings.data_dir)
+        except OSError as err:
+            return f"invalid setting {settings.label('data_dir')}: {err}"
+        if owner is not None:
+            return (
+                f"invalid setting {settings.label('data_dir')}: {settings.data_dir} is in use "
+                f"by another worker (pid {owner or '?'}) with store = rocksdb; give each "
+                "worker its own data_dir"
+            )
     return None
 
 
@@ -348,8 +360,12 @@ def tail(
 
 @main.command("replay")
 @click.option("--from-beginning", is_flag=True, help="Replay every record of the raw topic.")
-@click.option("--since", "since", default=None, metavar="TIME", help="From this record time.")
-@click.option("--until", "until", default=None, metavar="TIME", help="Up to (not incl.) TIME.")
+@click.option(
+    "--since", "since", default=None, metavar="DURATION|TIME", help="From this record time."
+)
+@click.option(
+    "--until", "until", default=None, metavar="DURATION|TIME", help="Up to (not incl.) then."
+)
 @click.option(
     "--output-prefix",
     "output_prefix",
@@ -373,10 +389,13 @@ def replay(
 ) -> None:
     """Backfill: the raw topic through the engine into backfill topics.
 
-    TIME is ISO-8601 (2026-01-01T10:00:00Z; UTC when no zone is given) or epoch
-    milliseconds, compared with the records' Kafka timestamps. Reads up to
+    TIME is a duration back from now (30m, 1h, 7d), ISO-8601 (2026-01-01T10:00:00Z;
+    UTC when no zone is given) or epoch milliseconds, compared with the records'
+    Kafka timestamps. Reads up to
     --until or to the end offsets seen at start; prints the counts as one JSON line.
     """
+    import time
+
     from . import replay as rp
 
     def usage(message: str) -> NoReturn:
@@ -387,10 +406,11 @@ def replay(
     if to_live_topics and output_prefix is not None:
         usage("--to-live-topics and --output-prefix exclude each other")
     times: dict[str, int | None] = {"--since": None, "--until": None}
+    now_ms = time.time_ns() // 1_000_000
     for name, text in (("--since", since), ("--until", until)):
         if text is not None:
             try:
-                times[name] = rp.parse_time_ms(text)
+                times[name] = rp.parse_since_ms(text, now_ms)
             except ValueError as err:
                 usage(f"{name}: {err}")
     since_ms, until_ms = times["--since"], times["--until"]
@@ -466,15 +486,13 @@ def report(
     import time
 
     from . import report as rep
-    from .replay import parse_time_ms
-    from .settings import parse_duration_ms
+    from .replay import parse_since_ms
 
     now_ms = time.time_ns() // 1_000_000
     since_ms: int | None = None
     if not from_beginning:
-        back = parse_duration_ms(since) if not since.strip().isdigit() else None
         try:
-            since_ms = now_ms - back if back is not None else parse_time_ms(since)
+            since_ms = parse_since_ms(since, now_ms)
         except ValueError as err:
             _config_exit(f"--since: {err}", "report")
     settings = _settings(config, broker_url=broker_url)

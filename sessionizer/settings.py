@@ -747,8 +747,8 @@ class Settings:
         "memory | rocksdb",
         "memory",
         "State store of the worker's tables: memory (rebuilt from the changelog at every "
-        "start) or rocksdb (on disk in data_dir; needs the rocksdict package, else the "
-        "worker refuses it at start-up).",
+        "start) or rocksdb (on disk in data_dir, one worker per directory: a restart reads "
+        "no changelog; the Docker image's store, [operations.md](operations.md#state-store)).",
         _choice("memory", "rocksdb"),
     )
     standby_replicas: int | None = _optional(
@@ -1314,7 +1314,7 @@ broker_url = "kafka://kafka-1:9092,kafka-2:9092"
 partitions = 12
 replication_factor = 3
 data_dir = "/var/lib/sessionizer"
-# store = "rocksdb"   # state on disk in data_dir; needs the rocksdict package
+# store = "rocksdb"   # state on disk in data_dir: a restart reads no changelog
 
 [topics]
 raw_events = "mparticle-raw"

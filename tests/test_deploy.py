@@ -233,6 +233,11 @@ def test_dockerfile_runs_the_console_script_as_non_root() -> None:
     assert users and users[-1] not in ("root", "0")
     env = " ".join(get("ENV"))
     assert "SESSIONIZER_WEB_HOST=0.0.0.0" in env  # reachable through a published port
+    # Issue 20 item 10: the image keeps RocksDB state on its volume (a restart reads
+    # no changelog); the volume is the data directory.
+    assert "SESSIONIZER_STORE=rocksdb" in env
+    data_dir = re.search(r"SESSIONIZER_DATA_DIR=(\S+)", env)
+    assert data_dir and [json.loads(v) for v in get("VOLUME")] == [[data_dir.group(1)]]
     # What the image copies is what .dockerignore lets through.
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     ignored = {line.strip() for line in lines if line.strip() and not line.startswith("#")}

@@ -272,3 +272,24 @@ def test_every_toml_example_uses_real_keys_and_types(tmp_path: Path, body: str) 
     except ConfigError as err:
         # Files the example names cannot exist here; anything else is the example's fault.
         assert err.problem.startswith("file not found"), str(err)
+
+
+def test_no_document_asks_to_install_a_pinned_dependency() -> None:
+    """Issue 20: configuration.md and operations.md said `rocksdict` must be installed
+    by hand (`pip install rocksdict`); it is a pinned dependency of the package."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pinned = {re.split(r"[=<>!~; \[]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}
+    assert "rocksdict" in pinned
+    texts = {_rel(doc): doc.read_text(encoding="utf-8") for doc in DOCS}
+    texts["settings descriptions"] = "\n".join(d.description for d in describe_settings())
+    found = [
+        f"{where}: {m.group(0)!r}"
+        for where, text in texts.items()
+        for m in re.finditer(r"pip install ([\w.-]+)|needs the ([\w.-]+) package", text)
+        if (m.group(1) or m.group(2)).lower() in pinned
+    ]
+    assert found == []

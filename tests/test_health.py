@@ -79,10 +79,10 @@ def test_a_failed_agent_is_a_problem() -> None:
 def test_a_partition_with_no_data_exports_no_watermark() -> None:
     """Issue 20 item 4: a watermark of 0 is "no event yet", not 1970: exported as a
     sample it made the dashboard's event-time lag panel show 56 years."""
+    from types import SimpleNamespace
+
     from prometheus_client import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
-
-    from types import SimpleNamespace
 
     pipe = _pipe()
     pipe.app = SimpleNamespace(rebalancing_count=1, rebalancing=False)  # no assignor: runners
