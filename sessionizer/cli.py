@@ -156,7 +156,9 @@ def broker(host: str, port: int, binary: str | None) -> None:
 
 @main.command("worker")
 @_broker_option
-@click.option("--web-port", type=int, default=None, help="HTTP port for /health and /metrics.")
+@click.option(
+    "--web-port", type=int, default=None, help="HTTP port of /health, /metrics and /sessions."
+)
 @click.option("--data-dir", default=None, help="Where table state lives (RocksDB store).")
 @_config_option
 @click.option("--app-id", default=None, help="Worker group id (default: sessionizer).")
