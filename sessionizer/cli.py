@@ -133,7 +133,7 @@ def process_file(
             names = parse_names(integrations)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--integrations") from None
-    settings = _settings(config)
+    settings = _settings(config, connects=False)  # never connects: TLS files unchecked
     _engine, counts = process_files(list(inputs), out_dir, settings.engine, keep_open=keep_open)
     if names:
         from .integrations import Options, write_files

@@ -269,3 +269,24 @@ def test_replay_takes_since_and_until_as_report_does() -> None:
     assert parse_since_ms("7d", now) == now - 7 * 86_400_000
     assert parse_since_ms("1767225600000", now) == 1_767_225_600_000  # epoch ms, not a duration
     assert parse_since_ms("2026-01-01", now) == 1_767_225_600_000
+
+
+def test_process_file_takes_the_tls_example_config_it_never_connects_with(
+    tmp_path: Path,
+) -> None:
+    """Issue 20: `process-file --config` with docs/security.md's SASL_SSL example stopped
+    on ssl_cafile (a CA file of the cluster's, absent here), though it never connects.
+    A command that connects still stops on it, with one line."""
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    text = (docs / "security.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```toml\n")[1:]]
+    (example,) = [b for b in blocks if "ssl_cafile" in b]
+    config = tmp_path / "cluster.toml"
+    config.write_text(example)
+    shop = docs / "examples" / "shop.jsonl"
+    res = sessionizer("process-file", str(shop), "--out", str(tmp_path / "out"),
+                      "--config", str(config))  # fmt: skip
+    assert res.returncode == 0, res.stderr.decode()
+    assert codec.loads(res.stdout)["records_in"] == len(shop.read_bytes().splitlines())
+    err = _one_line_exit_2(sessionizer("tail", "sessions", "--config", str(config)))
+    assert "ssl_cafile" in err and "file not found" in err, err
