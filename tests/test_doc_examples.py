@@ -191,3 +191,21 @@ def test_integrations_md_shows_what_process_file_writes(
     (`1c4e5d47-…`, event 1 `application_initialized`, shown as `add_to_cart`)."""
     written = [r for n in DESTINATION_SECTIONS[section] for r in translated[n]]
     assert shown in written
+
+
+def test_integrations_md_ga4_client_id_example_is_what_translate_gives() -> None:
+    """The `ga4_client_id_field` example: its two §7.1 records, translated with the
+    setting it names, give the two bodies it shows."""
+    from sessionizer.integrations import translate
+    from sessionizer.integrations.common import Options
+
+    text = (ROOT / "docs" / "integrations.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```json\n(.*?)```", text, re.S)
+    (given,) = [b for b in blocks if '"mp_deviceid": "web-7"' in b]
+    (shown,) = [b for b in blocks if '"client_id": "1767225600.123456"' in b]
+    field = re.search(r'`ga4_client_id_field = "([^"]+)"`', text)
+    assert field is not None
+    outputs = [("sessionized-events", None, v) for v in _json_values(given)]
+    records, dead = translate("ga4", outputs, options=Options(ga4_client_id_field=field.group(1)))
+    assert dead == []
+    assert [payload for _key, payload in records] == _json_values(shown)
