@@ -4,9 +4,10 @@ VENV_STAMP := .venv/.installed
 .PHONY: install test lint bench-core
 
 # A fresh clone needs nothing but python3: the first target run builds the venv.
-$(VENV_STAMP): pyproject.toml
+# Installed editable and pure: `make native` below is the development build, not setup.py.
+$(VENV_STAMP): pyproject.toml setup.py
 	python3 -m venv .venv
-	.venv/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	SESSIONIZER_PURE_PYTHON=1 .venv/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(VENV_STAMP)
 
 # The engine and its file driver compiled with mypyc (sessionizer/_native.py), rebuilt
@@ -122,3 +123,9 @@ compose-config:
 	else \
 		echo "compose-config: skipped, no docker compose client here"; \
 	fi
+
+# The wheel as users build it (`pip wheel .`, compiled by setup.py's hook), installed into a
+# clean venv outside the tree: `sessionizer --version` says compiled, the golden bytes hold.
+.PHONY: wheel-check
+wheel-check:
+	.ci/wheel-check

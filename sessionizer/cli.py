@@ -64,6 +64,18 @@ def _worker_unsupported(settings: Settings) -> str | None:
                 f"invalid setting {settings.label('store')}: rocksdb needs the rocksdict "
                 "package (pip install rocksdict); or use memory"
             )
+        from .stream.datadir import hold
+
+        try:
+            owner = hold(settings.data_dir)
+        except OSError as err:
+            return f"invalid setting {settings.label('data_dir')}: {err}"
+        if owner is not None:
+            return (
+                f"invalid setting {settings.label('data_dir')}: {settings.data_dir} is in use "
+                f"by another worker (pid {owner or '?'}) with store = rocksdb; give each "
+                "worker its own data_dir"
+            )
     return None
 
 
@@ -121,7 +133,7 @@ def process_file(
             names = parse_names(integrations)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--integrations") from None
-    settings = _settings(config)
+    settings = _settings(config, connects=False)  # never connects: TLS files unchecked
     _engine, counts = process_files(list(inputs), out_dir, settings.engine, keep_open=keep_open)
     if names:
         from .integrations import Options, write_files
@@ -144,7 +156,9 @@ def broker(host: str, port: int, binary: str | None) -> None:
 
 @main.command("worker")
 @_broker_option
-@click.option("--web-port", type=int, default=None, help="HTTP port for /health and /metrics.")
+@click.option(
+    "--web-port", type=int, default=None, help="HTTP port of /health, /metrics and /sessions."
+)
 @click.option("--data-dir", default=None, help="Where table state lives (RocksDB store).")
 @_config_option
 @click.option("--app-id", default=None, help="Worker group id (default: sessionizer).")
@@ -210,16 +224,24 @@ def worker(
     "--rate",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
-    help="At most R records per second (default: as fast as possible).",
+    help="At most R events per second (default: as fast as possible; --live: 50).",
+)
+@click.option(
+    "--live",
+    is_flag=True,
+    help="Endless synthetic traffic stamped with the wall clock as it happens (compose).",
 )
 @_broker_option
 @_config_option
-@click.option("--devices", type=click.IntRange(min=1), default=None, help="--generate: devices.")
-@click.option("--seed", type=int, default=1, show_default=True, help="--generate: random seed.")
+@click.option(
+    "--devices", type=click.IntRange(min=1), default=None, help="--generate, --live: devices."
+)
+@click.option("--seed", type=int, default=1, show_default=True, help="--generate, --live: seed.")
 def produce(
     file: str | None,
     n_events: int | None,
     rate: float | None,
+    live: bool,
     broker_url: str | None,
     config: str | None,
     devices: int | None,
@@ -230,13 +252,15 @@ def produce(
 
     from .produce import run
 
-    if (file is None) == (n_events is None):
-        raise click.UsageError("give either FILE or --generate N")
+    if (file is not None) + (n_events is not None) + live != 1:
+        raise click.UsageError("give one of FILE, --generate N or --live")
     if file is not None and file != "-" and not os.path.isfile(file):
         raise click.UsageError(f"input file not found: {file}")
     settings = _settings(config, broker_url=broker_url)
     sys.exit(
-        _config_safe(lambda: run(settings, file, n_events, rate=rate, devices=devices, seed=seed))
+        _config_safe(
+            lambda: run(settings, file, n_events, rate=rate, devices=devices, seed=seed, live=live)
+        )
     )
 
 
@@ -342,8 +366,12 @@ def tail(
 
 @main.command("replay")
 @click.option("--from-beginning", is_flag=True, help="Replay every record of the raw topic.")
-@click.option("--since", "since", default=None, metavar="TIME", help="From this record time.")
-@click.option("--until", "until", default=None, metavar="TIME", help="Up to (not incl.) TIME.")
+@click.option(
+    "--since", "since", default=None, metavar="DURATION|TIME", help="From this record time."
+)
+@click.option(
+    "--until", "until", default=None, metavar="DURATION|TIME", help="Up to (not incl.) then."
+)
 @click.option(
     "--output-prefix",
     "output_prefix",
@@ -367,10 +395,13 @@ def replay(
 ) -> None:
     """Backfill: the raw topic through the engine into backfill topics.
 
-    TIME is ISO-8601 (2026-01-01T10:00:00Z; UTC when no zone is given) or epoch
-    milliseconds, compared with the records' Kafka timestamps. Reads up to
+    TIME is a duration back from now (30m, 1h, 7d), ISO-8601 (2026-01-01T10:00:00Z;
+    UTC when no zone is given) or epoch milliseconds, compared with the records'
+    Kafka timestamps. Reads up to
     --until or to the end offsets seen at start; prints the counts as one JSON line.
     """
+    import time
+
     from . import replay as rp
 
     def usage(message: str) -> NoReturn:
@@ -381,10 +412,11 @@ def replay(
     if to_live_topics and output_prefix is not None:
         usage("--to-live-topics and --output-prefix exclude each other")
     times: dict[str, int | None] = {"--since": None, "--until": None}
+    now_ms = time.time_ns() // 1_000_000
     for name, text in (("--since", since), ("--until", until)):
         if text is not None:
             try:
-                times[name] = rp.parse_time_ms(text)
+                times[name] = rp.parse_since_ms(text, now_ms)
             except ValueError as err:
                 usage(f"{name}: {err}")
     since_ms, until_ms = times["--since"], times["--until"]
@@ -460,15 +492,13 @@ def report(
     import time
 
     from . import report as rep
-    from .replay import parse_time_ms
-    from .settings import parse_duration_ms
+    from .replay import parse_since_ms
 
     now_ms = time.time_ns() // 1_000_000
     since_ms: int | None = None
     if not from_beginning:
-        back = parse_duration_ms(since) if not since.strip().isdigit() else None
         try:
-            since_ms = now_ms - back if back is not None else parse_time_ms(since)
+            since_ms = parse_since_ms(since, now_ms)
         except ValueError as err:
             _config_exit(f"--since: {err}", "report")
     settings = _settings(config, broker_url=broker_url)

@@ -104,9 +104,10 @@ async def produce_records(
 ) -> int:
     """Send ``records`` (record values) to the raw-events topic; return how many were sent.
 
-    ``rate`` caps records per second. ``progress`` is called with the acknowledged
-    (records, events) after every chunk, and at least every ``PROGRESS_EVERY`` seconds
-    while records flow. A record the producer refuses (too large) is logged and skipped.
+    ``rate`` caps events per second (a record with none counts as one). ``progress``
+    is called with the acknowledged (records, events) after every chunk, and at least
+    every ``PROGRESS_EVERY`` seconds while records flow. A record the producer refuses
+    (too large) is logged and skipped.
     """
     if create_topics:
         await ensure_topics(settings)
@@ -132,9 +133,9 @@ async def produce_records(
 
     async def send(value: bytes) -> None:
         nonlocal pending_events
-        if bucket is not None:
-            await bucket.acquire()
         key, n = count_and_key(value)
+        if bucket is not None:
+            await bucket.acquire(max(n, 1))
         try:
             pending.append(await producer.send(topic, value, key=key))
         except MessageSizeTooLargeError:
@@ -162,7 +163,26 @@ async def produce_records(
 # --------------------------------------------------------------------------- command line
 
 
-def _source(path: str | None, n_events: int | None, devices: int | None, seed: int) -> Any:
+# `produce --live` without --rate, in events per second (the demo's default).
+LIVE_RATE = 50.0
+
+
+def _source(
+    path: str | None,
+    n_events: int | None,
+    devices: int | None,
+    seed: int,
+    *,
+    live: bool = False,
+    rate: float | None = None,
+) -> Any:
+    if live:
+        # Stamped with the wall clock as they happen, in real time (the worker's timeout
+        # means what it says); paced by the devices, so --rate picks how many there are.
+        from .demo import LiveTraffic, devices_for_rate
+
+        n = devices if devices is not None else devices_for_rate(rate or LIVE_RATE, 1.0)
+        return LiveTraffic(n, speed=1.0, seed=seed).records()
     if path is not None:
         from .offline import read_lines
 
@@ -176,7 +196,10 @@ def _source(path: str | None, n_events: int | None, devices: int | None, seed: i
 
 
 async def _produce_with_bar(
-    settings: Settings, records: Iterable[bytes], rate: float | None, total_events: int | None
+    settings: Settings,
+    records: Iterable[bytes] | AsyncIterable[bytes],
+    rate: float | None,
+    total_events: int | None,
 ) -> tuple[int, int]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -203,7 +226,7 @@ async def _produce_with_bar(
 
 
 async def _produce_quiet(
-    settings: Settings, records: Iterable[bytes], rate: float | None
+    settings: Settings, records: Iterable[bytes] | AsyncIterable[bytes], rate: float | None
 ) -> tuple[int, int]:
     done = [0, 0]
 
@@ -223,6 +246,7 @@ def run(
     devices: int | None = None,
     seed: int = 1,
     view: bool | None = None,
+    live: bool = False,
 ) -> int:
     """The ``produce`` command: returns the exit code after printing a one-line summary."""
     import sys
@@ -231,12 +255,13 @@ def run(
         view = sys.stdout.isatty()
     # Failures end in our one-line message; aiokafka's own log would repeat it.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    records = _source(path, n_events, devices, seed)
+    records = _source(path, n_events, devices, seed, live=live, rate=rate)
     started = time.monotonic()
+    limit = None if live else rate  # live traffic keeps its own pace
     if view:
-        coro = _produce_with_bar(settings, records, rate, n_events)
+        coro = _produce_with_bar(settings, records, limit, n_events)
     else:
-        coro = _produce_quiet(settings, records, rate)
+        coro = _produce_quiet(settings, records, limit)
     done = run_main(coro, f"cannot produce to {settings.broker_url}")
     if isinstance(done, Failed):
         return done.code

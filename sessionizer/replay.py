@@ -77,6 +77,23 @@ class ReplayError(Exception):
 # --------------------------------------------------------------------------- times
 
 
+def parse_since_ms(text: str, now_ms: int) -> int:
+    """``--since`` / ``--until`` of replay and report: a duration back from ``now_ms``
+    (``30m``, ``1h``, ``7d``), else a time (:func:`parse_time_ms`). Raises ValueError."""
+    from .settings import parse_duration_ms
+
+    back = None if text.strip().isdigit() else parse_duration_ms(text.strip())
+    if back is not None:
+        return now_ms - back
+    try:
+        return parse_time_ms(text)
+    except ValueError:
+        raise ValueError(
+            f"cannot read {text!r}: give a duration back from now (30m, 1h, 7d), "
+            "ISO-8601 (2026-01-01T10:00:00Z) or epoch milliseconds"
+        ) from None
+
+
 def parse_time_ms(text: str) -> int:
     """``TIME`` of ``--since`` / ``--until``: epoch milliseconds or ISO-8601.
 

@@ -168,6 +168,27 @@ def _bars(title: str, rows: list[tuple[str, int]], panel_id: str) -> str:
     return f'<section id="{panel_id}"><h2>{_e(title)}</h2>{content}</section>'
 
 
+def _ticks(top: int) -> list[int]:
+    """Round y-axis values from 0 to at least ``top``: steps of 1, 2 or 5 x 10^k, 2-6 of them."""
+    step = 1
+    while -(-top // step) > 5:
+        step = _next_step(step)
+    return list(range(0, max(1, -(-top // step)) * step + 1, step))
+
+
+def _next_step(step: int) -> int:
+    """1, 2, 5, 10, 20, 50, ...: x2.5 from a 2, else x2."""
+    return step * 5 // 2 if str(step)[0] == "2" else step * 2
+
+
+def _span(ms: int) -> str:
+    """A bin's width: "90 s", "12 min", "3 h", "2 d"."""
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("min", 60_000), ("s", 1000)):
+        if ms >= 2 * size or unit == "s":
+            return f"{max(1, round(ms / size))} {unit}"
+    raise AssertionError("unreachable")
+
+
 def _timeline(s: Summary, panel_id: str) -> str:
     title = "Sessions ended over time (event time, UTC)"
     if not s.ends_ms:
@@ -177,22 +198,34 @@ def _timeline(s: Summary, panel_id: str) -> str:
     bins = [0] * TIME_BINS
     for t in s.ends_ms:
         bins[min(TIME_BINS - 1, (t - lo) * TIME_BINS // width)] += 1
-    top = max(bins)
-    w, h = 600, 160
-    step = w / TIME_BINS
+    ticks = _ticks(max(bins))
+    top = ticks[-1]
+    # Plot area right of the y-axis labels, below its title.
+    left, head, w, h = 44, 14, 600, 160
+    step = (w - left) / TIME_BINS
     rects = "".join(
-        f'<rect x="{i * step:.1f}" y="{h - h * n / top:.1f}" width="{step - 1:.1f}" '
-        f'height="{h * n / top:.1f}" fill="#3e7bfa"><title>{n}</title></rect>'
+        f'<rect x="{left + i * step:.1f}" y="{head + h - h * n / top:.1f}" '
+        f'width="{step - 1:.1f}" height="{h * n / top:.1f}" fill="#3e7bfa">'
+        f"<title>{n}</title></rect>"
         for i, n in enumerate(bins)
         if n
     )
-    axis = (
-        f'<text x="0" y="{h + 14}" font-size="11">{_e(_utc(lo))}</text>'
-        f'<text x="{w}" y="{h + 14}" font-size="11" text-anchor="end">{_e(_utc(hi))}</text>'
+    y_axis = f'<line x1="{left - 2}" y1="{head}" x2="{left - 2}" y2="{head + h}" stroke="#7b8794"/>'
+    for t in ticks:
+        y = head + h - h * t / top
+        y_axis += (
+            f'<line x1="{left - 2}" y1="{y:.1f}" x2="{w}" y2="{y:.1f}" stroke="#e4e7eb"/>'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end">{t:,}</text>'
+        )
+    y_title = f"sessions ended per {_span(-(-width // TIME_BINS))}"
+    y_axis += f'<text x="0" y="10" font-size="11">{_e(y_title)}</text>'
+    x_axis = (
+        f'<text x="{left}" y="{head + h + 14}" font-size="11">{_e(_utc(lo))}</text>'
+        f'<text x="{w}" y="{head + h + 14}" font-size="11" text-anchor="end">{_e(_utc(hi))}</text>'
     )
     svg = (
-        f'<svg viewBox="0 0 {w} {h + 18}" width="100%" role="img" '
-        f'aria-label="{_e(title)}">{rects}{axis}</svg>'
+        f'<svg viewBox="0 0 {w} {head + h + 18}" width="100%" role="img" '
+        f'aria-label="{_e(title)}">{y_axis}{rects}{x_axis}</svg>'
     )
     return f'<section id="{panel_id}"><h2>{title}</h2>{svg}</section>'
 

@@ -350,13 +350,6 @@ def _path(raw: object) -> Path:
     raise _Bad(f"must be a non-empty path, got {_show(raw)}")
 
 
-def _existing_file(raw: object) -> Path:
-    path = _path(raw)
-    if not path.is_file():
-        raise _Bad(f"file not found: {json.dumps(str(path))}")
-    return path
-
-
 def _topic_name(raw: object) -> str:
     if isinstance(raw, str) and _TOPIC_RE.fullmatch(raw) and raw not in (".", ".."):
         return raw
@@ -717,13 +710,13 @@ class Security:
         "ssl_cafile",
         "file",
         "CA bundle for SSL and SASL_SSL (default: system CAs).",
-        _existing_file,
+        _path,
     )
     ssl_certfile: Path | None = _optional(
-        "ssl_certfile", "file", "Client certificate (PEM) for SSL and SASL_SSL.", _existing_file
+        "ssl_certfile", "file", "Client certificate (PEM) for SSL and SASL_SSL.", _path
     )
     ssl_keyfile: Path | None = _optional(
-        "ssl_keyfile", "file", "Client private key (PEM); needs ssl_certfile.", _existing_file
+        "ssl_keyfile", "file", "Client private key (PEM); needs ssl_certfile.", _path
     )
 
     @property
@@ -771,8 +764,8 @@ class Settings:
         "memory | rocksdb",
         "memory",
         "State store of the worker's tables: memory (rebuilt from the changelog at every "
-        "start) or rocksdb (on disk in data_dir; needs the rocksdict package, else the "
-        "worker refuses it at start-up).",
+        "start) or rocksdb (on disk in data_dir, one worker per directory: a restart reads "
+        "no changelog; the Docker image's store, [operations.md](operations.md#state-store)).",
         _choice("memory", "rocksdb"),
     )
     standby_replicas: int | None = _optional(
@@ -1034,10 +1027,14 @@ _COMMAND_LINE = Source("command line")
 def load_settings(
     config_file: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
+    *,
+    connects: bool = True,
     **overrides: object,
 ) -> Settings:
     """Load and validate the settings; raise ConfigError on the first bad one.
 
+    ``connects=False`` (process-file, which never connects) leaves the connection
+    security settings unchecked: a TLS file of the cluster's need not exist here.
     ``overrides`` are command-line values by flat name (``broker_url``,
     ``web_port``, ``timeout``, ... as in the ``SESSIONIZER_*`` names, lower
     case); ``None`` means "not given".
@@ -1075,7 +1072,7 @@ def load_settings(
             raise ConfigError(f"{spec.name} ({source})", str(bad)) from None
 
     apps = _merge_apps(file_apps, _env_apps(env))
-    return _build(values, sources, apps, path)
+    return _build(values, sources, apps, path, connects=connects)
 
 
 def _label(key: str, sources: Mapping[str, Source]) -> str:
@@ -1230,11 +1227,14 @@ def _build(
     sources: Mapping[str, Source],
     apps: Mapping[str, AppOverrides],
     config_file: Path | None,
+    *,
+    connects: bool = True,
 ) -> Settings:
     _check_topics_distinct(values, sources)
     security = Security(**_group_values(Security, values))
-    _check_security(security, sources)
-    _check_tls(security, sources)
+    if connects:
+        _check_security(security, sources)
+        _check_tls(security, sources)
     return Settings(
         **_group_values(Settings, values),
         topics=Topics(**_group_values(Topics, values)),
@@ -1262,6 +1262,10 @@ def _check_topics_distinct(values: Mapping[str, object], sources: Mapping[str, S
 
 
 def _check_security(sec: Security, sources: Mapping[str, Source]) -> None:
+    for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        path = getattr(sec, key)
+        if path is not None and not path.is_file():
+            raise ConfigError(_label(key, sources), f"file not found: {json.dumps(str(path))}")
     protocol = f"security_protocol is {sec.protocol}"
     sasl = {
         "sasl_mechanism": sec.sasl_mechanism,
@@ -1367,7 +1371,7 @@ broker_url = "kafka://kafka-1:9092,kafka-2:9092"
 partitions = 12
 replication_factor = 3
 data_dir = "/var/lib/sessionizer"
-# store = "rocksdb"   # state on disk in data_dir; needs the rocksdict package
+# store = "rocksdb"   # state on disk in data_dir: a restart reads no changelog
 
 [topics]
 raw_events = "mparticle-raw"
@@ -1467,7 +1471,8 @@ def render_markdown() -> str:
         " files with a protocol other than `SSL`/`SASL_SSL`. SSL files must exist and"
         " load: `ssl_cafile` must hold PEM CA certificates, `ssl_certfile` (with"
         " `ssl_keyfile`, unencrypted) a PEM certificate and its key; anything else stops"
-        " every command at start-up with one line naming the setting (exit code 2)."
+        " every command that connects at start-up with one line naming the setting (exit"
+        " code 2); `process-file`, which never connects, does not check them."
         " `ssl_keyfile` needs `ssl_certfile`. The password is never printed: it shows as"
         " `Secret('***')`. Prefer `SESSIONIZER_SASL_PASSWORD` over writing it in the file.",
         "",

@@ -214,10 +214,45 @@ def test_a_missing_rocksdict_names_where_store_was_set(
     assert _worker_unsupported(load_settings(env={})) is None
 
 
+def test_a_rocksdb_data_dir_in_use_is_one_line_naming_the_setting(tmp_path: Path) -> None:
+    """The image's store (rocksdb) locks its tables: a second worker on the same data_dir
+    died in Faust's recovery with a RocksDB LOCK traceback; now one line, exit 2."""
+    from sessionizer.stream import datadir
+
+    data = tmp_path / "state"
+    try:
+        assert datadir.hold(data) is None
+        assert datadir.hold(data) == os.getpid()  # a second holder is refused
+        res = sessionizer(
+            "worker",
+            SESSIONIZER_STORE="rocksdb",
+            SESSIONIZER_DATA_DIR=str(data),
+            SESSIONIZER_BROKER_URL="kafka://127.0.0.1:1",
+        )
+        err = _one_line_exit_2(res)
+        assert err == (
+            f"sessionizer: invalid setting data_dir (SESSIONIZER_DATA_DIR): {data} is in use "
+            f"by another worker (pid {os.getpid()}) with store = rocksdb; give each worker "
+            "its own data_dir"
+        ), err
+        # The memory store keeps nothing there: workers may share it.
+        res = sessionizer(
+            "worker",
+            SESSIONIZER_STORE="memory",
+            SESSIONIZER_DATA_DIR=str(data),
+            SESSIONIZER_BROKER_URL="kafka://127.0.0.1:1",
+        )
+        assert "is in use" not in res.stderr.decode()
+    finally:
+        datadir.release()
+    assert datadir.hold(data) is None
+    datadir.release()
+
+
 def test_report_since_must_be_a_duration_or_a_time(tmp_path: Path) -> None:
     res = sessionizer("report", "--since", "yesterday")
     err = _one_line_exit_2(res)
-    assert err.startswith("sessionizer report: --since: cannot read 'yesterday' as a time"), err
+    assert err.startswith("sessionizer report: --since: cannot read 'yesterday': give a"), err
 
 
 # --------------------------------------------------------------------- the broker's usage errors
@@ -261,3 +296,40 @@ def test_a_web_host_this_machine_does_not_have_is_one_line_naming_web_host() -> 
         "sessionizer: invalid setting web_host (SESSIONIZER_WEB_HOST): cannot listen on "
         "198.51.100.7:6066: "
     )
+
+
+def test_replay_takes_since_and_until_as_report_does() -> None:
+    """Issue 20: `replay --since 30m` was refused while `report --since 30m` worked.
+    Read, both are durations back from now: an hour ago is before 30 minutes ago."""
+    err = _one_line_exit_2(sessionizer("replay", "--since", "30m", "--until", "1h"))
+    assert err == "sessionizer replay: --until must be after --since", err
+    err = _one_line_exit_2(sessionizer("replay", "--since", "yesterday"))
+    assert err.startswith("sessionizer replay: --since: cannot read 'yesterday': give a"), err
+    from sessionizer.replay import parse_since_ms
+
+    now = 1_800_000_000_000
+    assert parse_since_ms("30m", now) == now - 30 * 60_000
+    assert parse_since_ms("7d", now) == now - 7 * 86_400_000
+    assert parse_since_ms("1767225600000", now) == 1_767_225_600_000  # epoch ms, not a duration
+    assert parse_since_ms("2026-01-01", now) == 1_767_225_600_000
+
+
+def test_process_file_takes_the_tls_example_config_it_never_connects_with(
+    tmp_path: Path,
+) -> None:
+    """Issue 20: `process-file --config` with docs/security.md's SASL_SSL example stopped
+    on ssl_cafile (a CA file of the cluster's, absent here), though it never connects.
+    A command that connects still stops on it, with one line."""
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    text = (docs / "security.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```toml\n")[1:]]
+    (example,) = [b for b in blocks if "ssl_cafile" in b]
+    config = tmp_path / "cluster.toml"
+    config.write_text(example)
+    shop = docs / "examples" / "shop.jsonl"
+    res = sessionizer("process-file", str(shop), "--out", str(tmp_path / "out"),
+                      "--config", str(config))  # fmt: skip
+    assert res.returncode == 0, res.stderr.decode()
+    assert codec.loads(res.stdout)["records_in"] == len(shop.read_bytes().splitlines())
+    err = _one_line_exit_2(sessionizer("tail", "sessions", "--config", str(config)))
+    assert "ssl_cafile" in err and "file not found" in err, err

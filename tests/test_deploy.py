@@ -48,7 +48,18 @@ COUNTERS_AND_GAUGES = {
     "sessionizer_watermark_ms",
     "sessionizer_consumer_lag",
 }
-HISTOGRAMS = {"sessionizer_batch_seconds", "sessionizer_session_duration_seconds"}
+# The forwarder's (sessionizer/forward.py), on the same dashboard.
+FORWARDER = {
+    "sessionizer_forward_sent_total",
+    "sessionizer_forward_failed_total",
+    "sessionizer_forward_retried_total",
+}
+COUNTERS_AND_GAUGES |= FORWARDER
+HISTOGRAMS = {
+    "sessionizer_batch_seconds",
+    "sessionizer_session_duration_seconds",
+    "sessionizer_forward_request_seconds",
+}
 METRICS = COUNTERS_AND_GAUGES | {
     h + suffix for h in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")
 }
@@ -61,6 +72,10 @@ LABELS = {
     "sessionizer_consumer_lag": {"partition"},
     "sessionizer_batch_seconds_bucket": {"le"},
     "sessionizer_session_duration_seconds_bucket": {"le"},
+    "sessionizer_forward_sent_total": {"destination"},
+    "sessionizer_forward_failed_total": {"destination", "reason"},
+    "sessionizer_forward_retried_total": {"destination", "cause"},
+    "sessionizer_forward_request_seconds_bucket": {"le", "destination"},
 }
 PROMQL_WORDS = {
     # aggregations, functions and keywords the dashboard may use
@@ -163,6 +178,10 @@ def test_dashboard_has_the_panels_operators_need() -> None:
     assert some(r"by \(partition\) \(sessionizer_consumer_lag\)")
     assert some(r"rate\(sessionizer_events_in_total")
     assert some(r"rate\(sessionizer_events_forwarded_total")
+    # Issue 20: the forwarder's deliveries, failures and retries, per destination.
+    for name in FORWARDER:
+        assert some(rf"by \(destination[^)]*\) \(rate\({name}"), name
+    assert some(r"by \(le, destination\) \(rate\(sessionizer_forward_request_seconds_bucket")
     heatmaps = [p for p in _dashboard()["panels"] if p["type"] == "heatmap"]
     assert heatmaps and all(t.get("format") == "heatmap" for p in heatmaps for t in p["targets"])
 
@@ -201,7 +220,9 @@ def _instructions() -> list[tuple[str, str]]:
 
 def test_dockerfile_runs_the_console_script_as_non_root() -> None:
     ins = _instructions()
-    get = lambda word: [rest for w, rest in ins if w == word]  # noqa: E731
+    # The image is the last stage: what runs is what it sets.
+    last = max(i for i, (w, _) in enumerate(ins) if w == "FROM")
+    get = lambda word: [rest for w, rest in ins[last:] if w == word]  # noqa: E731
     assert get("FROM") == ["python:3.11-slim"]
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["sessionizer"] == "sessionizer.cli:main"
@@ -210,15 +231,49 @@ def test_dockerfile_runs_the_console_script_as_non_root() -> None:
     assert get("EXPOSE") == ["6066"]
     users = get("USER")
     assert users and users[-1] not in ("root", "0")
-    assert any("pip install ." in r for r in get("RUN"))
     env = " ".join(get("ENV"))
     assert "SESSIONIZER_WEB_HOST=0.0.0.0" in env  # reachable through a published port
+    # Issue 20 item 10: the image keeps RocksDB state on its volume (a restart reads
+    # no changelog); the volume is the data directory.
+    assert "SESSIONIZER_STORE=rocksdb" in env
+    data_dir = re.search(r"SESSIONIZER_DATA_DIR=(\S+)", env)
+    assert data_dir and [json.loads(v) for v in get("VOLUME")] == [[data_dir.group(1)]]
     # What the image copies is what .dockerignore lets through.
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     ignored = {line.strip() for line in lines if line.strip() and not line.startswith("#")}
-    copied = [r.split()[:-1] for r in get("COPY")]
+    copied = [r.split()[:-1] for w, r in ins if w == "COPY" and not r.startswith("--from")]
     for src in (s for srcs in copied for s in srcs):
         assert src not in ignored and (ROOT / src).exists(), src
+    assert "setup.py" in {s for srcs in copied for s in srcs}  # the compiling build hook
+
+
+def test_dockerfile_ships_the_compiled_engine() -> None:
+    """Issue 20 item 3: a builder stage with a C compiler builds the wheel (setup.py
+    compiles the engine); the image installs that wheel, with no compiler of its own,
+    and its build fails unless the installed package runs the compiled engine."""
+    ins = _instructions()
+    stages = [i for i, (w, _) in enumerate(ins) if w == "FROM"]
+    assert len(stages) == 2, "a builder stage and the image"
+    builder, image = ins[stages[0] : stages[1]], ins[stages[1] :]
+    assert builder[0][1].endswith(" AS build")
+    build_runs = " ".join(r for w, r in builder if w == "RUN")
+    assert "gcc" in build_runs and "pip wheel" in build_runs
+    image_runs = " ".join(r for w, r in image if w == "RUN")
+    assert any(w == "COPY" and r.startswith("--from=build ") for w, r in image)
+    assert "gcc" not in image_runs
+    assert "pip install /wheels/" in image_runs
+    assert "sessionizer --version | grep -q '(compiled)'" in image_runs
+
+
+def test_dockerfile_run_example_sets_a_web_token() -> None:
+    """Issue 20 item 8: the image binds 0.0.0.0, where /sessions needs a token
+    (docs/security.md); the example publishes the port on the host's loopback."""
+    text = re.sub(r"\\\n#?", " ", DOCKERFILE.read_text())
+    runs = [line for line in text.splitlines() if "docker run" in line and " -p " in line]
+    assert runs
+    for line in runs:
+        assert "SESSIONIZER_WEB_TOKEN=" in line, line
+        assert "-p 127.0.0.1:6066:6066" in line, line
 
 
 # --------------------------------------------------------------------------- compose stack
@@ -320,6 +375,76 @@ def test_prometheus_scrapes_the_worker_service() -> None:
     assert targets == [f"worker:{port}"]
     mounts = services["prometheus"]["volumes"]
     assert "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in mounts
+
+
+def test_compose_traffic_is_stamped_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20 item 4: the traffic service's events are stamped with the wall clock,
+    so the lag panels show the pipeline's lag, not the data's age (it produced
+    a workload stamped from 2026-01-01). Its records, taken without waiting for them."""
+    import asyncio
+    import itertools
+    import time
+
+    from sessionizer import cli, codec
+    from sessionizer import produce as produce_mod
+
+    traffic = _yaml(COMPOSE)["services"]["traffic"]
+    assert traffic["image"] == _yaml(COMPOSE)["services"]["worker"]["image"]
+    command = traffic["command"]
+    assert command[0] == "produce"
+    ctx = cli.main.commands["produce"].make_context("produce", list(command[1:]))
+    p = ctx.params
+    source = produce_mod._source(
+        p["file"], p["n_events"], p["devices"], p["seed"], live=p["live"], rate=p["rate"]
+    )
+
+    async def instant(_delay: float) -> None:
+        return None
+
+    async def first(n: int) -> list[bytes]:
+        out = []
+        async for value in source:
+            out.append(value)
+            if len(out) == n:
+                break
+        return out
+
+    monkeypatch.setattr(asyncio, "sleep", instant)  # the records come when due: not wait
+    if hasattr(source, "__aiter__"):
+        values = asyncio.run(first(200))
+    else:
+        values = list(itertools.islice(source, 200))
+    now_ms = time.time_ns() // 1_000_000
+    stamps = []
+    for v in values:
+        try:
+            rec = codec.loads(v)
+        except codec.JSONDecodeError:
+            continue  # an upload cut off mid-way
+        ts = [e["data"]["timestamp_unixtime_ms"] for e in rec.get("events", [])]
+        stamps += [t for t in ts if type(t) is int and 10**12 <= t < 10**13]  # not s, µs
+    assert len(stamps) > 100
+    # Within the hour around now (uploads of the visits in progress), not months back.
+    assert all(abs(ts - now_ms) < 3_600_000 for ts in stamps), (min(stamps), now_ms)
+
+
+def test_compose_runs_the_forwarder_and_prometheus_scrapes_it() -> None:
+    services = _yaml(COMPOSE)["services"]
+    fwd = services["forwarder"]
+    assert fwd["image"] == services["worker"]["image"] and fwd["build"] == "."
+    assert fwd["command"][0] == "forward"
+    env = _env(fwd)
+    port = int(env["SESSIONIZER_WEB_PORT"])
+    assert env["SESSIONIZER_WEB_HOST"] == "0.0.0.0"
+    assert _bindings(fwd)[port] == ("127.0.0.1", port)
+    assert f"http://127.0.0.1:{port}/health" in " ".join(fwd["healthcheck"]["test"])
+    # The worker writes the topic the forwarder reads when told to.
+    assert "SESSIONIZER_INTEGRATIONS" in _env(services["worker"])
+    jobs = {j["job_name"]: j for j in _yaml(PROMETHEUS)["scrape_configs"]}
+    sd = jobs["sessionizer-forward"]["dns_sd_configs"]
+    assert sd == [{"names": ["forwarder"], "type": "A", "port": port, "refresh_interval": "30s"}]
+    mounts = services["prometheus"]["volumes"]
+    assert "./deploy/alerts.yml:/etc/prometheus/alerts.yml:ro" in mounts
 
 
 def test_grafana_provisioning_matches_the_stack() -> None:

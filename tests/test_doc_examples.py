@@ -117,3 +117,95 @@ def test_formats_md_shows_what_process_file_writes(shown: Any, example_out: dict
         assert shown == example_out["counts"]
     else:
         assert shown in example_out["records"]
+
+
+# --------------------------------------------------------------------------- integrations.md
+
+# A block about the shop example names its device or its ids.
+SHOP_MARKS = (
+    "8d5f3c1e-dev",
+    "8ee22d68-918a-5247-b5d4-61d74e4080d5",
+    "4ba05510a8d35fc19a1e99616bc937c5",
+)
+DESTINATION_SECTIONS = {
+    "Amplitude": ("amplitude",),
+    "GA4": ("ga4",),
+    "Snowplow": ("snowplow",),
+    "Mixpanel": ("mixpanel",),
+    "Segment and RudderStack": ("segment", "rudderstack"),
+}
+
+
+@pytest.fixture(scope="module")
+def translated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Any]]:
+    """What `process-file --integrations` writes for the shop example, by destination."""
+    tmp = _workdir(tmp_path_factory.mktemp("integrations"))
+    names = sorted({n for ns in DESTINATION_SECTIONS.values() for n in ns})
+    subprocess.run(
+        [sys.executable, "-m", "sessionizer", "process-file", str(EXAMPLE), "--out", "out",
+         "--integrations", ",".join(names)],
+        cwd=tmp, capture_output=True, check=True, timeout=120,
+    )  # fmt: skip
+    return {
+        n: [
+            json.loads(v)
+            for v in (tmp / "out" / "integrations" / f"{n}.jsonl").read_text().split("\n")
+            if v
+        ]
+        for n in names
+    }
+
+
+def _json_values(body: str) -> list[Any]:
+    decoder, values, i = json.JSONDecoder(), [], 0
+    while i < len(body):
+        if body[i].isspace():
+            i += 1
+            continue
+        value, i = decoder.raw_decode(body, i)
+        values.append(value)
+    return values
+
+
+def _integration_examples() -> list[tuple[str, Any]]:
+    """(destination section, a record shown) of integrations.md's shop examples."""
+    text = (ROOT / "docs" / "integrations.md").read_text(encoding="utf-8")
+    out = []
+    for section in re.split(r"\n## ", text)[1:]:
+        title = section.split("\n", 1)[0].strip()
+        for body in re.findall(r"```json\n(.*?)```", section, re.S):
+            if title in DESTINATION_SECTIONS and any(m in body for m in SHOP_MARKS):
+                out += [(title, v) for v in _json_values(body)]
+    return out
+
+
+def test_integrations_md_shows_each_destination_for_the_shop_example() -> None:
+    assert {t for t, _ in _integration_examples()} == set(DESTINATION_SECTIONS)
+
+
+@pytest.mark.parametrize(("section", "shown"), _integration_examples(), ids=lambda v: str(v)[:40])
+def test_integrations_md_shows_what_process_file_writes(
+    section: str, shown: Any, translated: dict[str, list[Any]]
+) -> None:
+    """Issue 20: the worked examples reused the shop's ids on made-up events
+    (`1c4e5d47-…`, event 1 `application_initialized`, shown as `add_to_cart`)."""
+    written = [r for n in DESTINATION_SECTIONS[section] for r in translated[n]]
+    assert shown in written
+
+
+def test_integrations_md_ga4_client_id_example_is_what_translate_gives() -> None:
+    """The `ga4_client_id_field` example: its two §7.1 records, translated with the
+    setting it names, give the two bodies it shows."""
+    from sessionizer.integrations import translate
+    from sessionizer.integrations.common import Options
+
+    text = (ROOT / "docs" / "integrations.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```json\n(.*?)```", text, re.S)
+    (given,) = [b for b in blocks if '"mp_deviceid": "web-7"' in b]
+    (shown,) = [b for b in blocks if '"client_id": "1767225600.123456"' in b]
+    field = re.search(r'`ga4_client_id_field = "([^"]+)"`', text)
+    assert field is not None
+    outputs = [("sessionized-events", None, v) for v in _json_values(given)]
+    records, dead = translate("ga4", outputs, options=Options(ga4_client_id_field=field.group(1)))
+    assert dead == []
+    assert [payload for _key, payload in records] == _json_values(shown)

@@ -276,3 +276,55 @@ def test_every_toml_example_uses_real_keys_and_types(tmp_path: Path, body: str) 
     except ConfigError as err:
         # Files the example names cannot exist here; anything else is the example's fault.
         assert err.problem.startswith("file not found"), str(err)
+
+
+def test_no_document_asks_to_install_a_pinned_dependency() -> None:
+    """Issue 20: configuration.md and operations.md said `rocksdict` must be installed
+    by hand (`pip install rocksdict`); it is a pinned dependency of the package."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pinned = {re.split(r"[=<>!~; \[]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}
+    assert "rocksdict" in pinned
+    texts = {_rel(doc): doc.read_text(encoding="utf-8") for doc in DOCS}
+    texts["settings descriptions"] = "\n".join(d.description for d in describe_settings())
+    found = [
+        f"{where}: {m.group(0)!r}"
+        for where, text in texts.items()
+        for m in re.finditer(r"pip install ([\w.-]+)|needs the ([\w.-]+) package", text)
+        if (m.group(1) or m.group(2)).lower() in pinned
+    ]
+    assert found == []
+
+
+def _flags(command: click.Command) -> list[str]:
+    return [o for p in command.params for o in p.opts if o.startswith("--") and o != "--help"]
+
+
+@pytest.mark.parametrize("name", sorted(cli.commands))
+def test_readme_command_table_lists_every_flag(name: str) -> None:
+    """Issue 20: the README's command table left flags out (`--integrations`,
+    `--app-id`, `--max`, ...); `COMMAND --help` is the home of what each means."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = [r for r in readme.splitlines() if r.startswith(f"| `sessionizer {name} ")]
+    assert len(rows) == 1, f"one row for {name}"
+    row = re.split(r"(?<!\\)\|", rows[0])[1]  # the first cell; `\|` is inside it
+    missing = [f for f in _flags(cli.commands[name]) if not re.search(rf"{f}\b", row)]
+    assert missing == [], f"README's row for {name} lacks {missing}"
+
+
+def test_worker_help_names_every_path_of_its_web_port() -> None:
+    """Issue 20: `worker --help` said the web port serves only /health and /metrics."""
+    web_port = next(p for p in cli.commands["worker"].params if "--web-port" in p.opts)
+    help_ = getattr(web_port, "help", "") or ""
+    assert all(path in help_ for path in ("/health", "/metrics", "/sessions")), help_
+
+
+def test_rate_means_events_per_second_in_produce_and_demo() -> None:
+    """Issue 20: `--rate` was records/s in produce and events/s in demo."""
+    for name in ("produce", "demo"):
+        rate = next(p for p in cli.commands[name].params if "--rate" in p.opts)
+        assert re.search(r"\bevents\b", getattr(rate, "help", "") or ""), name
+        assert "records" not in (getattr(rate, "help", "") or ""), name

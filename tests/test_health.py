@@ -74,3 +74,46 @@ def test_a_failed_agent_is_a_problem() -> None:
     pipe = _pipe()
     pipe.agent_failure = "RuntimeError: x"
     assert pipe.problems({}) == ["engine agent stopped: RuntimeError: x"]
+
+
+def test_a_partition_with_no_data_exports_no_watermark() -> None:
+    """Issue 20 item 4: a watermark of 0 is "no event yet", not 1970: exported as a
+    sample it made the dashboard's event-time lag panel show 56 years."""
+    from types import SimpleNamespace
+
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    pipe = _pipe()
+    pipe.app = SimpleNamespace(rebalancing_count=1, rebalancing=False)  # no assignor: runners
+    _runner(pipe, 0, idle_ms=0)
+    _runner(pipe, 1, idle_ms=0).engine.advance(1_765_000_000_000)
+    pipe.metrics.watch(pipe, "raw-events")
+    text = generate_latest(pipe.metrics.registry).decode()
+    samples = [s for fam in text_string_to_metric_families(text) for s in fam.samples]
+    wms = {s.labels["partition"]: s.value for s in samples if s.name == "sessionizer_watermark_ms"}
+    assert wms == {"1": 1_765_000_000_000}
+    offsets = {s.labels["partition"] for s in samples if s.name == "sessionizer_applied_offset"}
+    assert offsets == {"0", "1"}  # the partition itself is still there
+
+
+def test_a_dead_engine_agent_is_a_metric_to_alert_on() -> None:
+    """deploy/alerts.yml's SessionizerEngineAgentDead: the process lives on and answers
+    scrapes after its engine agent died, so `up` alone does not say it."""
+    from types import SimpleNamespace
+
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    pipe = _pipe()
+    pipe.app = SimpleNamespace(rebalancing_count=1, rebalancing=False)
+    pipe.metrics.watch(pipe, "raw-events")
+
+    def running() -> float:
+        text = generate_latest(pipe.metrics.registry).decode()
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        return fams["sessionizer_agent_running"].samples[0].value
+
+    assert running() == 1
+    pipe.agent_failure = "RuntimeError: x"
+    assert running() == 0

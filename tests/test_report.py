@@ -139,3 +139,32 @@ def test_chromium_makes_a_png_of_the_page(
     _chromium(f"--screenshot={png}", "--window-size=1300,1400", page.as_uri())
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # drawn, not blank
+
+
+def test_the_over_time_chart_has_a_y_axis() -> None:
+    """Issue 20: the "over time" chart had bars and no scale. The y-axis: round ticks
+    from 0 to at least the tallest bar, each drawn at its height, and a title naming
+    the bin width; the tallest bar reaches the tick of its count."""
+    import re
+
+    from sessionizer.report import TIME_BINS, _timeline
+
+    minute = 60_000
+    # Bin widths of 1 minute (48 bins over 48 minutes); 7 sessions end in the first.
+    ends = [T] * 7 + [T + i * minute for i in range(1, TIME_BINS)] + [T + TIME_BINS * minute - 1]
+    svg = _timeline(Summary(ends_ms=ends), "timeline")
+    labels = re.findall(
+        r'<text x="\d+" y="([\d.]+)" font-size="11" text-anchor="end">([\d,]+)<', svg
+    )
+    ticks = [int(v.replace(",", "")) for _, v in labels]
+    assert ticks == [0, 2, 4, 6, 8]
+    ys = [float(y) - 4 for y, _ in labels]  # a label sits 4 px below its gridline
+    assert ys == sorted(ys, reverse=True)  # 0 at the bottom
+    assert "sessions ended per 60 s" in svg
+    bar = re.search(
+        r'<rect x="[\d.]+" y="([\d.]+)" width="[\d.]+" height="([\d.]+)"[^>]*><title>7<', svg
+    )
+    assert bar is not None
+    zero, eight = ys[0], ys[-1]
+    assert float(bar.group(1)) + float(bar.group(2)) == pytest.approx(zero)
+    assert float(bar.group(1)) == pytest.approx(zero - (zero - eight) * 7 / 8, abs=0.1)

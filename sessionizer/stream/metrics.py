@@ -59,6 +59,10 @@ class WorkerView(Protocol):
     @property
     def control_reader(self) -> ControlView: ...
 
+    @property
+    def agent_failure(self) -> str | None:
+        """Why the engine agent stopped; None while it runs."""
+
     def highwater(self, partition: int) -> int | None:
         """The offset after the input partition's last record, if known."""
 
@@ -223,7 +227,8 @@ class _EngineCollector(Collector):
         }
         for s in partition_stats(self.pipe, self.topic):
             label = [str(s.partition)]
-            fams["watermark_ms"].add_metric(label, s.watermark)
+            if s.watermark > 0:  # 0: no event yet, not 1970 (a 56-year lag on the dashboard)
+                fams["watermark_ms"].add_metric(label, s.watermark)
             fams["applied_offset"].add_metric(label, s.applied)
             if s.open_sessions is not None:
                 fams["open_sessions"].add_metric(label, s.open_sessions)
@@ -234,4 +239,9 @@ class _EngineCollector(Collector):
         yield from fams.values()
         yield GaugeMetricFamily(
             PREFIX + "ready", "1 when the worker is ready (see /health).", value=ready(self.pipe)
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "agent_running",
+            "0 once the engine agent stopped on an error (the process lives on; see /health).",
+            value=self.pipe.agent_failure is None,
         )
