@@ -581,7 +581,10 @@ def broker_of(kind: str, work: Path) -> Iterator[tuple[str, str, int | None]]:
         return
     from sessionizer.apache_kafka import KafkaCluster, kafka_version
 
-    with KafkaCluster(nodes=1, heap_mb=1024, base_dir=work / "kafka") as kafka:
+    # Kafka's default initial rebalance delay (the tests' 0 made two workers starting
+    # together join in two generations: one took all partitions first).
+    delay = {"group.initial.rebalance.delay.ms": "3000"}
+    with KafkaCluster(nodes=1, heap_mb=1024, settings=delay, base_dir=work / "kafka") as kafka:
         node = kafka.members[0]
         yield (
             f"Apache Kafka {kafka_version()}",
