@@ -51,7 +51,8 @@ CORE_ARGS ?=
 bench-core: $(READY)
 	$(PY) bench/bench_core.py $(CORE_ARGS)
 
-# The worker on the embedded broker against a raw aiokafka passthrough, same run (target ratio 0.33).
+# The worker against a raw aiokafka passthrough, same run (target ratio 0.33), on the embedded
+# broker; STREAM_ARGS="--broker kafka" on one Apache Kafka node, "--broker both" side by side.
 # STREAM_ARGS="--workers 2" (also --events-per-record 8, --reps 3, --probe, --py-spy FILE).
 STREAM_ARGS ?=
 .PHONY: bench-stream
