@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sessionizer.stream.compat import install_quiet_rebalance
+from sessionizer.stream.logs import install_quiet_rebalance
 
 HEARTBEAT = "aiokafka.consumer.group_coordinator"
 

@@ -163,40 +163,6 @@ async def seek(app: faust.App, offsets: Mapping[TP, int]) -> None:
         await app.consumer.seek(tp, offset)
 
 
-# Warnings every rebalance brings, and that need nothing done (the consumer
-# rejoins, the seek is retried after the assignment): by logger, what the message holds.
-_REBALANCE_NOISE = {
-    "aiokafka.consumer.group_coordinator": ("because it is rebalancing",),
-    "faust.transport.consumer": ("exception performing seek when flow not active",),
-    "faust.transport.drivers.aiokafka": ("exception performing seek when flow not active",),
-}
-
-
-class _RebalanceNoise(logging.Filter):
-    """Turns the rebalance warnings into info: shown with --loglevel info, not by default."""
-
-    def __init__(self, marks: tuple[str, ...]) -> None:
-        super().__init__()
-        self.marks = marks
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno != logging.WARNING:
-            return True
-        message = record.getMessage()
-        if not any(mark in message for mark in self.marks):
-            return True
-        record.levelno, record.levelname = logging.INFO, "INFO"
-        return logging.getLogger(record.name).isEnabledFor(logging.INFO)
-
-
-def install_quiet_rebalance() -> None:
-    """At the default log level a rebalance prints the ready lines only. Idempotent."""
-    for name, marks in _REBALANCE_NOISE.items():
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _RebalanceNoise) for f in logger.filters):
-            logger.addFilter(_RebalanceNoise(marks))
-
-
 def exclude_from_fetch(app: faust.App, topic: str) -> None:
     """Faust's fetcher leaves ``topic`` alone; the group still assigns its partitions.
 

@@ -1,10 +1,12 @@
-"""One line per problem, not forty a second: the Kafka client's repeated messages, limited.
+"""Quiet by default: what the Kafka client and Faust log is cut to what needs an operator.
 
-While a broker is down, aiokafka logs "Unable connect to node …" and "Failed fetch
-messages from …" at ERROR for every retry of every consumer and producer (about
-40 lines a second per worker, measured in `make chaos-brokers`). The first
-occurrence of each message is what an operator needs; the rest are counted and
-the count goes out with the next occurrence after the window.
+* A rebalance's routine warnings become info (``install_quiet_rebalance``).
+* Repeated messages are limited (``limit_repeats``): while a broker is down,
+  aiokafka logs "Unable connect to node …" and "Failed fetch messages from …" at
+  ERROR for every retry of every consumer and producer (about 40 lines a second
+  per worker, measured in `make chaos-brokers`). The first occurrence of each
+  message is what an operator needs; the rest are counted, and the count goes
+  out with the next occurrence after the window.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import re
 import time
 from collections.abc import Callable
 
-__all__ = ["RepeatFilter", "limit_repeats"]
+__all__ = ["RepeatFilter", "install_quiet_rebalance", "limit_repeats"]
 
 _NUMBERS = re.compile(r"\d+")
 
@@ -58,3 +60,37 @@ def limit_repeats(prefix: str = "aiokafka", window_s: float = 30.0) -> RepeatFil
         if not any(isinstance(f, RepeatFilter) for f in logger.filters):
             logger.addFilter(flt)
     return flt
+
+
+# Warnings every rebalance brings, and that need nothing done (the consumer
+# rejoins, the seek is retried after the assignment): by logger, what the message holds.
+_REBALANCE_NOISE = {
+    "aiokafka.consumer.group_coordinator": ("because it is rebalancing",),
+    "faust.transport.consumer": ("exception performing seek when flow not active",),
+    "faust.transport.drivers.aiokafka": ("exception performing seek when flow not active",),
+}
+
+
+class _RebalanceNoise(logging.Filter):
+    """Turns the rebalance warnings into info: shown with --loglevel info, not by default."""
+
+    def __init__(self, marks: tuple[str, ...]) -> None:
+        super().__init__()
+        self.marks = marks
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING:
+            return True
+        message = record.getMessage()
+        if not any(mark in message for mark in self.marks):
+            return True
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+
+
+def install_quiet_rebalance() -> None:
+    """At the default log level a rebalance prints the ready lines only. Idempotent."""
+    for name, marks in _REBALANCE_NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RebalanceNoise) for f in logger.filters):
+            logger.addFilter(_RebalanceNoise(marks))

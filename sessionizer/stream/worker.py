@@ -39,14 +39,13 @@ from .compat import (
     crash,
     exclude_from_fetch,
     install_leave_group_fix,
-    install_quiet_rebalance,
     raw_producer,
     seek,
     task,
     timer,
 )
 from .kafka import STATE_TABLE, ControlReader, client_options, repartition_topic
-from .logs import limit_repeats
+from .logs import install_quiet_rebalance, limit_repeats
 from .metrics import Metrics
 from .reader import DirectReader, Rec
 from .sender import BatchSender
