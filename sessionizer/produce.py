@@ -179,7 +179,7 @@ def _source(
     if live:
         # Stamped with the wall clock as they happen, in real time (the worker's timeout
         # means what it says); paced by the devices, so --rate picks how many there are.
-        from .demo import LiveTraffic, devices_for_rate
+        from .traffic import LiveTraffic, devices_for_rate
 
         n = devices if devices is not None else devices_for_rate(rate or LIVE_RATE, 1.0)
         return LiveTraffic(n, speed=1.0, seed=seed).records()

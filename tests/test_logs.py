@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import pytest
 
@@ -29,10 +30,22 @@ def test_a_repeated_message_passes_once_per_window_then_says_how_many_were_held(
     assert flt.filter(_record("Unable connect to node with id 1: x", name="aiokafka.client"))
 
 
-def test_limit_repeats_reaches_every_aiokafka_logger(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.fixture
+def limited() -> Iterator[RepeatFilter]:
+    """``limit_repeats`` for one test: the filter leaves every logger afterwards (it would
+    hold back the same message in another test)."""
     import aiokafka.conn  # noqa: F401  (its module logger exists)
 
     flt = limit_repeats("aiokafka", window_s=60.0)
+    yield flt
+    for name in ["aiokafka", *logging.Logger.manager.loggerDict]:
+        logging.getLogger(name).removeFilter(flt)
+
+
+def test_limit_repeats_reaches_every_aiokafka_logger(
+    limited: RepeatFilter, caplog: pytest.LogCaptureFixture
+) -> None:
+    flt = limited
     assert flt in logging.getLogger("aiokafka.conn").filters
     assert limit_repeats("aiokafka") is not flt  # a second call adds no second filter
     assert sum(isinstance(f, RepeatFilter) for f in logging.getLogger("aiokafka.conn").filters) == 1
@@ -41,4 +54,11 @@ def test_limit_repeats_reaches_every_aiokafka_logger(caplog: pytest.LogCaptureFi
         for i in range(10):
             log.error("Unable connect to node with id %d", i)
     assert len([r for r in caplog.records if r.name == "aiokafka.conn"]) == 1
-    logging.getLogger("aiokafka.conn").removeFilter(flt)
+
+
+def test_info_and_below_always_pass() -> None:
+    flt = RepeatFilter(30.0, clock=lambda: 0.0)
+    for _ in range(3):
+        rec = _record("Heartbeat failed for group g1 because it is rebalancing")
+        rec.levelno = logging.INFO
+        assert flt.filter(rec)

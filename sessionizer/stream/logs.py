@@ -22,8 +22,8 @@ _NUMBERS = re.compile(r"\d+")
 
 
 class RepeatFilter(logging.Filter):
-    """Lets a message through at most once per ``window_s`` (messages that differ only in
-    their numbers are the same message); says how many it held back."""
+    """Lets a warning or error through at most once per ``window_s`` (messages that differ
+    only in their numbers are the same message); says how many it held back."""
 
     def __init__(self, window_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
         super().__init__()
@@ -32,6 +32,8 @@ class RepeatFilter(logging.Filter):
         self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True  # what --loglevel info asked for, every time
         try:
             text = record.getMessage()
         except Exception:  # a malformed call: let logging report it as usual
