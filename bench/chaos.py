@@ -99,6 +99,7 @@ from sessionizer.core.config import EngineConfig  # noqa: E402
 from sessionizer.core.engine import Engine  # noqa: E402
 from sessionizer.core.model import DEAD_LETTERS, EVENTS, SESSIONS  # noqa: E402
 from sessionizer.stream.kafka import topic_partitions  # noqa: E402
+from sessionizer.stream.logs import limit_repeats  # noqa: E402
 from sessionizer.stream.worker import device_key  # noqa: E402
 from sessionizer.testing import NOW  # noqa: E402
 from sessionizer.workload import generate  # noqa: E402
@@ -1262,6 +1263,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # SIGTERM exits like Ctrl-C does: workers and broker are stopped on the way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    limit_repeats("aiokafka")  # our own clients' retries while a broker is down
     return asyncio.run(amain(args))
 
 
