@@ -779,13 +779,26 @@ def per_key(chunks: list[list[Out]]) -> dict[str | None, dict[str, Any]]:
     return dict(res)
 
 
-def _diff(a: dict[str | None, dict[str, Any]], b: dict[str | None, dict[str, Any]]) -> None:
+def _diff(
+    a: dict[str | None, dict[str, Any]],
+    b: dict[str | None, dict[str, Any]],
+    *,
+    input_end: bool = False,
+) -> None:
+    """``input_end``: a key's last session may end as end_of_input in one run and
+    by its deadline in the other (§9, R0's exception): with R26 the time a bounded
+    input ends at depends on how the keys' records interleave."""
     assert a.keys() == b.keys()
     for k in a:
         for part in ("finals", "starts", "records", "end_events", "dead"):
             x, y = a[k][part], b[k][part]
             if k is None:  # records of no key: their order is the interleaving's
                 x, y = sorted(map(codec.dumps, x)), sorted(map(codec.dumps, y))
+            if input_end and part == "finals" and x and y and x[-1] != y[-1]:
+                reasons = {x[-1]["end_reason"], y[-1]["end_reason"]}
+                assert "end_of_input" in reasons and reasons <= {"end_of_input", "timeout", "idle"}
+                assert {**x[-1], "end_reason": ""} == {**y[-1], "end_reason": ""}, (k, part)
+                x, y = x[:-1], y[:-1]
             assert x == y, (k, part)
 
 
@@ -806,9 +819,9 @@ def test_r0_sessions_do_not_depend_on_interleaving_or_expiry_timing(
     pattern = data.draw(st.lists(st.booleans(), min_size=len(b_recs), max_size=len(b_recs)))
     _, a = drive(a_recs, expire=True)
     ref = per_key(a)
-    _diff(ref, per_key(drive(b_recs, expire=pattern)[1]))
+    _diff(ref, per_key(drive(b_recs, expire=pattern)[1]), input_end=True)
     _diff(ref, per_key(drive(a_recs, expire=False)[1]))
-    _diff(ref, per_key(drive(scn.in_key_order(), expire=True)[1]))
+    _diff(ref, per_key(drive(scn.in_key_order(), expire=True)[1]), input_end=True)
 
 
 # ------------------------------------------------------------------ (e) snapshot/restore
@@ -833,6 +846,7 @@ def test_state_snapshot_restore_continues_byte_identically(
             assert snap is not None
             fresh.restore_key(k, codec.loads(codec.dumps(snap)))
         fresh.watermark = eng.watermark
+        fresh.restore_clock(codec.loads(codec.dumps(eng.clock_state())))
         _, rest = drive(recs[cut:], expire=expire[cut:], engine=fresh, first_offset=cut)
         assert [o.line for o in flat(rest)] == [o.line for o in flat(whole[cut:])], cut
         # The same outputs after every record, in the same order for each key.
