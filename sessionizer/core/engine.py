@@ -894,9 +894,10 @@ class Engine:
                 t = _event_ts(data.get("timestamp_unixtime_ms"), batch_ts, max_ts)
                 if t is not None and t > bound:
                     n += 1
-        self.counts.events_ahead += n
-        self.ahead_key = skey
-        self.ahead_ts = hi
+        if self.watermark:  # the first record of a fresh partition sets its time
+            self.counts.events_ahead += n
+            self.ahead_key = skey
+            self.ahead_ts = hi
         ahead = self._ahead
         if hi > ahead.get(skey, 0):
             ahead[skey] = hi
