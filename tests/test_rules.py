@@ -776,6 +776,21 @@ def test_r26_a_quorum_of_keys_moves_time_to_its_lowest_time() -> None:
     assert {r["end_reason"] for r in res.ends()} == {"timeout"}
 
 
+def test_r26_keys_still_ahead_after_a_quorum_jump_keep_their_claim() -> None:
+    # Two devices 20 min ahead of a quiet partition, then three clock devices a day
+    # ahead: the first quorum moves time to the devices', the clocks' claims stay and
+    # the third clock completes their own quorum.
+    recs = [batch(D, screen(T0)), *crowd(T0)]
+    recs += [batch(d, screen(T0 + 20 * MIN)) for d in CROWD[:2]]
+    clocks = [batch(f"clock-{i}", custom(T0 + DAY)) for i in range(3)]
+    res = run([*recs, *clocks[:1]], keep_open=True)
+    assert res.engine.watermark == T0 + 20 * MIN
+    res = run([*recs, *clocks[:2]], keep_open=True)
+    assert res.engine.watermark == T0 + 20 * MIN
+    res = run([*recs, *clocks], keep_open=True)
+    assert res.engine.watermark == T0 + DAY
+
+
 def test_r26_records_in_step_move_time_as_the_largest_time() -> None:
     # Each record at most grace ahead moves time to its time at once (R20).
     res = run([batch(D, screen(T0)), *crowd(T0 + 31 * MIN, step=2 * MIN)], keep_open=True)

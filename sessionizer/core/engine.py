@@ -329,8 +329,8 @@ class Engine:
         self.keys: dict[str, KeyState] = {}
         self.heap: list[tuple[int, str]] = []
         self.watermark = 0
-        # R26: keys whose records ran ahead of the watermark since it last moved
-        # (key -> largest such ts), and the keys of the last WINDOW records.
+        # R26: keys whose records ran ahead of the watermark since a record in step
+        # moved it (key -> largest such ts), and the keys of the last WINDOW records.
         self._ahead: dict[str, int] = {}
         self._ring: list[str] = [""] * WINDOW
         self._ri = 0
@@ -459,8 +459,7 @@ class Engine:
         Cheap when nothing is due: a runner may call it after every record.
         """
         if to_ms is not None and to_ms > self.watermark:
-            self.watermark = to_ms
-            self._ahead.clear()
+            self._move_to(to_ms)
         heap = self.heap
         if heap and heap[0][0] <= self.watermark:
             self.expire()
@@ -521,8 +520,15 @@ class Engine:
     def advance_watermark(self, ts: int) -> None:
         """R22: idle partitions move time on; the watermark never goes back (R20)."""
         if ts > self.watermark:
-            self.watermark = ts
-            self._ahead.clear()
+            self._move_to(ts)
+
+    def _move_to(self, w: int) -> None:
+        """W moves on other than by a record in step (a quorum, R22, a restore): the
+        keys still more than grace ahead of it stay ahead (R26)."""
+        self.watermark = w
+        if self._ahead:
+            bound = w + self._grace
+            self._ahead = {k: t for k, t in self._ahead.items() if t > bound}
 
     def expire(self) -> None:
         """R21: close every session whose deadline + grace the watermark has passed."""
@@ -884,8 +890,8 @@ class Engine:
 
     def _ran_ahead(self, skey: str, hi: int, events: list[Any], batch_ts: Any, max_ts: int) -> None:
         """R26: a record more than ``grace`` ahead of the watermark moves it only
-        once enough distinct keys (the quorum) have run ahead since it last moved;
-        then to the quorum-th highest of their times. Must not raise."""
+        once enough distinct keys (the quorum) have run ahead since a record in step
+        last moved it; then to the quorum-th highest of their times. Must not raise."""
         bound = self.watermark + self._grace
         n = 0
         for ev in events:  # the record's events that run ahead, for the metric
@@ -903,8 +909,7 @@ class Engine:
             ahead[skey] = hi
         quorum = self.quorum()
         if len(ahead) >= quorum:
-            self.watermark = sorted(ahead.values(), reverse=True)[quorum - 1]
-            ahead.clear()
+            self._move_to(sorted(ahead.values(), reverse=True)[quorum - 1])
 
     def quorum(self) -> int:
         """R26: the distinct keys that must run ahead together to move time: one
