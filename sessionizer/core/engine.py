@@ -297,7 +297,8 @@ class Engine:
     * end of a bounded input: :meth:`end_of_input`;
     * outputs and state out: :meth:`take_output`, :meth:`has_pending`,
       :meth:`take_dirty` and :meth:`snapshot_key`;
-    * a restart: :meth:`restore` (the snapshots and the marker's watermark);
+    * a restart: :meth:`restore` (the snapshots and the marker's watermark and
+      :meth:`clock_state`; :meth:`restore_clock` puts the latter back alone);
     * reads: :meth:`key_state`, :meth:`key_count`, :meth:`state_keys`,
       :meth:`open_sessions`, :meth:`is_controlled`, and the attributes
       ``watermark`` (R20, R26: the event time the partition's keys agree on,
@@ -907,11 +908,11 @@ class Engine:
         ahead = self._ahead
         if hi > ahead.get(skey, 0):
             ahead[skey] = hi
-        quorum = self.quorum()
+        quorum = self._quorum()
         if len(ahead) >= quorum:
             self._move_to(sorted(ahead.values(), reverse=True)[quorum - 1])
 
-    def quorum(self) -> int:
+    def _quorum(self) -> int:
         """R26: the distinct keys that must run ahead together to move time: one
         more for every 4 distinct keys of the last WINDOW records, at most QUORUM."""
         heard = set(self._ring)
