@@ -72,6 +72,13 @@ FAILOVER_ARGS ?=
 bench-failover: $(READY)
 	$(PY) bench/bench_failover.py $(FAILOVER_ARGS)
 
+# Wrong clocks (R26, R27): emission delay, revisions and changed sessions, clean and with
+# outlier devices (1 % ahead 1-24 h, a "now" record, one 30 days behind). TIME_ARGS="--seed 2".
+TIME_ARGS ?=
+.PHONY: bench-time
+bench-time: $(READY)
+	$(PY) bench/bench_time.py $(TIME_ARGS)
+
 # Fuzz: mutated realistic records through process-file's engine and encoder;
 # exits non-zero on any exception. FUZZ_ARGS="--records 100000 --seed 7" to vary.
 FUZZ_ARGS ?= --records 1000000

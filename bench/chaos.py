@@ -22,8 +22,9 @@ fresh app id:
    leader of the busiest input partitions is SIGKILLed, a broker is SIGSTOPped past
    its session timeout and SIGCONTed, the active controller is SIGKILLed, and each
    comes back; workers must ride through all of it without a restart.
-4. After the traffic, every worker is (re)started, one far-future "clock"
-   record per partition moves every watermark past every deadline, and the
+4. After the traffic, every worker is (re)started, far-future "clock"
+   records of 3 devices per partition (a quorum, R26) move every watermark
+   past every deadline, and the
    outputs are read until they equal what process-file makes of the same input
    (``sessionizer.testing``'s engine, records in production order, so in the
    same order per partition):
@@ -80,6 +81,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa:
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 from harness import (  # noqa: E402
     CLOCK_APP,
+    CLOCKS_PER_PARTITION,
     Names,
     WorkerProc,
     clock_records,
@@ -910,8 +912,9 @@ class Run:
         await p.start()
         try:
             topic = self.names.topics["raw_events"]
-            for part, v in enumerate(clocks):
-                m = await (await p.send(topic, v, key=device_key(v), partition=part))
+            parts = len(clocks) // CLOCKS_PER_PARTITION  # record i: partition i % parts
+            for i, v in enumerate(clocks):
+                m = await (await p.send(topic, v, key=device_key(v), partition=i % parts))
                 self.meta.append((m.partition, m.offset))
         finally:
             await p.stop()

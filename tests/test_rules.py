@@ -10,6 +10,7 @@ from sessionizer.core.config import AppOverrides, EngineConfig
 from sessionizer.core.ids import NAMESPACE, session_id, session_uuid
 from sessionizer.testing import (
     MIN,
+    NOW,
     SEC,
     T0,
     background,
@@ -754,3 +755,137 @@ def test_r0_replayed_input_after_restore_is_not_applied_twice() -> None:
     both = first.take_output() + restored.take_output()
     assert collect(restored, both).final() == collect(whole, whole.take_output()).final()
     assert restored.counts.records_in == 2  # records 4 and 5 only
+
+
+# ---------------------------------------------------------------- R26-R27
+
+DAY = 24 * 60 * MIN
+CROWD = [f"6f1c2a3e-0000-4000-8000-0000000001{i:02d}" for i in range(8)]
+
+
+def crowd(ts: int, step: int = 10 * SEC) -> list[dict[str, Any]]:
+    """One screen view of each of 8 other devices, ``step`` apart from ``ts`` on."""
+    return [batch(d, screen(ts + i * step)) for i, d in enumerate(CROWD)]
+
+
+def test_r26_one_key_far_ahead_does_not_move_time() -> None:
+    ahead = batch(D2, custom(T0 + 6 * 60 * MIN))  # a phone whose clock runs 6 h ahead
+    res = run([batch(D, screen(T0)), *crowd(T0), ahead, *crowd(T0 + 2 * MIN)], keep_open=True)
+    assert res.engine.watermark == T0 + 2 * MIN + 70 * SEC  # the crowd's latest time
+    assert res.ends() == []  # D's session (deadline T0 + 30 min) is not closed early
+    assert res.counts.events_ahead == 1
+    assert (res.engine.ahead_key, res.engine.ahead_ts) == (f"{APP}/{D2}", T0 + 6 * 60 * MIN)
+    # Without the crowd there is no one to compare with: the phone's time is the time.
+    alone = run([batch(D, screen(T0)), ahead], keep_open=True)
+    assert alone.engine.watermark == T0 + 6 * 60 * MIN
+    assert [r["device"] for r in alone.ends()] == [D]
+
+
+def test_r26_two_keys_ahead_together_do_not_move_time() -> None:
+    recs = [batch(D, screen(T0)), *crowd(T0)]
+    recs += [batch(D2, custom(T0 + DAY)), batch("third", custom(T0 + 2 * DAY))]
+    res = run(recs, keep_open=True)
+    assert res.engine.watermark == T0 + 70 * SEC
+    assert res.ends() == []
+
+
+def test_r26_a_quorum_of_keys_moves_time_to_its_lowest_time() -> None:
+    # The whole partition comes back after a night: 3 keys agree, so time jumps.
+    recs = [batch(D, screen(T0)), *crowd(T0)]
+    night = T0 + 10 * 60 * MIN
+    later = [batch(d, screen(night + i * MIN)) for i, d in enumerate(CROWD[:3])]
+    res = run([*recs, *later[:2]], keep_open=True)
+    assert res.engine.watermark == T0 + 70 * SEC
+    assert D not in [r["device"] for r in res.ends()]  # only the 2 keys' own ends (R4)
+    res = run([*recs, *later], keep_open=True)
+    assert res.engine.watermark == night  # the 3rd highest of the 3 keys ahead
+    assert D in [r["device"] for r in res.ends()]
+    assert {r["end_reason"] for r in res.ends()} == {"timeout"}
+
+
+def test_r26_keys_still_ahead_after_a_quorum_jump_keep_their_claim() -> None:
+    # Two devices 20 min ahead of a quiet partition, then three clock devices a day
+    # ahead: the first quorum moves time to the devices', the clocks' claims stay and
+    # the third clock completes their own quorum.
+    recs = [batch(D, screen(T0)), *crowd(T0)]
+    recs += [batch(d, screen(T0 + 20 * MIN)) for d in CROWD[:2]]
+    clocks = [batch(f"clock-{i}", custom(T0 + DAY)) for i in range(3)]
+    res = run([*recs, *clocks[:1]], keep_open=True)
+    assert res.engine.watermark == T0 + 20 * MIN
+    res = run([*recs, *clocks[:2]], keep_open=True)
+    assert res.engine.watermark == T0 + 20 * MIN
+    res = run([*recs, *clocks], keep_open=True)
+    assert res.engine.watermark == T0 + DAY
+
+
+def test_r26_records_in_step_move_time_as_the_largest_time() -> None:
+    # Each record at most grace ahead moves time to its time at once (R20).
+    res = run([batch(D, screen(T0)), *crowd(T0 + 31 * MIN, step=2 * MIN)], keep_open=True)
+    assert res.engine.watermark == T0 + 31 * MIN + 14 * MIN
+    assert [r["device"] for r in res.ends()] == [D]
+    assert res.counts.events_ahead == 1  # the first crowd record, 31 min after D's
+
+
+def test_r26_a_key_heard_alone_for_the_window_moves_time_on() -> None:
+    # Liveness: when the other keys fall silent, a key alone is all the partition knows.
+    recs = [batch(D, screen(T0)), *crowd(T0)]
+    recs += [batch(D2, custom(T0 + 60 * MIN + i * SEC)) for i in range(64)]
+    res = run(recs, keep_open=True)
+    assert res.engine.watermark == T0 + 60 * MIN + 63 * SEC
+    assert D in [r["device"] for r in res.ends()]
+
+
+def test_r26_clock_state_restored_goes_on_as_if_never_stopped() -> None:
+    from sessionizer import codec
+    from sessionizer.core.engine import Engine
+    from sessionizer.testing import encode
+
+    ahead = [batch(D2, custom(T0 + DAY)), batch("x", custom(T0 + DAY))]
+    recs = encode([batch(D, screen(T0)), *crowd(T0), *ahead])
+    last = encode([batch("y", custom(T0 + DAY + MIN))])[0]
+    first = Engine(EngineConfig(), loads=codec.loads, dumps=codec.dumps)
+    for i, v in enumerate(recs):
+        first.process_record(v, None, "t", 0, i, None, NOW, i)
+    snaps = [(k, codec.loads(codec.dumps(first.snapshot_key(k)))) for k in first.state_keys()]
+    clock = codec.loads(codec.dumps(first.clock_state()))
+    for with_clock, moved in ((True, True), (False, False)):
+        eng = Engine(EngineConfig(), loads=codec.loads, dumps=codec.dumps)
+        eng.restore(snaps, first.watermark, clock if with_clock else None)
+        eng.process_record(last, None, "t", 0, len(recs), None, NOW, len(recs))
+        # With the clock, the third key ahead completes the quorum as it would have;
+        # without (an older marker), the restored keys count but not the two ahead.
+        assert (eng.watermark == T0 + DAY) is moved
+
+
+def test_r27_a_stray_now_record_in_a_year_old_backfill_forgets_nothing() -> None:
+    stray = batch("stray", custom(0), timestamp_unixtime_ms=NOW)
+    del stray["events"][0]["data"]["timestamp_unixtime_ms"]  # the record's own time
+    recs = [batch(D, screen(T0)), *crowd(T0), stray, batch(D, screen(T0 + 40 * MIN))]
+    recs += crowd(T0 + 40 * MIN)
+    res = run(recs)
+    first, second = by_number(res)
+    assert second["session_number"] == 2
+    assert second["previous_session_uuid"] == first["session_uuid"]
+    assert res.engine.key_count() == 10  # D, the crowd and the stray
+    assert first["end_reason"] == "timeout" and second["end_reason"] == "end_of_input"
+
+
+def test_r27_a_key_really_idle_for_state_ttl_is_forgotten() -> None:
+    cfg = EngineConfig(state_ttl_ms=3 * DAY)
+    recs: list[dict[str, Any]] = [batch(D, screen(T0))]
+    recs += [r for day in range(5) for r in crowd(T0 + day * DAY)]  # the others go on
+    res = run([*recs, batch(D, screen(T0 + 5 * DAY))], cfg)
+    _first, again = sorted(by_number(res), key=lambda r: r["start_unixtime_ms"])
+    assert again["session_number"] == 1 and again["previous_session_uuid"] is None
+    # One day less and the key is kept.
+    res = run([batch(D, screen(T0)), *crowd(T0 + 2 * DAY), batch(D, screen(T0 + 2 * DAY))], cfg)
+    assert [r["session_number"] for r in by_number(res)] == [1, 2]
+
+
+def test_r27_a_key_whose_clock_is_behind_is_not_forgotten_while_it_sends() -> None:
+    # 30 days behind the partition, with a 3-day state_ttl: heard now, so kept.
+    cfg = EngineConfig(state_ttl_ms=3 * DAY)
+    recs: list[dict[str, Any]] = [*crowd(T0 + 30 * DAY)]
+    recs += [batch(D, screen(T0)), *crowd(T0 + 30 * DAY + MIN), batch(D, screen(T0 + 40 * MIN))]
+    res = run(recs, cfg)
+    assert [r["session_number"] for r in by_number(res)] == [1, 2]

@@ -2,8 +2,8 @@
 
 Records go in as bytes with their source position; outputs come out as
 ``(topic, key, value)`` tuples in ``engine.out``. Time is event time only:
-the watermark is the largest valid event ``ts`` seen (R20) and expiry pops
-an index of deadlines (R21). The one wall-clock input, ``now_ms``, only
+the watermark follows the partition's keys robustly (R20, R26) and expiry
+pops an index of deadlines (R21). The one wall-clock input, ``now_ms``, only
 bounds timestamps from the future (§1.3) and is passed in by the caller.
 
 ``process_record`` never raises on input. What ``loads`` accepts, ``dumps``
@@ -72,6 +72,10 @@ TOO_DEEP: Final = f"nested deeper than {MAX_DEPTH} levels"
 # The 64-bit integer range the outputs can hold (orjson: int64 and uint64).
 MIN_INT: Final = -(1 << 63)
 MAX_INT: Final = (1 << 64) - 1
+# R26: the records (the last WINDOW of them) whose distinct keys set the quorum
+# that confirms a jump of the watermark, at most QUORUM keys.
+WINDOW: Final = 64
+QUORUM: Final = 3
 IDENTITY_FIELDS = ("mpid", "mp_deviceid", "application_info", "api_key", "environment")
 
 Loads = Callable[[bytes], Any]
@@ -307,11 +311,13 @@ class Engine:
     * end of a bounded input: :meth:`end_of_input`;
     * outputs and state out: :meth:`take_output`, :meth:`has_pending`,
       :meth:`take_dirty` and :meth:`snapshot_key`;
-    * a restart: :meth:`restore` (the snapshots and the marker's watermark);
+    * a restart: :meth:`restore` (the snapshots and the marker's watermark and
+      :meth:`clock_state`; :meth:`restore_clock` puts the latter back alone);
     * reads: :meth:`key_state`, :meth:`key_count`, :meth:`state_keys`,
       :meth:`open_sessions`, :meth:`is_controlled`, and the attributes
-      ``watermark`` (R20: the largest valid event time seen, or the time an
-      idle partition was advanced to) and ``counts`` (§7.4), which only the
+      ``watermark`` (R20, R26: the event time the partition's keys agree on,
+      or the time an idle partition was advanced to), ``counts`` (§7.4) and
+      the R26 outlier readings ``ahead_key`` and ``ahead_ts``, which only the
       engine writes.
 
     ``control`` is the R19 console opt-out table (device, ``"app/device"`` or
@@ -338,6 +344,14 @@ class Engine:
         self.keys: dict[str, KeyState] = {}
         self.heap: list[tuple[int, str]] = []
         self.watermark = 0
+        # R26: keys whose records ran ahead of the watermark since a record in step
+        # moved it (key -> largest such ts), and the keys of the last WINDOW records.
+        self._ahead: dict[str, int] = {}
+        self._ring: list[str] = [""] * WINDOW
+        self._ri = 0
+        # The latest record that ran ahead (R26), for /health: its key and time.
+        self.ahead_key = ""
+        self.ahead_ts = 0
         self.counts = Counts()
         self.out: list[Output] = []
         # R19 console opt-out entries: device, "app/device" or "app/*" -> opted out.
@@ -404,19 +418,54 @@ class Engine:
             else:
                 self._open_keys.discard(key)
 
-    def restore(self, snapshots: Iterable[tuple[str, list[Any]]], watermark: int) -> int:
-        """A restart: the keys' snapshots and the watermark the state was written at.
+    def restore(
+        self,
+        snapshots: Iterable[tuple[str, list[Any]]],
+        watermark: int,
+        clock: list[Any] | None = None,
+    ) -> int:
+        """A restart: the keys' snapshots, the watermark the state was written at
+        and the R26 clock state (:meth:`clock_state`) written with it.
 
-        The watermark comes from the partition's marker, written with the
-        snapshots (it never goes back, R20); sessions already due close at the
-        next :meth:`advance`. Returns the number of keys restored.
+        Both come from the partition's marker, written with the snapshots (the
+        watermark never goes back, R20); sessions already due close at the next
+        :meth:`advance`. Returns the number of keys restored.
         """
         n = 0
         for key, value in snapshots:
             self.restore_key(key, value)
+            if clock is None and n < WINDOW:
+                # No clock state (a marker of an older version): the restored keys
+                # stand for the records before, so the first ones after cannot move time alone.
+                self._ring[n] = key
             n += 1
         self.advance_watermark(watermark)
+        if clock is not None:
+            self.restore_clock(clock)
         return n
+
+    def clock_state(self) -> list[Any]:
+        """What R26 knows besides the watermark, as a JSON-able value: the keys of
+        the last WINDOW records (each at its latest position) and the keys ahead."""
+        ring = self._ring
+        heard: list[Any] = []
+        seen: set[str] = set()
+        for age in range(WINDOW):
+            key = ring[(self._ri - 1 - age) % WINDOW]
+            if key and key not in seen:
+                seen.add(key)
+                heard.append([key, age])
+        return [heard, [[k, t] for k, t in self._ahead.items()]]
+
+    def restore_clock(self, clock: list[Any]) -> None:
+        """Puts back a :meth:`clock_state`: the engine goes on as if never stopped."""
+        heard, ahead = clock
+        ring = [""] * WINDOW
+        for key, age in heard:
+            ring[(WINDOW - 1 - age) % WINDOW] = key
+        self._ring = ring
+        self._ri = 0
+        self._ahead = {k: t for k, t in ahead}
 
     def advance(self, to_ms: int | None = None) -> None:
         """Time moves on: the watermark to ``to_ms`` when later (R22, an idle
@@ -425,7 +474,7 @@ class Engine:
         Cheap when nothing is due: a runner may call it after every record.
         """
         if to_ms is not None and to_ms > self.watermark:
-            self.watermark = to_ms
+            self._move_to(to_ms)
         heap = self.heap
         if heap and heap[0][0] <= self.watermark:
             self.expire()
@@ -486,7 +535,15 @@ class Engine:
     def advance_watermark(self, ts: int) -> None:
         """R22: idle partitions move time on; the watermark never goes back (R20)."""
         if ts > self.watermark:
-            self.watermark = ts
+            self._move_to(ts)
+
+    def _move_to(self, w: int) -> None:
+        """W moves on other than by a record in step (a quorum, R22, a restore): the
+        keys still more than grace ahead of it stay ahead (R26)."""
+        self.watermark = w
+        if self._ahead:
+            bound = w + self._grace
+            self._ahead = {k: t for k, t in self._ahead.items() if t > bound}
 
     def expire(self) -> None:
         """R21: close every session whose deadline + grace the watermark has passed."""
@@ -805,10 +862,21 @@ class Engine:
                 self.keys[skey] = st
             if self.dirty is not None:
                 self.dirty.add(skey)
+            ring = self._ring
+            ring[self._ri] = skey
+            self._ri = (self._ri + 1) % WINDOW
             if hi > self.watermark:
-                self.watermark = hi
-            if hi > st.activity:
-                st.activity = hi
+                if hi <= self.watermark + self._grace:
+                    self.watermark = hi  # R26: in step with the partition
+                    if self._ahead:
+                        self._ahead.clear()
+                else:
+                    self._ran_ahead(skey, hi, events, batch_ts, max_ts)
+            if hi > 0:
+                # R27: heard at its own latest time, or the partition's if that is later.
+                heard = hi if hi > self.watermark else self.watermark
+                if heard > st.activity:
+                    st.activity = heard
             if seq >= 0:
                 st.seq = seq
             # self._schedule(st), inline: once per record
@@ -834,6 +902,37 @@ class Engine:
                 raw or value,
                 (key, topic, partition, offset, timestamp),
             )
+
+    def _ran_ahead(self, skey: str, hi: int, events: list[Any], batch_ts: Any, max_ts: int) -> None:
+        """R26: a record more than ``grace`` ahead of the watermark moves it only
+        once enough distinct keys (the quorum) have run ahead since a record in step
+        last moved it; then to the quorum-th highest of their times. Must not raise."""
+        bound = self.watermark + self._grace
+        n = 0
+        for ev in events:  # the record's events that run ahead, for the metric
+            data = ev.get("data") if type(ev) is dict else None
+            if type(data) is dict:
+                t = _event_ts(data.get("timestamp_unixtime_ms"), batch_ts, max_ts)
+                if t is not None and t > bound:
+                    n += 1
+        if self.watermark:  # the first record of a fresh partition sets its time
+            self.counts.events_ahead += n
+            self.ahead_key = skey
+            self.ahead_ts = hi
+        ahead = self._ahead
+        if hi > ahead.get(skey, 0):
+            ahead[skey] = hi
+        quorum = self._quorum()
+        if len(ahead) >= quorum:
+            self._move_to(sorted(ahead.values(), reverse=True)[quorum - 1])
+
+    def _quorum(self) -> int:
+        """R26: the distinct keys that must run ahead together to move time: one
+        more for every 4 distinct keys of the last WINDOW records, at most QUORUM."""
+        heard = set(self._ring)
+        heard.discard("")
+        q = 1 + len(heard) // 4
+        return q if q < QUORUM else QUORUM
 
     def _save(self, st: KeyState) -> tuple[Any, ...]:
         """The key, the counts and the outputs' length before a record changes them.

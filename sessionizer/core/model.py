@@ -65,6 +65,7 @@ class Counts:
 
     __slots__ = (
         "dead_by_reason",
+        "events_ahead",
         "events_control",
         "events_dead_lettered",
         "events_forwarded",
@@ -95,6 +96,9 @@ class Counts:
         self.events_opted_out = 0
         self.events_dead_lettered = 0
         self.events_late = 0
+        # R26: events more than grace ahead of the watermark. Not a §7.4 count
+        # (not in as_dict): a worker metric.
+        self.events_ahead = 0
         self.sessions_started = 0
         self.sessions_revised = 0
         self.sessions_ended: dict[str, int] = dict.fromkeys(END_REASONS, 0)
@@ -131,6 +135,7 @@ class Counts:
         self.events_opted_out += other.events_opted_out
         self.events_dead_lettered += other.events_dead_lettered
         self.events_late += other.events_late
+        self.events_ahead += other.events_ahead
         self.sessions_started += other.sessions_started
         self.sessions_revised += other.sessions_revised
         self.sessions_ended = _summed(self.sessions_ended, other.sessions_ended)

@@ -173,7 +173,7 @@ class KeyState:
         self.last: Session | None = None
         self.counter = 0  # sessions started (R11)
         self.opted = False  # the key's own last opt_out event said so (R17)
-        self.activity = 0  # largest event ts seen, for state_ttl
+        self.activity = 0  # when the key was last heard, for state_ttl (R27)
         # End of the latest session no longer kept: nothing may start or be
         # attributed before it, so a key's sessions never overlap (R9).
         self.floor = 0

@@ -112,6 +112,9 @@ class PartitionStats:
     open_sessions: int | None  # None: no engine yet (nothing processed since assignment)
     keys: int | None
     lag: int | None  # None: highwater not known yet
+    events_ahead: int = 0  # R26: events more than grace ahead of the watermark
+    ahead_key: str = ""  # the session key of the latest of them ("" for none)
+    ahead_ms: int = 0  # how far that one ran ahead of the watermark
 
 
 class Metrics:
@@ -137,10 +140,12 @@ class Metrics:
             registry=self.registry,
         )
         self.retired: dict[str, Any] = {}
+        self.retired_ahead = 0
 
     def retire(self, counts: Counts) -> None:
         """An engine is dropped (partition revoked): keep what it counted."""
         add_counts(self.retired, counts.as_dict())
+        self.retired_ahead += counts.events_ahead
 
     def watch(self, pipe: WorkerView, topic: str) -> None:
         """Expose ``pipe``'s engines; ``topic`` is the topic the engines consume."""
@@ -175,7 +180,13 @@ def partition_stats(pipe: WorkerView, topic: str) -> list[PartitionStats]:
             marker = pipe.store.marker(p)
             applied, wm = marker.offset, marker.watermark
             open_n = keys = None
-        out.append(PartitionStats(p, applied, wm, open_n, keys, _lag(pipe.highwater(p), applied)))
+        stats = PartitionStats(p, applied, wm, open_n, keys, _lag(pipe.highwater(p), applied))
+        if r is not None and r.engine.counts.events_ahead:
+            eng = r.engine
+            stats.events_ahead = eng.counts.events_ahead
+            stats.ahead_key = eng.ahead_key
+            stats.ahead_ms = max(0, eng.ahead_ts - eng.watermark)
+        out.append(stats)
     return out
 
 
@@ -214,6 +225,13 @@ class _EngineCollector(Collector):
             else:
                 fam = CounterMetricFamily(PREFIX + name, help_, value=value)
             yield fam
+        ahead = self.metrics.retired_ahead
+        ahead += sum(r.engine.counts.events_ahead for r in list(self.pipe.runners.values()))
+        yield CounterMetricFamily(
+            PREFIX + "events_ahead",
+            "Events more than grace ahead of their partition's watermark (R26), not moving it.",
+            value=ahead,
+        )
 
         gauges = {
             "watermark_ms": "Event-time watermark of the partition (ms since the epoch).",

@@ -4,9 +4,10 @@ Each engine partition ``p`` keeps, in partition ``p`` of the table (and of its
 changelog topic):
 
 * ``b"p:<session key>"`` -> the key's snapshot (JSON), absent once forgotten;
-* ``b"p:\\x00marker"`` -> ``{"offset", "watermark", "src"?}``: the partition's
-  state holds the effects of every source record up to ``offset`` (written
-  last and alone, see docs/broker.md#end-offsets-and-what-depends-on-them).
+* ``b"p:\\x00marker"`` -> ``{"offset", "watermark", "src"?, "clock"?}``: the
+  partition's state holds the effects of every source record up to ``offset``
+  (written last and alone, see docs/broker.md#end-offsets-and-what-depends-on-them);
+  ``clock`` is the engine's R26 state beside the watermark.
 
 The worker writes the changelog itself (one batch per partition), so it also
 writes the local store directly: by partition, which is what a RocksDB store
@@ -38,17 +39,21 @@ class Marker:
     offset: int  # highest source offset whose effects are in the state; -1: none
     watermark: int
     src: dict[int, int]  # repartitioned input: raw partition -> highest raw offset
+    clock: list[Any] | None = None  # Engine.clock_state(); None in older markers
 
     def encode(self) -> bytes:
         value: dict[str, Any] = {"offset": self.offset, "watermark": self.watermark}
         if self.src:
             value["src"] = {str(q): o for q, o in self.src.items()}
+        if self.clock is not None:
+            value["clock"] = self.clock
         return codec.dumps(value)
 
     @staticmethod
     def decode(raw: bytes) -> Marker:
         v = codec.loads(raw)
-        return Marker(v["offset"], v["watermark"], {int(q): o for q, o in v.get("src", {}).items()})
+        src = {int(q): o for q, o in v.get("src", {}).items()}
+        return Marker(v["offset"], v["watermark"], src, v.get("clock"))
 
 
 NO_MARKER = Marker(-1, 0, {})

@@ -104,6 +104,17 @@ def register(app: faust.App, pipe: WebView, topic: str) -> None:
             "rebalancing": bool(app.rebalancing),
             "control_ready": pipe.control_reader.ready.is_set(),
             "url": str(app.conf.canonical_url),
+            # R26: keys whose clock ran ahead of their partition (the latest one each).
+            "time_outliers": [
+                {
+                    "partition": s.partition,
+                    "events_ahead": s.events_ahead,
+                    "key": s.ahead_key,
+                    "ahead_ms": s.ahead_ms,
+                }
+                for s in stats
+                if s.events_ahead
+            ],
         }
         return self.json(body, status=200 if ok else 503)
 

@@ -277,7 +277,7 @@ class Pipeline:
         """The deadline index and engine of a partition, from the recovered table."""
         eng = self._new_engine()
         marker, snapshots = self.store.load(partition)
-        n = eng.restore(snapshots, marker.watermark)
+        n = eng.restore(snapshots, marker.watermark, marker.clock)
         log.info(
             "partition %d: restored %d keys, applied through offset %d, watermark %d",
             partition,
@@ -530,7 +530,8 @@ class Pipeline:
         await send(state)
         store.written(state)
         # The marker goes last and alone (StateStore.marker_record says why).
-        marker = [store.marker_record(p, Marker(r.applied, eng.watermark, r.src))]
+        clock = eng.clock_state()
+        marker = [store.marker_record(p, Marker(r.applied, eng.watermark, r.src, clock))]
         acked = await send(marker)
         store.written(marker, acked[-1].offset)
 

@@ -22,6 +22,7 @@ from sessionizer.stream.worker import device_key
 from sessionizer.testing import MIN, T0, batch, custom, launch, opt_out, screen, set_attr
 
 __all__ = [
+    "CLOCKS_PER_PARTITION",
     "CLOCK_APP",
     "Names",
     "WorkerProc",
@@ -257,10 +258,16 @@ def max_event_ts(values: Iterable[bytes]) -> int:
     return hi
 
 
+# Clock devices per partition: the quorum that moves a watermark far ahead (R26).
+CLOCKS_PER_PARTITION = 3
+
+
 def clock_records(last_ts: int, partitions: int) -> list[bytes]:
-    """One far-future record per partition: moves every partition's watermark past every
-    deadline, so live and offline close the same sessions the same way."""
+    """Far-future records of CLOCKS_PER_PARTITION devices for each partition (record
+    ``i`` for partition ``i % partitions``): they move every partition's watermark past
+    every deadline, so live and offline close the same sessions the same way."""
     return [
-        codec.dumps(batch(f"clock-{p}", custom(last_ts + 24 * 60 * MIN), app=CLOCK_APP))
+        codec.dumps(batch(f"clock-{p}-{j}", custom(last_ts + 24 * 60 * MIN), app=CLOCK_APP))
+        for j in range(CLOCKS_PER_PARTITION)
         for p in range(partitions)
     ]

@@ -132,8 +132,8 @@ async def test_worker_replay_and_process_file_write_the_same_integration_records
         await w.wait_ready()
         raw_topic = names.topics["raw_events"]
         await produce(broker.bootstrap, raw_topic, recs)
-        for p, clock in enumerate(clocks):
-            await produce(broker.bootstrap, raw_topic, [clock], partition=p)
+        for i, clock in enumerate(clocks):
+            await produce(broker.bootstrap, raw_topic, [clock], partition=i % PARTITIONS)
         n_raw = len(recs) + len(clocks)
 
         # process-file on each partition's records, in offset order.

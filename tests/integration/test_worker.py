@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from harness import (
     CLOCK_APP,
+    CLOCKS_PER_PARTITION,
     Names,
     WorkerProc,
     clock_records,
@@ -132,9 +133,11 @@ async def test_r0_live_output_equals_process_file(broker: Any, tmp_path: Path, r
     try:
         ready = await w.wait_ready()
         print(f"worker ready after {ready:.1f}s")
-        await produce(broker.bootstrap, names.topics["raw_events"], recs[:-PARTITIONS])
-        for p, clock in enumerate(recs[-PARTITIONS:]):
-            await produce(broker.bootstrap, names.topics["raw_events"], [clock], partition=p)
+        n_clocks = PARTITIONS * CLOCKS_PER_PARTITION
+        await produce(broker.bootstrap, names.topics["raw_events"], recs[:-n_clocks])
+        for i, clock in enumerate(recs[-n_clocks:]):
+            raw = names.topics["raw_events"]
+            await produce(broker.bootstrap, raw, [clock], partition=i % PARTITIONS)
         out = await _run_and_compare(broker.bootstrap, names, recs)
         reasons = {d["reason"] for _, d in out[names.topics["dead_letters"]]}
         assert {"invalid_json", "missing_identity"} <= reasons
@@ -222,8 +225,9 @@ async def test_restart_recovery_after_sigkill_at_several_points(
             )
             worker.start()
             await worker.wait_ready()
-        for p, clock in enumerate(clocks):
-            await produce(broker.bootstrap, names.topics["raw_events"], [clock], partition=p)
+        for i, clock in enumerate(clocks):
+            raw = names.topics["raw_events"]
+            await produce(broker.bootstrap, raw, [clock], partition=i % PARTITIONS)
         await _run_and_compare(broker.bootstrap, names, recs + clocks, timeout=240)
         assert "restored" in worker.log()
     finally:
@@ -287,8 +291,9 @@ async def test_rocksdb_remembers_what_it_holds_so_a_clean_restart_reads_no_chang
     try:
         await w2.wait_ready()
         await produce(broker.bootstrap, names.topics["raw_events"], recs[half:])
-        for p, clock in enumerate(clocks):
-            await produce(broker.bootstrap, names.topics["raw_events"], [clock], partition=p)
+        for i, clock in enumerate(clocks):
+            raw = names.topics["raw_events"]
+            await produce(broker.bootstrap, raw, [clock], partition=i % PARTITIONS)
         await _run_and_compare(broker.bootstrap, names, recs + clocks, timeout=240)
     finally:
         assert w2.terminate() == 0, w2.log()[-3000:]
@@ -314,8 +319,9 @@ async def test_two_workers_share_partitions_and_one_takes_over(broker: Any, tmp_
         a.terminate()  # stopped mid-stream: b takes its partitions over
         clocks = _clocks(recs)
         await produce(broker.bootstrap, names.topics["raw_events"], recs[half:])
-        for p, clock in enumerate(clocks):
-            await produce(broker.bootstrap, names.topics["raw_events"], [clock], partition=p)
+        for i, clock in enumerate(clocks):
+            raw = names.topics["raw_events"]
+            await produce(broker.bootstrap, raw, [clock], partition=i % PARTITIONS)
         await _run_and_compare(broker.bootstrap, names, recs + clocks, timeout=240)
     finally:
         a.kill()
@@ -341,8 +347,9 @@ async def test_a_partition_taken_over_with_nothing_applied_is_read_from_offset_0
         await produce(broker.bootstrap, names.topics["raw_events"], recs[: len(recs) // 2])
         a.terminate()
         await produce(broker.bootstrap, names.topics["raw_events"], recs[len(recs) // 2 :])
-        for p, clock in enumerate(clocks):
-            await produce(broker.bootstrap, names.topics["raw_events"], [clock], partition=p)
+        for i, clock in enumerate(clocks):
+            raw = names.topics["raw_events"]
+            await produce(broker.bootstrap, raw, [clock], partition=i % PARTITIONS)
         await _run_and_compare(broker.bootstrap, names, recs + clocks, timeout=120)
     finally:
         a.terminate()
@@ -375,19 +382,22 @@ async def test_repartition_when_records_are_not_keyed_by_device(
             recs,
             key_fn=lambda v: str(next(counter)).encode(),
         )
-        # A clock device for every engine partition, chosen by the partitioner.
+        # Clock devices for every engine partition (a quorum each, R26), chosen by
+        # the partitioner.
         part = DefaultPartitioner()
-        clocks: dict[int, bytes] = {}
+        clocks: dict[int, list[bytes]] = {p: [] for p in range(PARTITIONS)}
         clock_ts = max_event_ts(recs) + 24 * 60 * MIN
         i = 0
-        while len(clocks) < PARTITIONS:
+        while any(len(c) < CLOCKS_PER_PARTITION for c in clocks.values()):
             dev = f"clock-{i}"
             p = part(dev.encode(), list(range(PARTITIONS)), list(range(PARTITIONS)))
-            clocks.setdefault(p, codec.dumps(batch(dev, custom(clock_ts), app=CLOCK_APP)))
+            if len(clocks[p]) < CLOCKS_PER_PARTITION:
+                clocks[p].append(codec.dumps(batch(dev, custom(clock_ts), app=CLOCK_APP)))
             i += 1
-        await produce(broker.bootstrap, names.topics["raw_events"], list(clocks.values()))
+        clock_recs = [v for c in clocks.values() for v in c]
+        await produce(broker.bootstrap, names.topics["raw_events"], clock_recs)
         internal = f"{names.app_id}-repartition"
-        total = len(recs) + len(clocks)
+        total = len(recs) + len(clock_recs)
         seen = await read_all(
             broker.bootstrap,
             [internal],
@@ -466,8 +476,9 @@ async def test_workers_join_and_leave_a_live_group(broker: Any, tmp_path: Path) 
             await feed(chunk)
             await caught_up(f"{tag} left")
         clocks = _clocks(recs)
-        for p, clock in enumerate(clocks):
-            await produce(broker.bootstrap, names.topics["raw_events"], [clock], partition=p)
+        for i, clock in enumerate(clocks):
+            raw = names.topics["raw_events"]
+            await produce(broker.bootstrap, raw, [clock], partition=i % PARTITIONS)
         await _run_and_compare(broker.bootstrap, names, recs + clocks, timeout=240)
         assert workers["a"].proc is not None and workers["a"].proc.poll() is None
     finally:
@@ -509,8 +520,9 @@ async def test_a_failing_worker_exits_non_zero_and_a_restart_resumes(
     healthy.start()
     try:
         await healthy.wait_ready()
-        for p, clock in enumerate(clocks):
-            await produce(broker.bootstrap, names.topics["raw_events"], [clock], partition=p)
+        for i, clock in enumerate(clocks):
+            raw = names.topics["raw_events"]
+            await produce(broker.bootstrap, raw, [clock], partition=i % PARTITIONS)
         await _run_and_compare(broker.bootstrap, names, recs + clocks, timeout=240)
     finally:
         assert healthy.terminate() == 0, healthy.log()[-3000:]
@@ -585,8 +597,9 @@ async def test_a_poisoned_record_is_an_internal_error_and_its_partition_flows_on
         await w.wait_ready()
         # One produce call: the poisoned record sits in the middle of one batch.
         await produce(broker.bootstrap, names.topics["raw_events"], [*before, poison, *after])
-        for p, clock in enumerate(clocks):
-            await produce(broker.bootstrap, names.topics["raw_events"], [clock], partition=p)
+        for i, clock in enumerate(clocks):
+            raw = names.topics["raw_events"]
+            await produce(broker.bootstrap, raw, [clock], partition=i % PARTITIONS)
         exp = run(clean + clocks)
         want = _drop_clock(final_sessions(exp.sessions))
         topics = [names.topics[t] for t in ("sessions", "sessionized_events", "dead_letters")]
