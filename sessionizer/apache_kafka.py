@@ -297,6 +297,9 @@ class KafkaCluster:
             # A paused or dead follower leaves the ISR in seconds, not 30.
             "replica.lag.time.max.ms": "10000",
             "unclean.leader.election.enable": "false",
+            # Tests and replays produce records with CreateTimes months old: time-based
+            # retention deleted them at its next check (every 5 min), a flaky test.
+            "log.retention.ms": "-1",
             **self.settings,
         }
         return "".join(f"{k}={v}\n" for k, v in props.items())

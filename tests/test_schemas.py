@@ -530,7 +530,8 @@ def test_every_kind_of_output_matches() -> None:
         batch("dev-d", session_start(T0), custom(T0 + 1), session_end(T0 + 2)),  # manual
         batch("dev-e", custom(T0), opt_out(T0 + 1)),  # opt_out
         single("dev-g", custom(T0 + 10 * MIN)),
-        batch("dev-x", custom(T0 + 10 * MIN)),  # moves W: dev-h, dev-a, dev-b expire
+        batch("dev-x", custom(T0 + 10 * MIN)),  # with dev-g and dev-y, a quorum (R26)
+        batch("dev-y", custom(T0 + 10 * MIN)),  # moves W: dev-h, dev-a, dev-b expire
         batch("dev-h", custom(T0 + 30 * sec)),  # before dev-h's deadline: reopened
         single("dev-g", custom(T0)),  # before start - timeout: late, null session fields
         batch("dev-a", custom(T0 + 11 * MIN)),
