@@ -8,9 +8,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from harness import Names, WorkerProc, produce, read_all
+from harness import Names, WorkerProc, http_get, produce, read_all, until
 from prometheus_client.parser import text_string_to_metric_families
 
 from sessionizer import codec
@@ -28,28 +27,8 @@ def _wall_ms() -> int:
     return int(time.time() * 1000)
 
 
-async def _get(port: int, path: str) -> tuple[int, Any]:
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as s,
-        s.get(f"http://127.0.0.1:{port}{path}") as r,
-    ):
-        body = await r.text()
-        return r.status, codec.loads(body) if "json" in r.content_type else body
-
-
-async def _until(probe: Any, what: str, timeout: float = 90.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = await probe()
-        except aiohttp.ClientError as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        await asyncio.sleep(0.3)
-    raise AssertionError(f"{what} not reached in {timeout}s; last: {last!r}")
+_get = http_get
+_until = until
 
 
 async def test_r26_a_phone_a_day_ahead_closes_no_other_session_on_a_live_partition(
