@@ -14,7 +14,7 @@ $(VENV_STAMP): pyproject.toml setup.py
 # when a source changes; without a C compiler the sources run (same bytes, 1.3-1.6x slower).
 NATIVE_STAMP := sessionizer/_native.json
 NATIVE_SOURCES := sessionizer/_native.py $(wildcard sessionizer/core/*.py) \
-	sessionizer/encode.py sessionizer/driver.py sessionizer/offline.py
+	sessionizer/run/encode.py sessionizer/run/driver.py sessionizer/run/files.py
 $(NATIVE_STAMP): $(VENV_STAMP) $(NATIVE_SOURCES)
 	$(PY) -c 'from sessionizer._native import build; build()' \
 		|| echo "make native: not compiled (needs a C compiler); the Python sources run"
@@ -105,15 +105,15 @@ chaos-ci: $(READY)
 	$(PY) bench/chaos.py --seeds 1 --events 20000 --duration 45
 	$(PY) bench/chaos.py --seeds 1 --seed 2 --events 20000 --duration 60 --kafka-nodes 3 --broker-faults
 
-# Apache Kafka from its Maven jars (sessionizer/apache_kafka.py, deploy/kafka/pom.xml):
+# Apache Kafka from its Maven jars (sessionizer/tools/apache_kafka.py, deploy/kafka/pom.xml):
 # `make kafka` runs one KRaft node on 127.0.0.1:9092 until Ctrl-C (KAFKA_ARGS="--nodes 3").
 KAFKA_ARGS ?=
 .PHONY: kafka kafka-jars
 kafka-jars: $(VENV_STAMP)
-	$(PY) -c 'from sessionizer.apache_kafka import lib_dir; lib_dir()'
+	$(PY) -c 'from sessionizer.tools.apache_kafka import lib_dir; lib_dir()'
 
 kafka: $(VENV_STAMP) kafka-jars
-	$(PY) -m sessionizer.apache_kafka $(KAFKA_ARGS)
+	$(PY) -m sessionizer.tools.apache_kafka $(KAFKA_ARGS)
 
 # The demo: embedded broker, worker, live sample traffic and a live view of the sessions.
 .PHONY: run

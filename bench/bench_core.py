@@ -46,7 +46,7 @@ def workload_file(
 ) -> tuple[Path, dict[str, Any]]:
     """The cached workload and its meta; regenerated when the generator's source changes.
     ``upload_ms``: every device's SDK upload interval (None: the generator's defaults)."""
-    from sessionizer import workload
+    from sessionizer.tools import workload
 
     src = Path(inspect.getfile(workload)).read_bytes()
     tag = hashlib.sha1(src).hexdigest()[:10]
@@ -185,7 +185,7 @@ def hot_path() -> str:
 
 
 def state_stats(path: Path, work: Path) -> tuple[dict[str, Any] | None, str]:
-    """Bytes per open session: the CLI's --state-stats, else offline.state_stats, else n/a."""
+    """Bytes per open session: the CLI's --state-stats, else files.state_stats, else n/a."""
     run = run_process_file(path, work, "--keep-open", "--state-stats", name="state-stats")
     if run.ok:
         for obj in _json_lines(run.out):
@@ -193,18 +193,18 @@ def state_stats(path: Path, work: Path) -> tuple[dict[str, Any] | None, str]:
             if isinstance(stats, dict) and "bytes_per_open_session" in stats:
                 return stats, "cli --state-stats"
     try:
-        from sessionizer import offline
+        from sessionizer.run import files
     except ImportError:
-        return None, "n/a (no sessionizer.offline)"
-    if not hasattr(offline, "state_stats"):
-        return None, "n/a (no offline.state_stats)"
-    fn: Callable[..., dict[str, Any]] = offline.state_stats
+        return None, "n/a (no sessionizer.run.files)"
+    if not hasattr(files, "state_stats"):
+        return None, "n/a (no files.state_stats)"
+    fn: Callable[..., dict[str, Any]] = files.state_stats
     params = list(inspect.signature(fn).parameters.values())
     # The function has taken either a path or an engine that has run with --keep-open.
-    if params and params[0].name == "engine" and hasattr(offline, "process_files"):
-        engine, _ = offline.process_files([str(path)], work / "state-stats", keep_open=True)
-        return fn(engine), "offline.state_stats(engine)"
-    return fn(str(path)), "offline.state_stats(path)"
+    if params and params[0].name == "engine" and hasattr(files, "process_files"):
+        engine, _ = files.process_files([str(path)], work / "state-stats", keep_open=True)
+        return fn(engine), "files.state_stats(engine)"
+    return fn(str(path)), "files.state_stats(path)"
 
 
 # ------------------------------------------------------------------ report

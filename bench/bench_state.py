@@ -54,7 +54,7 @@ from common import (
     wait_committed,
 )
 
-START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z, as sessionizer.workload
+START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z, as sessionizer.tools.workload
 SPREAD_MS = 10 * 60_000  # every device's upload within 10 minutes of event time
 APPS = (
     ("shop", "com.example.shop", "iOS"),

@@ -4,8 +4,8 @@
                                  [--broker embedded|kafka|both]
 
 One broker (the embedded one by default; ``kafka``: one Apache Kafka node from
-sessionizer/apache_kafka.py; ``both``: the whole run on each, one after the
-other, with a side-by-side summary), one synthetic workload (``sessionizer.workload``: mobile
+sessionizer/tools/apache_kafka.py; ``both``: the whole run on each, one after the
+other, with a side-by-side summary), one synthetic workload (``sessionizer.tools.workload``: mobile
 SDK uploads with lifecycle events, background/foreground cycles, attribute
 changes, occasional opt-outs, a few late and bad records), keyed by device.
 Each pipeline gets its own input topic, filled before it starts, and runs as
@@ -579,7 +579,7 @@ def broker_of(kind: str, work: Path) -> Iterator[tuple[str, str, int | None]]:
         with embedded_broker(work / "broker.log") as broker:
             yield "embedded (Tansu)", broker.bootstrap, broker.pid
         return
-    from sessionizer.apache_kafka import KafkaCluster, kafka_version
+    from sessionizer.tools.apache_kafka import KafkaCluster, kafka_version
 
     # Kafka's default initial rebalance delay (the tests' 0 made two workers starting
     # together join in two generations: one took all partitions first).

@@ -2,7 +2,7 @@
 
     python bench/bench_time.py [--events 60000] [--devices 1200] [--seed 1] [--json]
 
-One workload stream (``sessionizer.workload``) runs through one engine as
+One workload stream (``sessionizer.tools.workload``) runs through one engine as
 ``process-file`` would, clean and with outliers injected:
 
 * ``ahead``: 1 % of the devices with their clock 1-24 h ahead (every event);
@@ -34,10 +34,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # PYTHONPATH (another checkout) comes first
 
-from sessionizer import codec, workload  # noqa: E402
+from sessionizer import codec  # noqa: E402
 from sessionizer.core.config import EngineConfig  # noqa: E402
 from sessionizer.core.engine import Engine  # noqa: E402
 from sessionizer.core.model import SESSIONS  # noqa: E402
+from sessionizer.tools import workload  # noqa: E402
 
 HOUR = 3_600_000
 DAY = 24 * HOUR

@@ -3,13 +3,13 @@
     python bench/chaos.py [--seed 1] [--seeds 5] [--events 100000] [--workers 3] [--store rocksdb]
     python bench/chaos.py --kafka-nodes 3 --broker-faults     # `make chaos-brokers`
 
-For each seed, with a fresh Apache Kafka (one node by default, sessionizer/apache_kafka.py;
+For each seed, with a fresh Apache Kafka (one node by default, sessionizer/tools/apache_kafka.py;
 ``--embedded`` for the development broker, ``--broker`` for yours), fresh topics and a
 fresh app id:
 
 1. ``--workers`` workers (``python -m sessionizer worker``) join one group on
    ``--partitions`` partitions.
-2. A realistic workload (``sessionizer.workload.generate``: bad records and
+2. A realistic workload (``sessionizer.tools.workload.generate``: bad records and
    late batches included, plus a device that opts out and back in) is produced
    at a steady rate over ``--duration`` seconds, keyed by device.
 3. Meanwhile workers get SIGKILL or SIGTERM at random and are restarted after
@@ -90,21 +90,21 @@ from harness import (  # noqa: E402
 )
 
 from sessionizer import codec, procs  # noqa: E402
-from sessionizer.apache_kafka import (  # noqa: E402
+from sessionizer.core.config import EngineConfig  # noqa: E402
+from sessionizer.core.engine import Engine  # noqa: E402
+from sessionizer.core.model import DEAD_LETTERS, EVENTS, SESSIONS  # noqa: E402
+from sessionizer.kafka.clients import topic_partitions  # noqa: E402
+from sessionizer.stream.logs import limit_repeats  # noqa: E402
+from sessionizer.stream.worker import device_key  # noqa: E402
+from sessionizer.testing import NOW  # noqa: E402
+from sessionizer.tools.apache_kafka import (  # noqa: E402
     KafkaCluster,
     KafkaUnavailable,
     java_available,
     lib_dir,
 )
-from sessionizer.broker import EmbeddedBroker  # noqa: E402
-from sessionizer.core.config import EngineConfig  # noqa: E402
-from sessionizer.core.engine import Engine  # noqa: E402
-from sessionizer.core.model import DEAD_LETTERS, EVENTS, SESSIONS  # noqa: E402
-from sessionizer.stream.kafka import topic_partitions  # noqa: E402
-from sessionizer.stream.logs import limit_repeats  # noqa: E402
-from sessionizer.stream.worker import device_key  # noqa: E402
-from sessionizer.testing import NOW  # noqa: E402
-from sessionizer.workload import generate  # noqa: E402
+from sessionizer.tools.broker import EmbeddedBroker  # noqa: E402
+from sessionizer.tools.workload import generate  # noqa: E402
 
 # Lines of a worker's log (Faust's and ours) that tell what it is doing; the
 # phase at a moment is the label of the latest of them.

@@ -79,8 +79,8 @@ class Workload:
 
 
 def _generate(events: int, devices: int, apps: int, seed: int, upload_ms: int | None) -> Workload:
-    from sessionizer.produce import count_and_key
-    from sessionizer.workload import generate
+    from sessionizer.tools.produce import count_and_key
+    from sessionizer.tools.workload import generate
 
     w = Workload([], [], [], upload_ms)
     for value in generate(events, devices=devices, apps=apps, seed=seed, upload_ms=upload_ms):
@@ -118,7 +118,7 @@ def upload_interval(epr: float, events: int, devices: int, apps: int, seed: int)
 def build_workload(
     events: int, epr: float, *, devices: int = 5000, apps: int = 3, seed: int = 1
 ) -> Workload:
-    """``sessionizer.workload.generate`` with ~``epr`` events per record, keyed by device."""
+    """``sessionizer.tools.workload.generate`` with ~``epr`` events per record, keyed by device."""
     return _generate(events, devices, apps, seed, upload_interval(epr, events, devices, apps, seed))
 
 
@@ -128,7 +128,7 @@ def build_workload(
 @contextlib.contextmanager
 def embedded_broker(log_path: Path | None = None) -> Iterator[Any]:
     """The project's embedded broker (Tansu, memory storage) on a free loopback port."""
-    from sessionizer.broker import EmbeddedBroker
+    from sessionizer.tools.broker import EmbeddedBroker
 
     with EmbeddedBroker(port=0, log_path=log_path) as b:
         yield b
@@ -191,7 +191,7 @@ async def read_timestamps(
     """
     from aiokafka import AIOKafkaConsumer
 
-    from sessionizer.stream.kafka import topic_partitions
+    from sessionizer.kafka.clients import topic_partitions
 
     c = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,

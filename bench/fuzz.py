@@ -8,7 +8,7 @@ cut off, two records spliced, bytes inserted, padded past 1 MiB, or the record
 or one of its fields (batch, event or data level) replaced by a hostile JSON
 value (huge and negative integers, 64-bit edges, floats, lone surrogates, deep
 nesting, wrong types, long strings). They run through the loop of
-``sessionizer.offline.run`` (engine, expiry, the orjson encoder of
+``sessionizer.run.files.run`` (engine, expiry, the orjson encoder of
 ``FileSink``), with the output written to /dev/null.
 
 Prints records/s, dead letters by reason and the exceptions: any exception that
@@ -37,10 +37,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sessionizer import codec, offline, workload  # noqa: E402
+from sessionizer import codec  # noqa: E402
 from sessionizer.core.config import EngineConfig  # noqa: E402
 from sessionizer.core.engine import MAX_DEPTH, Engine  # noqa: E402
 from sessionizer.core.model import INTERNAL_ERROR  # noqa: E402
+from sessionizer.run import files  # noqa: E402
+from sessionizer.tools import workload  # noqa: E402
 
 START_MS = workload.DEFAULT_START_MS
 NOW_MS = START_MS + 400 * 24 * 3600 * 1000  # fixed "wall clock": runs do not depend on today
@@ -270,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     recent: list[bytes] = []
     mutate = Mutator(args.seed, recent)
     engine = Engine(EngineConfig(), loads=codec.loads, dumps=codec.dumps)
-    sink = offline.FileSink(None)  # process-file's sink, to the null device
+    sink = files.FileSink(None)  # process-file's sink, to the null device
     exceptions: Counter[str] = Counter()
     first: list[str] = []
 
@@ -280,12 +282,12 @@ def main(argv: list[str] | None = None) -> int:
             shown = "" if value is None else f"  value: {value[:300]!r}\n"
             first.append(f"record {offset} ({where}):\n{traceback.format_exc()}{shown}")
 
-    offline.tune_gc()
+    files.tune_gc()
     process = engine.process_record
     encode = sink.encoder.records
     t0 = time.perf_counter()
     n = 0
-    # The loop of Driver.feed (sessionizer/driver.py), each step guarded so that
+    # The loop of Driver.feed (sessionizer/run/driver.py), each step guarded so that
     # every failure is counted.
     for value in records(base, args.records):
         if len(recent) < 2000:

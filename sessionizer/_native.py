@@ -32,9 +32,9 @@ MODULES = (
     "sessionizer.core.ids",
     "sessionizer.core.state",
     "sessionizer.core.engine",
-    "sessionizer.encode",
-    "sessionizer.driver",
-    "sessionizer.offline",
+    "sessionizer.run.encode",
+    "sessionizer.run.driver",
+    "sessionizer.run.files",
 )
 GROUP = "sessionizer._hot"  # the shared library: sessionizer/_hot__mypyc.*.so
 MANIFEST = PACKAGE_DIR / "_native.json"

@@ -81,7 +81,7 @@ def _worker_unsupported(settings: Settings) -> str | None:
 
 def _web_auth_note(settings: Settings) -> str | None:
     """A start-up line when /sessions will refuse every request (docs/security.md)."""
-    from .stream.security import is_loopback
+    from .kafka.security import is_loopback
 
     if settings.web_token is None and not is_loopback(settings.web_host):
         return (
@@ -120,7 +120,7 @@ def process_file(
     import os
 
     from . import codec
-    from .offline import process_files
+    from .run.files import process_files
 
     for path in inputs:
         if path != "-" and not os.path.isfile(path):
@@ -149,7 +149,7 @@ def process_file(
 @click.option("--binary", default=None, help="Tansu binary (default: SESSIONIZER_BROKER_BIN).")
 def broker(host: str, port: int, binary: str | None) -> None:
     """Run the embedded development broker (memory only) until Ctrl-C."""
-    from .broker import run_broker
+    from .tools.broker import run_broker
 
     sys.exit(run_broker(host, port, binary))
 
@@ -174,7 +174,7 @@ def worker(
     """Run the streaming worker (Faust) against a Kafka broker."""
     import asyncio
 
-    from .stream.kafka import prepare_broker
+    from .kafka.clients import prepare_broker
     from .stream.worker import build_app
 
     settings = _settings(
@@ -250,7 +250,7 @@ def produce(
     """Produce JSONL records (FILE, - for stdin, .gz accepted) into the raw-events topic."""
     import os
 
-    from .produce import run
+    from .tools.produce import run
 
     if (file is not None) + (n_events is not None) + live != 1:
         raise click.UsageError("give one of FILE, --generate N or --live")
@@ -301,7 +301,7 @@ def demo(
     seed: int | None,
 ) -> None:
     """Broker, worker and live traffic in one command, with a live view of the sessions."""
-    from .demo import run
+    from .tools.demo import run
 
     if broker_url is not None and port is not None:
         raise click.UsageError("--port is for the embedded broker; drop it with --broker")
@@ -352,7 +352,7 @@ def tail(
     timeout_s: float | None,
 ) -> None:
     """Follow an output topic: sessions, events (sessionized) or dead-letters."""
-    from .tail import TailOptions, run
+    from .tools.tail import TailOptions, run
 
     options = TailOptions(
         as_json=as_json,
@@ -402,7 +402,7 @@ def replay(
     """
     import time
 
-    from . import replay as rp
+    from .run import replay as rp
 
     def usage(message: str) -> NoReturn:
         _config_exit(message, "replay")
@@ -455,7 +455,7 @@ def forward(
     web_port: int | None,
 ) -> None:
     """Deliver the topic integrations.NAME to the destination's HTTP API (docs/integrations.md)."""
-    from .forward import run_cli
+    from .integrations.forward import run_cli
 
     sys.exit(
         run_cli(
@@ -491,8 +491,8 @@ def report(
     """Sessions by end reason, durations and apps, from the sessions topic, as one HTML page."""
     import time
 
-    from . import report as rep
-    from .replay import parse_since_ms
+    from .run.replay import parse_since_ms
+    from .tools import report as rep
 
     now_ms = time.time_ns() // 1_000_000
     since_ms: int | None = None

@@ -194,7 +194,7 @@ def source_modules() -> dict[str, ModuleType]:
     a compiled module's functions and classes cannot be replaced. The copies
     import one another, so the copy of ``offline`` runs the copy of the engine.
     """
-    importlib.import_module("sessionizer.offline")  # the real ones, to put back
+    importlib.import_module("sessionizer.run.files")  # the real ones, to put back
     real = {m: sys.modules.pop(m) for m in _native.MODULES if m in sys.modules}
     finder = _native.Sources()
     sys.meta_path.insert(0, finder)

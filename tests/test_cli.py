@@ -305,7 +305,7 @@ def test_replay_takes_since_and_until_as_report_does() -> None:
     assert err == "sessionizer replay: --until must be after --since", err
     err = _one_line_exit_2(sessionizer("replay", "--since", "yesterday"))
     assert err.startswith("sessionizer replay: --since: cannot read 'yesterday': give a"), err
-    from sessionizer.replay import parse_since_ms
+    from sessionizer.run.replay import parse_since_ms
 
     now = 1_800_000_000_000
     assert parse_since_ms("30m", now) == now - 30 * 60_000

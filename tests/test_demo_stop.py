@@ -16,14 +16,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from sessionizer.demo import STOP_SIGNALS, StopSignals
+from sessionizer.tools.demo import STOP_SIGNALS, StopSignals
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Writes to a stdout whose reader is gone, then keeps talking and exits normally.
 WRITE_TO_CLOSED_PIPE = """
 import sys
-from sessionizer.demo import Output
+from sessionizer.tools.demo import Output
 out = Output()
 calls = []
 out.on_lost = lambda: calls.append(1)
@@ -37,7 +37,7 @@ sys.stderr.write(f"lost={sorted(out.lost)} calls={len(calls)}\\n")
 # Watches its stdout pipe in an event loop and reports when the reader leaves.
 WATCH_PIPE = """
 import asyncio, sys, time
-from sessionizer.demo import Output
+from sessionizer.tools.demo import Output
 
 async def main() -> None:
     out = Output()

@@ -9,7 +9,8 @@ import orjson
 import pytest
 from rich.console import Console
 
-from sessionizer.demo import (
+from sessionizer.settings import load_settings
+from sessionizer.tools.demo import (
     LiveTraffic,
     OutputReader,
     Stats,
@@ -18,8 +19,7 @@ from sessionizer.demo import (
     own_topics_env,
     render,
 )
-from sessionizer.settings import load_settings
-from sessionizer.workload import Upload
+from sessionizer.tools.workload import Upload
 
 READY = (
     "sessionizer worker ready: partitions [0, 1, 2, 3] of raw-events; web http://127.0.0.1:43123"

@@ -48,7 +48,7 @@ COUNTERS_AND_GAUGES = {
     "sessionizer_watermark_ms",
     "sessionizer_consumer_lag",
 }
-# The forwarder's (sessionizer/forward.py), on the same dashboard.
+# The forwarder's (sessionizer/integrations/forward.py), on the same dashboard.
 FORWARDER = {
     "sessionizer_forward_sent_total",
     "sessionizer_forward_failed_total",
@@ -386,7 +386,7 @@ def test_compose_traffic_is_stamped_now(monkeypatch: pytest.MonkeyPatch) -> None
     import time
 
     from sessionizer import cli, codec
-    from sessionizer import produce as produce_mod
+    from sessionizer.tools import produce as produce_mod
 
     traffic = _yaml(COMPOSE)["services"]["traffic"]
     assert traffic["image"] == _yaml(COMPOSE)["services"]["worker"]["image"]

@@ -20,10 +20,11 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-from sessionizer import codec, replay
+from sessionizer import codec
 from sessionizer.core.model import DEAD_LETTERS, EVENTS, SESSIONS, TOPIC_NAMES
-from sessionizer.encode import Message, OutputEncoder, partition_for
-from sessionizer.offline import process_files
+from sessionizer.run import replay
+from sessionizer.run.encode import Message, OutputEncoder, partition_for
+from sessionizer.run.files import process_files
 from sessionizer.settings import Settings, load_settings
 from sessionizer.stream import worker
 from sessionizer.stream.sender import BatchSender
@@ -352,8 +353,8 @@ def test_process_file_replay_and_worker_write_the_same_bytes(
 def test_the_encoder_is_the_one_rule(recs: list[tuple[bytes | None, bytes]]) -> None:
     """The file encoder and the broker encoder differ by the newline only."""
     from sessionizer.core.engine import Engine
-    from sessionizer.driver import Driver
-    from sessionizer.encode import Record
+    from sessionizer.run.driver import Driver
+    from sessionizer.run.encode import Record
 
     class Keep:
         def __init__(self, encoder: OutputEncoder) -> None:

@@ -1,4 +1,4 @@
-"""The forwarder's delivery (sessionizer/forward.py) against local HTTP servers that
+"""The forwarder's delivery (sessionizer/integrations/forward.py) against local HTTP servers that
 implement each destination's contract: paths, auth, body shape and limits, 429
 with Retry-After, bursts of 5xx, slow responses, 4xx with per-record errors."""
 
@@ -19,8 +19,9 @@ import pytest
 from aiohttp import web
 from jsonschema import Draft4Validator, Draft202012Validator
 
-from sessionizer import codec, workload
-from sessionizer.forward import (
+from sessionizer import codec
+from sessionizer.integrations import NAMES, translate
+from sessionizer.integrations.forward import (
     SPECS,
     ForwardConfig,
     ForwardConfigError,
@@ -32,8 +33,8 @@ from sessionizer.forward import (
     from_settings,
     retry_after_s,
 )
-from sessionizer.integrations import NAMES, translate
 from sessionizer.testing import run
+from sessionizer.tools import workload
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas" / "integrations"
 KEY = "secret-key"
@@ -398,7 +399,7 @@ def test_commit_point_is_each_partitions_first_unacknowledged_record() -> None:
 
     from aiokafka import TopicPartition
 
-    from sessionizer.forward import Item, commit_point
+    from sessionizer.integrations.forward import Item, commit_point
 
     tp0, tp1 = TopicPartition("t", 0), TopicPartition("t", 1)
     batch = {

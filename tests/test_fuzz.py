@@ -2,7 +2,7 @@
 
 Part A (issue #7): arbitrary JSON values in every field of realistic records,
 and byte-level mutations of realistic records, go through process-file's own
-path (``offline.run``: lines, engine, orjson encoder, files). For each input:
+path (``files.run``: lines, engine, orjson encoder, files). For each input:
 no exception, the §7.4 counts equal what the three output files hold, no
 ``internal_error`` (that would be a crash the engine caught), and a second run
 writes the same bytes.
@@ -33,11 +33,13 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, note, settings
 from hypothesis import strategies as st
 
-from sessionizer import codec, offline, workload
+from sessionizer import codec
 from sessionizer.core.config import EngineConfig
 from sessionizer.core.engine import MAX_DEPTH, Engine
 from sessionizer.core.model import DEAD_LETTERS, EVENTS, INTERNAL_ERROR, SESSIONS, Counts
+from sessionizer.run.files import process_files
 from sessionizer.testing import NOW, T0, source_modules
+from sessionizer.tools import workload
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "1000"))
 FUZZ = settings(
@@ -68,7 +70,7 @@ def process(lines: Sequence[bytes]) -> tuple[Counts, dict[str, bytes]]:
         src = Path(tmp, "in.jsonl")
         src.write_bytes(b"".join(line + b"\n" for line in lines))
         out = Path(tmp, "out")
-        _, counts = offline.process_files([str(src)], out, CFG, now_ms=NOW)
+        _, counts = process_files([str(src)], out, CFG, now_ms=NOW)
         files = {p.stem: p.read_bytes() for p in out.iterdir()}
     return counts, files
 
@@ -460,7 +462,7 @@ def test_a_regression_tombstone_and_non_bytes_values_are_dead_letters() -> None:
 # has none to replace, so part B runs an interpreted copy of the same source.
 _interpreted = source_modules()
 engine_mod = _interpreted["sessionizer.core.engine"]
-ioffline = _interpreted["sessionizer.offline"]
+ioffline = _interpreted["sessionizer.run.files"]
 IEngine = engine_mod.Engine
 
 

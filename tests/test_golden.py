@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from sessionizer.core.model import TOPIC_NAMES
-from sessionizer.offline import process_files
+from sessionizer.run.files import process_files
 
 GOLDEN = Path(__file__).parent / "golden"
 NOW_MS = 1_800_000_000_000  # bounds future timestamps (§1.3); fixed so the run is too

@@ -17,11 +17,10 @@ from hypothesis import strategies as st
 from jsonschema import Draft4Validator, FormatChecker
 from schema_check import validate_output
 
-from sessionizer import codec, testing, workload
+from sessionizer import codec, testing
 from sessionizer.core.config import EngineConfig
 from sessionizer.core.engine import Engine
 from sessionizer.core.model import DEAD_LETTERS, EVENTS, SESSIONS
-from sessionizer.encode import OutputEncoder
 from sessionizer.integrations import (
     NAMES,
     REGISTRY,
@@ -35,6 +34,8 @@ from sessionizer.integrations import (
     translate,
     translate_keyed,
 )
+from sessionizer.run.encode import OutputEncoder
+from sessionizer.tools import workload
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = ROOT / "schemas" / "integrations"

@@ -1,7 +1,7 @@
 from click.testing import CliRunner
 
-from sessionizer import workload
 from sessionizer.cli import main
+from sessionizer.tools import workload
 
 NAMES = "amplitude,ga4,snowplow,mixpanel,segment"
 

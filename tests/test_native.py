@@ -22,7 +22,7 @@ from sessionizer import _native
 from sessionizer.testing import source_modules
 
 PROBE = (
-    "import sessionizer, sessionizer.core.engine as e, sessionizer.offline as o; "
+    "import sessionizer, sessionizer.core.engine as e, sessionizer.run.files as o; "
     "print(sessionizer.HOT_PATH, e.__file__.endswith('.py'), o.__file__.endswith('.py'))"
 )
 
@@ -126,14 +126,14 @@ def test_nothing_built_is_pure(package_copy: Path) -> None:
 
 
 def test_source_modules_are_an_interpreted_copy_that_leaves_the_real_ones() -> None:
-    from sessionizer import offline
     from sessionizer.core import engine
+    from sessionizer.run import files
 
     copy = source_modules()
     assert not any(_native.compiled(m) for m in copy.values())
-    assert copy["sessionizer.offline"].Engine is copy["sessionizer.core.engine"].Engine
+    assert copy["sessionizer.run.files"].Engine is copy["sessionizer.core.engine"].Engine
     assert sys.modules["sessionizer.core.engine"] is engine
-    assert sys.modules["sessionizer.offline"] is offline
+    assert sys.modules["sessionizer.run.files"] is files
     from sessionizer.core import engine as again
 
     assert again is engine and sessionizer.core.engine is engine

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from aiokafka import TopicPartition
 
-from sessionizer import replay
-from sessionizer.replay import _Part, _Progress
+from sessionizer.run import replay
+from sessionizer.run.replay import _Part, _Progress
 
 
 @pytest.fixture(autouse=True)

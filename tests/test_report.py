@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from sessionizer import codec
-from sessionizer.offline import process_files
-from sessionizer.report import DURATION_BUCKETS_S, Summary, render_html, summarize
+from sessionizer.run.files import process_files
 from sessionizer.settings import load_settings
 from sessionizer.stream.metrics import SESSION_BUCKETS
-from sessionizer.workload import generate_to_file
+from sessionizer.tools.report import DURATION_BUCKETS_S, Summary, render_html, summarize
+from sessionizer.tools.workload import generate_to_file
 
 T = 1_767_225_600_000
 CHROMIUM = next(
@@ -147,7 +147,7 @@ def test_the_over_time_chart_has_a_y_axis() -> None:
     the bin width; the tallest bar reaches the tick of its count."""
     import re
 
-    from sessionizer.report import TIME_BINS, _timeline
+    from sessionizer.tools.report import TIME_BINS, _timeline
 
     minute = 60_000
     # Bin widths of 1 minute (48 bins over 48 minutes); 7 sessions end in the first.

@@ -47,7 +47,7 @@ from sessionizer.integrations.common import DEAD_LETTER_REASONS as INTEGRATION_R
 from sessionizer.integrations.common import REJECTED as INTEGRATION_REJECTED
 from sessionizer.integrations.common import UNSENDABLE
 from sessionizer.integrations.common import dead_letter as integration_dead_letter
-from sessionizer.offline import process_files
+from sessionizer.run.files import process_files
 from sessionizer.testing import (
     MIN,
     NOW,
@@ -67,7 +67,7 @@ from sessionizer.testing import (
     set_attr,
     single,
 )
-from sessionizer.workload import generate
+from sessionizer.tools.workload import generate
 
 SCHEMAS = sorted(SCHEMA_DIR.glob("*.schema.json"))
 

@@ -25,10 +25,8 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types.auth import AuthProtocol, SASLMechanism
 
 from sessionizer.core.config import ConfigError
-from sessionizer.settings import Secret, Security, Settings, load_settings
-from sessionizer.stream import security as security_module
-from sessionizer.stream.kafka import client_options
-from sessionizer.stream.security import (
+from sessionizer.kafka.clients import client_options
+from sessionizer.kafka.security import (
     MaskedStr,
     aiokafka_options,
     bearer_headers,
@@ -38,6 +36,8 @@ from sessionizer.stream.security import (
     ssl_context,
     web_auth,
 )
+from sessionizer.settings import Secret, Security, Settings, load_settings
+from sessionizer.kafka import security as security_module
 
 PASSWORD = "s3cr3t-Pässwörd-€42"
 USER = "svc-sessionizer"

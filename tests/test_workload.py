@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from sessionizer.workload import (
+from sessionizer.tools.workload import (
     DEFAULT_START_MS,
     Population,
     Scheduler,
@@ -102,7 +102,7 @@ def test_exactly_the_requested_number_of_events(n: int, bad_rate: float) -> None
 
 
 def test_produce_counts_the_requested_number_of_events() -> None:
-    from sessionizer.produce import count_and_key
+    from sessionizer.tools.produce import count_and_key
 
     assert sum(count_and_key(r)[1] for r in generate(20_000)) == 20_000
 

@@ -378,7 +378,7 @@ class Engine:
         Each is ``(topic, key, value)``: ``topic`` an index into ``TOPIC_NAMES``
         (``EVENTS``, ``SESSIONS``, ``DEAD_LETTERS``), ``key`` the session key
         (``str``) or, for a dead letter, the source record's key as given, and
-        ``value`` the record's JSON value (encoded by ``sessionizer.encode``).
+        ``value`` the record's JSON value (encoded by ``sessionizer.run.encode``).
         """
         out = self.out
         self.out = []

@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 
 from ..core.engine import Engine
 from ..core.model import Counts
-from .state import StateStore
+from .store import StateStore
 
 
 class RunnerView(Protocol):

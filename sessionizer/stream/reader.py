@@ -26,9 +26,9 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from ..kafka.clients import client_options
 from ..settings import Settings
 from .compat import has_leader
-from .kafka import client_options
 
 # (offset, key, value, timestamp ms, headers) of one source record.
 Rec = tuple[int, bytes | None, bytes | None, int | None, Any]

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-from ..encode import Message, partition_for, record_hash
+from ..run.encode import Message, partition_for, record_hash
 
 __all__ = ["BatchSender", "Message"]
 

@@ -32,9 +32,9 @@ from .. import procs
 from ..core.config import ConfigError
 from ..core.engine import controlled
 from ..core.state import OPEN, KeyState, Session
+from ..kafka.security import bearer_headers, redact_logs, web_auth
 from ..settings import Settings
 from .metrics import Metrics, WorkerView, partition_stats, ready
-from .security import bearer_headers, redact_logs, web_auth
 
 if TYPE_CHECKING:
     import faust

@@ -26,9 +26,10 @@ from faust.types import EventT
 from .. import codec
 from ..core.engine import Engine
 from ..core.model import SESSIONS
-from ..encode import OutputEncoder
 from ..integrations import Options
-from ..offline import tune_gc
+from ..kafka.clients import STATE_TABLE, ControlReader, client_options, repartition_topic
+from ..run.encode import OutputEncoder
+from ..run.files import tune_gc
 from ..settings import Settings
 from .compat import (
     KAFKA,
@@ -44,12 +45,11 @@ from .compat import (
     task,
     timer,
 )
-from .kafka import STATE_TABLE, ControlReader, client_options, repartition_topic
 from .logs import install_quiet_rebalance, limit_repeats
 from .metrics import Metrics
 from .reader import DirectReader, Rec
 from .sender import BatchSender
-from .state import Marker, StateStore
+from .store import Marker, StateStore
 
 log = logging.getLogger("sessionizer.worker")
 
@@ -542,7 +542,7 @@ def build_app(settings: Settings, *, web: bool = True, broker: Broker = KAFKA) -
     if broker.generations_from_zero:
         install_leave_group_fix()
     install_quiet_rebalance()
-    from .security import faust_credentials, redact_logs
+    from ..kafka.security import faust_credentials, redact_logs
 
     sec = settings.security
     if sec.sasl_password is not None:

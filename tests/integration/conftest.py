@@ -1,6 +1,6 @@
 """Fixtures for tests against a real broker: Apache Kafka, or yours.
 
-The `broker` fixture is one Apache Kafka node (sessionizer/apache_kafka.py) for
+The `broker` fixture is one Apache Kafka node (sessionizer/tools/apache_kafka.py) for
 the whole session. Set SESSIONIZER_TEST_BROKER=host:port (or kafka://host:port)
 to run the suite against an existing Kafka instead, or =embedded for the
 embedded development broker. Without Java the Kafka tests are skipped with one
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from sessionizer.apache_kafka import KafkaCluster, KafkaUnavailable
-from sessionizer.broker import BrokerUnavailable, EmbeddedBroker
+from sessionizer.tools.apache_kafka import KafkaCluster, KafkaUnavailable
+from sessionizer.tools.broker import BrokerUnavailable, EmbeddedBroker
 
 ENV_TEST_BROKER = "SESSIONIZER_TEST_BROKER"
 

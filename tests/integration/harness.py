@@ -16,8 +16,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from sessionizer import codec, procs
 from sessionizer.core.engine import MIN_TS
+from sessionizer.kafka.clients import topic_partitions
 from sessionizer.procs import free_port
-from sessionizer.stream.kafka import topic_partitions
 from sessionizer.stream.worker import device_key
 from sessionizer.testing import MIN, T0, batch, custom, launch, opt_out, screen, set_attr
 

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from sessionizer.broker import BrokerUnavailable, EmbeddedBroker, resolve_binary
+from sessionizer.tools.broker import BrokerUnavailable, EmbeddedBroker, resolve_binary
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

@@ -26,11 +26,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from sessionizer import codec, procs
 from sessionizer.core.engine import identity
-from sessionizer.demo import LiveTraffic
 from sessionizer.procs import free_port
-from sessionizer.produce import TokenBucket, produce_records
 from sessionizer.settings import load_settings
-from sessionizer.workload import generate
+from sessionizer.tools.demo import LiveTraffic
+from sessionizer.tools.produce import TokenBucket, produce_records
+from sessionizer.tools.workload import generate
 
 ENDED = re.compile(r"(\d+) ended")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

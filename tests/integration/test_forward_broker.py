@@ -20,16 +20,17 @@ import pytest
 from aiohttp import web
 from harness import produce
 
-from sessionizer import codec, workload
+from sessionizer import codec
 from sessionizer.integrations import translate
 from sessionizer.testing import run
+from sessionizer.tools import workload
 
 pytestmark = pytest.mark.integration
 
 KEY = "amp-key"
 RUNNER = """
 import asyncio, json, sys
-from sessionizer.forward import ForwardConfig, forward
+from sessionizer.integrations.forward import ForwardConfig, forward
 cfg = ForwardConfig(**json.loads(sys.argv[1]))
 sys.exit(asyncio.run(forward(cfg)))
 """

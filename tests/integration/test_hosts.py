@@ -30,9 +30,9 @@ import pytest
 from harness import Names, WorkerProc
 
 from sessionizer import codec, procs
-from sessionizer.broker import BrokerUnavailable, resolve_binary
 from sessionizer.stream.web import device_partition
 from sessionizer.testing import T0, batch, launch, screen, set_attr
+from sessionizer.tools.broker import BrokerUnavailable, resolve_binary
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 

@@ -34,11 +34,11 @@ from sessionizer import codec
 from sessionizer.core.model import TOPIC_NAMES
 from sessionizer.integrations import NAMES, file_outputs, translate_keyed, write_files
 from sessionizer.integrations.common import DEAD_LETTER_REASONS
-from sessionizer.offline import process_files
-from sessionizer.replay import integration_topics, output_topics, replay
+from sessionizer.run.files import process_files
+from sessionizer.run.replay import integration_topics, output_topics, replay
 from sessionizer.settings import Settings, load_settings
 from sessionizer.testing import MIN, batch, custom, launch, screen
-from sessionizer.workload import generate
+from sessionizer.tools.workload import generate
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

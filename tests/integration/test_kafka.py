@@ -19,10 +19,10 @@ from conftest import running_kafka, unavailable
 from harness import Names, WorkerProc, http_get, produce, read_all, until
 
 from sessionizer import codec
-from sessionizer.apache_kafka import KafkaCluster, sweep_stale
-from sessionizer.broker import EmbeddedBroker
 from sessionizer.stream.compat import KAFKA, TANSU, detect_broker
 from sessionizer.testing import T0, batch, custom, launch, screen
+from sessionizer.tools.apache_kafka import KafkaCluster, sweep_stale
+from sessionizer.tools.broker import EmbeddedBroker
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -153,7 +153,7 @@ def test_a_sigkilled_owner_leaves_no_jvm_and_its_directory_is_swept(tmp_path: Pa
     the next cluster started on this machine removes the dead owner's directory."""
     script = (
         "import os, sys\n"
-        "from sessionizer.apache_kafka import KafkaCluster\n"
+        "from sessionizer.tools.apache_kafka import KafkaCluster\n"
         "k = KafkaCluster(nodes=1).start()\n"
         "print(k.members[0].proc.pid, k.base_dir, flush=True)\n"
         "sys.stdin.read()\n"

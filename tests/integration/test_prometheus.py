@@ -53,7 +53,7 @@ IDLE = 3  # a partition no record goes to: it has no watermark to export
 RATE_INTERVAL = "20s"
 RUNNER = """
 import asyncio, json, sys
-from sessionizer.forward import ForwardConfig, forward
+from sessionizer.integrations.forward import ForwardConfig, forward
 cfg = ForwardConfig(**json.loads(sys.argv[1]))
 sys.exit(asyncio.run(forward(cfg)))
 """

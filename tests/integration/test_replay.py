@@ -21,11 +21,11 @@ from sessionizer import codec
 from sessionizer.core.config import EngineConfig
 from sessionizer.core.engine import Engine
 from sessionizer.core.model import DEAD_LETTERS, TOPIC_NAMES, Counts
-from sessionizer.replay import offsets_for_time, output_topics, replay, true_end_offsets
+from sessionizer.kafka.clients import TopicSpec, ensure_topics
+from sessionizer.run.replay import offsets_for_time, output_topics, replay, true_end_offsets
 from sessionizer.settings import Settings, load_settings
-from sessionizer.stream.kafka import TopicSpec, ensure_topics
 from sessionizer.testing import MIN, NOW, T0, batch, custom, launch, run, screen
-from sessionizer.workload import generate
+from sessionizer.tools.workload import generate
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

@@ -15,9 +15,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from sessionizer import codec
-from sessionizer.report import summarize
 from sessionizer.testing import MIN, T0, batch, exit_, launch, screen, single
 from sessionizer.testing import run as engine_run
+from sessionizer.tools.report import summarize
 
 pytestmark = pytest.mark.integration
 

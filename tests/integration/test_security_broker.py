@@ -60,11 +60,11 @@ from aiokafka.protocol.admin import (
 from harness import Names, WorkerProc
 
 from sessionizer import codec, procs
-from sessionizer.broker import BrokerUnavailable, _api_versions_ok, resolve_binary
+from sessionizer.kafka.clients import TopicSpec, client_options, ensure_topics
 from sessionizer.procs import free_port
 from sessionizer.settings import Secret, Security, Settings
-from sessionizer.stream.kafka import TopicSpec, client_options, ensure_topics
 from sessionizer.testing import T0, batch, launch, screen
+from sessionizer.tools.broker import BrokerUnavailable, _api_versions_ok, resolve_binary
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -15,9 +15,8 @@ from aiokafka import AIOKafkaProducer
 
 from sessionizer import codec
 from sessionizer.core.model import DEAD_LETTERS, EVENTS, SESSIONS
+from sessionizer.kafka.clients import TopicSpec, ensure_topics
 from sessionizer.settings import load_settings
-from sessionizer.stream.kafka import TopicSpec, ensure_topics
-from sessionizer.tail import format_duration, format_time
 from sessionizer.testing import (
     MIN,
     SEC,
@@ -33,6 +32,7 @@ from sessionizer.testing import (
     set_attr,
     single,
 )
+from sessionizer.tools.tail import format_duration, format_time
 
 ROLE_ENV = {
     EVENTS: "SESSIONIZER_TOPIC_SESSIONIZED_EVENTS",

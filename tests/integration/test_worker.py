@@ -29,7 +29,7 @@ from schema_check import validate_output
 from sessionizer import codec
 from sessionizer.core.engine import identity
 from sessionizer.testing import MIN, T0, batch, custom, launch, run, screen, set_attr
-from sessionizer.workload import generate
+from sessionizer.tools.workload import generate
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -250,8 +250,8 @@ async def test_rocksdb_remembers_what_it_holds_so_a_clean_restart_reads_no_chang
     import rocksdict
     from aiokafka import AIOKafkaConsumer
 
-    from sessionizer.replay import true_end_offsets
-    from sessionizer.stream.kafka import topic_partitions
+    from sessionizer.kafka.clients import topic_partitions
+    from sessionizer.run.replay import true_end_offsets
 
     names = _names()
     env = {"SESSIONIZER_STORE": "rocksdb"}
@@ -547,8 +547,8 @@ async def test_r22_an_idle_worker_writes_nothing_to_its_changelog(
     """Idle partitions move their clock (R22) without a marker per second forever."""
     from aiokafka import AIOKafkaConsumer
 
-    from sessionizer.replay import true_end_offsets
-    from sessionizer.stream.kafka import topic_partitions
+    from sessionizer.kafka.clients import topic_partitions
+    from sessionizer.run.replay import true_end_offsets
 
     names = _names()
     w = WorkerProc(

@@ -22,7 +22,7 @@ import time
 from types import TracebackType
 from typing import IO, Any
 
-from . import procs
+from .. import procs
 
 ENV_BIN = "SESSIONIZER_BROKER_BIN"
 

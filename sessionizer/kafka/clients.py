@@ -16,7 +16,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from .. import codec
 from ..settings import Settings
-from .compat import Broker, detect_broker
+from ..stream.compat import Broker, detect_broker
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")

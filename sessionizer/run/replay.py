@@ -6,7 +6,7 @@ from its start offset to the end offset captured when the replay started (or
 to ``--until``), **one partition after another in partition order**, into
 one engine per partition (as the worker keeps them: each partition has its
 own watermark, R20), driven by the loop of ``process-file``
-(``sessionizer.driver``); this fixed order makes two runs byte-identical. Time
+(``sessionizer.run.driver``); this fixed order makes two runs byte-identical. Time
 is event time only (no R22 wall-clock advancement): expiry runs after every
 record, and at the end the sessions still open close with ``end_of_input``
 unless ``keep_open``.
@@ -17,7 +17,7 @@ whole before the first raw record.
 Outputs go to ``output_prefix`` + each output topic name, and, with the
 setting ``integrations``, ``output_prefix`` + each ``integrations.<name>``
 topic (created when missing), encoded by the encoder of the worker and ``process-file``
-(``sessionizer.encode``): the same keys, values and partitions (a null-keyed
+(``sessionizer.run.encode``): the same keys, values and partitions (a null-keyed
 dead letter goes to a partition chosen from a hash of its value), so even
 partitions are the same in two runs.
 """
@@ -37,16 +37,16 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from . import codec
-from .core.engine import Engine
-from .core.model import Counts
+from .. import codec
+from ..core.engine import Engine
+from ..core.model import Counts
+from ..integrations import Options
+from ..kafka.clients import ControlReader, TopicSpec, client_options, ensure_topics
+from ..settings import Settings
+from ..stream.sender import BatchSender
+from ..tools.produce import producer_options
 from .driver import Driver, SourceRecord
 from .encode import Message, OutputEncoder, Record
-from .integrations import Options
-from .produce import producer_options
-from .settings import Settings
-from .stream.kafka import ControlReader, TopicSpec, client_options, ensure_topics
-from .stream.sender import BatchSender
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -80,7 +80,7 @@ class ReplayError(Exception):
 def parse_since_ms(text: str, now_ms: int) -> int:
     """``--since`` / ``--until`` of replay and report: a duration back from ``now_ms``
     (``30m``, ``1h``, ``7d``), else a time (:func:`parse_time_ms`). Raises ValueError."""
-    from .settings import parse_duration_ms
+    from ..settings import parse_duration_ms
 
     back = None if text.strip().isdigit() else parse_duration_ms(text.strip())
     if back is not None:
@@ -711,8 +711,8 @@ def run(
     keep_open: bool,
 ) -> int:
     """The ``replay`` command: counts as one JSON line on stdout, a summary on stderr."""
-    from .exits import Failed, run_main
-    from .offline import tune_gc
+    from ..exits import Failed, run_main
+    from .files import tune_gc
 
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     tune_gc()

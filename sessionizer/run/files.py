@@ -12,10 +12,10 @@ from itertools import count, repeat
 from pathlib import Path
 from typing import IO, Any, cast
 
-from . import codec
-from .core.config import EngineConfig
-from .core.engine import Engine
-from .core.model import TOPIC_NAMES, Counts
+from .. import codec
+from ..core.config import EngineConfig
+from ..core.engine import Engine
+from ..core.model import TOPIC_NAMES, Counts
 from .driver import Driver, SourceRecord
 from .encode import OutputEncoder, Record
 

@@ -34,11 +34,11 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import choose_encoder
 
-from . import codec
-from .integrations import REGISTRY, topic_name
-from .integrations.common import REJECTED, UNSENDABLE, dead_letter, iso_ms
-from .integrations.snowplow import PAYLOAD_DATA
-from .settings import Settings
+from .. import codec
+from ..settings import Settings
+from . import REGISTRY, topic_name
+from .common import REJECTED, UNSENDABLE, dead_letter, iso_ms
+from .snowplow import PAYLOAD_DATA
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ class ForwardConfig:
 def from_settings(settings: Settings, name: str, **overrides: Any) -> ForwardConfig:
     """The forwarder's config from ``Settings`` (getattr fallbacks: the forward_*
     settings are new); ``overrides`` (command-line values) win when not None."""
-    from .stream.kafka import client_options
+    from ..kafka.clients import client_options
 
     def get(attr: str, default: Any) -> Any:
         v = overrides.get(attr)

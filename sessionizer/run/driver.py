@@ -7,7 +7,7 @@ live partition). At the end, :meth:`Driver.finish` closes what is still open
 (``end_of_input``) unless ``keep_open``.
 
 One step is one record and the expiry after it: its outputs are encoded right
-away by the sink's ``OutputEncoder`` (``sessionizer.encode``, the encoder of
+away by the sink's ``OutputEncoder`` (``sessionizer.run.encode``, the encoder of
 the worker too) and handed to ``sink.write``. The worker drives its engines
 itself (marker, gap reads, batches and wall-clock time are its own) through
 the same engine surface and the same encoder.
@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from .core.engine import Engine
-from .core.model import Counts
+from ..core.engine import Engine
+from ..core.model import Counts
 from .encode import OutputEncoder, Record
 
 __all__ = ["Driver", "Sink", "SourceRecord"]

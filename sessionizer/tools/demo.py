@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import codec, procs
-from .core.config import MINUTE_MS
-from .procs import free_port, port_busy
-from .settings import Settings
+from .. import codec, procs
+from ..core.config import MINUTE_MS
+from ..procs import free_port, port_busy
+from ..settings import Settings
 from .traffic import LiveTraffic, devices_for_rate
 
 __all__ = ["DEMO_TIMINGS", "LiveTraffic", "Output", "Stats", "StopSignals", "run"]
@@ -352,7 +352,7 @@ class OutputReader:
     async def start(self) -> None:
         from aiokafka import AIOKafkaConsumer
 
-        from .stream.kafka import client_options, topic_partitions
+        from ..kafka.clients import client_options, topic_partitions
 
         c = AIOKafkaConsumer(**client_options(self.settings), enable_auto_commit=False)
         await c.start()
@@ -397,7 +397,7 @@ class Options:
 
 def demo_env(config: str | None, base: dict[str, str]) -> dict[str, str]:
     """``base`` plus the demo's timings where neither it nor the config file sets them."""
-    from .settings import env_var, load_settings
+    from ..settings import env_var, load_settings
 
     env = dict(base)
     current = load_settings(config, env=env)
@@ -535,7 +535,7 @@ async def run_demo(
     Returns the exit code. The worker is a ``procs`` child: ``procs.kill_all()``
     kills it whatever happens here.
     """
-    from .stream.kafka import ensure_topics
+    from ..kafka.clients import ensure_topics
 
     out = out or Output()
     loop = asyncio.get_running_loop()
@@ -582,7 +582,7 @@ async def delete_own_topics(settings: Settings, prefix: str, out: Output) -> Non
     """Deletes the topics whose names start with ``prefix`` (the demo's, on a user's broker)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    from .stream.kafka import client_options
+    from ..kafka.clients import client_options
 
     admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=10_000)
     mine: list[str] = []
@@ -726,8 +726,8 @@ def run(
 def _run(broker_url: str | None, port: int | None, opts: Options, signals: StopSignals) -> int:
     from aiokafka.errors import KafkaError
 
+    from ..settings import env_var, load_settings
     from .broker import BrokerError, BrokerUnavailable, EmbeddedBroker, PortInUse
-    from .settings import env_var, load_settings
 
     out = Output()
     with (
@@ -771,7 +771,7 @@ def _run(broker_url: str | None, port: int | None, opts: Options, signals: StopS
 
 def own_topics_env(settings: Settings, prefix: str) -> dict[str, str]:
     """Environment that moves every topic and the group of the demo under ``prefix``."""
-    from .settings import env_var, setting_values
+    from ..settings import env_var, setting_values
 
     topics = setting_values(settings.topics)
     env = {env_var(key): f"{prefix}.{name}" for key, name in topics.items()}

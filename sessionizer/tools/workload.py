@@ -12,7 +12,7 @@ clock, no hash-order dependence.
 
 ``Population`` (the devices and their scripts) and ``Scheduler`` (their SDKs on
 one event-time clock) are public: ``generate`` runs them as fast as it can, the
-demo (``sessionizer.traffic.LiveTraffic``) against the wall clock.
+demo (``sessionizer.tools.traffic.LiveTraffic``) against the wall clock.
 """
 
 from __future__ import annotations

@@ -17,11 +17,11 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
 
-from . import codec
-from .core.engine import identity
-from .exits import Failed, run_main
-from .settings import Settings
-from .stream.kafka import client_options, ensure_topics
+from .. import codec
+from ..core.engine import identity
+from ..exits import Failed, run_main
+from ..kafka.clients import client_options, ensure_topics
+from ..settings import Settings
 
 __all__ = ["Progress", "TokenBucket", "count_and_key", "produce_records", "producer_options"]
 
@@ -184,7 +184,7 @@ def _source(
         n = devices if devices is not None else devices_for_rate(rate or LIVE_RATE, 1.0)
         return LiveTraffic(n, speed=1.0, seed=seed).records()
     if path is not None:
-        from .offline import read_lines
+        from ..run.files import read_lines
 
         return read_lines(path)
     from .workload import generate

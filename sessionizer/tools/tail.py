@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import IO, Any
 
-from . import codec
-from .settings import Settings
+from .. import codec
+from ..settings import Settings
 
 __all__ = [
     "KINDS",
@@ -322,7 +322,7 @@ async def tail(
     from aiokafka import AIOKafkaConsumer
     from aiokafka.errors import KafkaError
 
-    from .stream.kafka import client_options, topic_partitions
+    from ..kafka.clients import client_options, topic_partitions
 
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr

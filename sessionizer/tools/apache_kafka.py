@@ -464,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`make kafka`: one node on 127.0.0.1:9092 until Ctrl-C."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m sessionizer.apache_kafka")
+    parser = argparse.ArgumentParser(prog="python -m sessionizer.tools.apache_kafka")
     parser.add_argument("--nodes", type=int, default=1, choices=(1, 3))
     parser.add_argument("--port", type=int, default=9092, help="the first node's port")
     args = parser.parse_args(argv)

@@ -25,7 +25,7 @@ from typing import Any
 from faust.types import TP
 
 from .. import codec
-from ..encode import Message
+from ..run.encode import Message
 
 MARKER_NAME = "\x00marker"
 

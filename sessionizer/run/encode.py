@@ -19,7 +19,7 @@ else, so the three write the same bytes for the same outputs:
 
 :meth:`OutputEncoder.records` is the one place where the outputs of one engine
 step become records to write, called right after the step with the engine that
-made it (``sessionizer.driver`` for files and replay, the worker's
+made it (``sessionizer.run.driver`` for files and replay, the worker's
 ``Pipeline._publish``). The ``integrations.<name>`` topics
 (docs/integrations.md) are written here too: the step's outputs translated
 (``sessionizer.integrations.translate_keyed``) with the engine to look
@@ -41,12 +41,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from . import codec
-from .core.engine import Engine
-from .core.model import DEAD_LETTERS, TOPIC_NAMES, Output
+from .. import codec
+from ..core.engine import Engine
+from ..core.model import DEAD_LETTERS, TOPIC_NAMES, Output
 
 if TYPE_CHECKING:
-    from .integrations import Options
+    from ..integrations import Options
 
 __all__ = ["Message", "OutputEncoder", "Record", "partition_for", "record_hash"]
 
@@ -115,7 +115,7 @@ class OutputEncoder:
         self.options = options
         self._translate: Any = None
         if self.integrations:  # imported only when used: start-up time of process-file
-            from . import integrations as translations
+            from .. import integrations as translations
 
             self.options = options or translations.Options()
             self._translate = translations

@@ -25,8 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import codec
-from .settings import Settings
+from .. import codec
+from ..settings import Settings
 
 __all__ = ["DURATION_BUCKETS_S", "Summary", "read_sessions", "render_html", "run", "summarize"]
 
@@ -294,8 +294,8 @@ async def read_sessions(
     """
     from aiokafka import AIOKafkaConsumer
 
-    from .replay import offsets_for_time, true_end_offsets
-    from .stream.kafka import client_options, topic_partitions
+    from ..kafka.clients import client_options, topic_partitions
+    from ..run.replay import offsets_for_time, true_end_offsets
 
     topic = settings.topics.sessions
     consumer = AIOKafkaConsumer(**client_options(settings), group_id=None, enable_auto_commit=False)

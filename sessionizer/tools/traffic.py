@@ -7,8 +7,8 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
-from . import codec
-from .core.config import MINUTE_MS
+from .. import codec
+from ..core.config import MINUTE_MS
 from .workload import Population, Scheduler, Upload
 
 __all__ = ["EVENTS_PER_DEVICE_HOUR", "LiveTraffic", "devices_for_rate"]
