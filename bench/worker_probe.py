@@ -58,7 +58,7 @@ def timed(cls: Any, attr: str, name: str, size: Any = None) -> None:
 def install() -> None:
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-    from sessionizer.stream.sender import BatchSender
+    from sessionizer.kafka.sender import BatchSender
     from sessionizer.stream.worker import Pipeline
 
     timed(

@@ -33,7 +33,7 @@ MODULES = (
     "sessionizer.core.state",
     "sessionizer.core.engine",
     "sessionizer.run.encode",
-    "sessionizer.run.driver",
+    "sessionizer.run.task",
     "sessionizer.run.files",
 )
 GROUP = "sessionizer._hot"  # the shared library: sessionizer/_hot__mypyc.*.so

@@ -198,16 +198,13 @@ def worker(
     note = _web_auth_note(settings)
     if note:
         click.echo(f"sessionizer: {note}", err=True)
-    import faust
+    from .stream.compat import run_worker
 
     app = _config_safe(lambda: build_app(settings, broker=broker))
     # The worker prints "sessionizer worker ready: partitions [...] of TOPIC; web URL"
     # on stderr whenever its assignment changes (docs/operations.md#start-up); not
     # redirected into Faust's log, so it stays one plain line at any log level.
-    runner = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
-    if not runner.stdout.isatty():
-        runner.spinner = None  # it writes its cursor escapes even into a file
-    runner.execute_from_commandline()
+    run_worker(app, loglevel)
 
 
 @main.command("produce")

@@ -67,7 +67,6 @@ TEST_ENV_PREFIX = "SESSIONIZER_TEST_"
 APPS_ENV = "SESSIONIZER_APPS"
 
 Store = Literal["memory", "rocksdb"]
-InputReader = Literal["direct", "faust"]
 ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -853,16 +852,6 @@ class Settings:
         1000,
         "Most records the worker processes per batch.",
         _integer(1),
-    )
-    input_reader: InputReader = _setting(
-        "input_reader",
-        "direct | faust",
-        "direct",
-        "How the worker reads its input partitions: direct (its own fetches of whole "
-        "batches, Faust keeping the group, tables, timers and web server) or faust "
-        "(Faust's stream, one event object per record, about 2-4x the CPU per record; "
-        "see performance.md).",
-        _choice("direct", "faust"),
     )
     batch_within_ms: int = _setting(
         "batch_within",

@@ -22,12 +22,13 @@ from aiokafka import TopicPartition
 
 from sessionizer import codec
 from sessionizer.core.model import DEAD_LETTERS, EVENTS, SESSIONS, TOPIC_NAMES
+from sessionizer.kafka.sender import BatchSender
 from sessionizer.run import replay
 from sessionizer.run.encode import Message, OutputEncoder, partition_for
 from sessionizer.run.files import process_files
 from sessionizer.settings import Settings, load_settings
 from sessionizer.stream import worker
-from sessionizer.stream.sender import BatchSender
+from sessionizer.stream.runtime import BareRuntime
 from sessionizer.testing import (
     MIN,
     NOW,
@@ -150,11 +151,6 @@ class _Msg:
     headers: list[Any] = field(default_factory=list)
 
 
-@dataclass
-class _Event:
-    message: _Msg
-
-
 class _Consumer:
     """What the replay's loop uses of aiokafka's consumer, over one partition."""
 
@@ -180,18 +176,6 @@ class _Consumer:
 
     async def position(self, tp: TopicPartition) -> int:
         return self.pos
-
-
-class _Changelog:
-    def get_topic_name(self) -> str:
-        return CHANGELOG
-
-
-class _Table:
-    def __init__(self) -> None:
-        self.data: dict[bytes, bytes] = {}
-        self.changelog_topic = _Changelog()
-        self.partitions = 1
 
 
 def _capture(monkeypatch: pytest.MonkeyPatch) -> list[Message]:
@@ -261,20 +245,20 @@ def _worker(
 ) -> tuple[list[Message], _Producer]:
     monkeypatch.setattr(worker, "wall_ms", lambda: NOW)
     producer = _Producer()
-    pipe = worker.Pipeline(None, settings, _Table(), None)  # type: ignore[arg-type]
-    pipe._sender = BatchSender(producer)
+    runtime = BareRuntime(producer, input_topic=settings.topics.raw_events, changelog=CHANGELOG)
+    pipe = worker.Worker(settings, runtime)
     pipe.assigned = {0}
 
     async def go() -> None:
         for i, (k, v) in enumerate(recs):
             if i == len(recs) // 2:
-                pipe.drop([0])  # a restart: the next batch rebuilds the engine from the table
+                pipe.drop([0])  # a restart: the next batch restores the task from the table
             # One record per batch: expiry after every record, as in the bounded runners.
-            await pipe.process([_Event(_Msg(0, i, k, v))])  # type: ignore[list-item]
+            await pipe.apply(0, [(i, k, v, None, None)])
         # A bounded input's end, through the engine's surface as the runners end it.
         r = pipe.runners[0]
         r.engine.end_of_input()
-        await pipe._publish(r)
+        await pipe._checkpoint(r)
 
     handed.clear()
     asyncio.run(go())
@@ -353,8 +337,8 @@ def test_process_file_replay_and_worker_write_the_same_bytes(
 def test_the_encoder_is_the_one_rule(recs: list[tuple[bytes | None, bytes]]) -> None:
     """The file encoder and the broker encoder differ by the newline only."""
     from sessionizer.core.engine import Engine
-    from sessionizer.run.driver import Driver
     from sessionizer.run.encode import Record
+    from sessionizer.run.task import PartitionTask
 
     class Keep:
         def __init__(self, encoder: OutputEncoder) -> None:
@@ -367,9 +351,9 @@ def test_the_encoder_is_the_one_rule(recs: list[tuple[bytes | None, bytes]]) -> 
     def drive(encoder: OutputEncoder) -> list[Record]:
         eng = Engine(load_settings(None).engine, loads=codec.loads, dumps=codec.dumps)
         sink = Keep(encoder)
-        d = Driver(eng, sink, now_ms=NOW)
-        d.feed((v, k, "raw-events", 0, i, None) for i, (k, v) in enumerate(recs))
-        d.finish()
+        task = PartitionTask(eng, encoder, "raw-events", 0)
+        task.step(((i, k, v, None, None) for i, (k, v) in enumerate(recs)), sink, NOW)
+        task.finish(sink)
         return sink.records
 
     broker = drive(OutputEncoder(("e", "s", "d")))

@@ -5,23 +5,24 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from sessionizer.run.task import Marker, PartitionTask
 from sessionizer.settings import load_settings
-from sessionizer.stream.worker import PartitionRunner, Pipeline, wall_ms
+from sessionizer.stream.runtime import BareRuntime
+from sessionizer.stream.worker import Slot, Worker, wall_ms
 
 
-class _Table:
-    data: dict[bytes, bytes] = {}
-
-
-def _pipe(**overrides: Any) -> Pipeline:
+def _pipe(**overrides: Any) -> Worker:
     settings = load_settings(None, **overrides)
-    pipe = Pipeline(None, settings, _Table(), None)  # type: ignore[arg-type]
+    pipe = Worker(settings, BareRuntime(None))
     pipe.control_reader.ready.set()
     return pipe
 
 
-def _runner(pipe: Pipeline, partition: int, idle_ms: int) -> PartitionRunner:
-    r = PartitionRunner(partition, pipe._new_engine(), applied=10)
+def _runner(pipe: Worker, partition: int, idle_ms: int) -> Slot:
+    task = PartitionTask(
+        pipe._new_engine(), pipe.encoder, "raw-events", partition, marker=Marker(10, 0)
+    )
+    r = Slot(task)
     r.progress_wall = wall_ms() - idle_ms
     pipe.runners[partition] = r
     return r
@@ -79,13 +80,10 @@ def test_a_failed_agent_is_a_problem() -> None:
 def test_a_partition_with_no_data_exports_no_watermark() -> None:
     """Issue 20 item 4: a watermark of 0 is "no event yet", not 1970: exported as a
     sample it made the dashboard's event-time lag panel show 56 years."""
-    from types import SimpleNamespace
-
     from prometheus_client import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
     pipe = _pipe()
-    pipe.app = SimpleNamespace(rebalancing_count=1, rebalancing=False)  # no assignor: runners
     _runner(pipe, 0, idle_ms=0)
     _runner(pipe, 1, idle_ms=0).engine.advance(1_765_000_000_000)
     pipe.metrics.watch(pipe, "raw-events")
@@ -100,13 +98,10 @@ def test_a_partition_with_no_data_exports_no_watermark() -> None:
 def test_a_dead_engine_agent_is_a_metric_to_alert_on() -> None:
     """deploy/alerts.yml's SessionizerEngineAgentDead: the process lives on and answers
     scrapes after its engine agent died, so `up` alone does not say it."""
-    from types import SimpleNamespace
-
     from prometheus_client import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
     pipe = _pipe()
-    pipe.app = SimpleNamespace(rebalancing_count=1, rebalancing=False)
     pipe.metrics.watch(pipe, "raw-events")
 
     def running() -> float:

@@ -25,19 +25,19 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types.auth import AuthProtocol, SASLMechanism
 
 from sessionizer.core.config import ConfigError
+from sessionizer.kafka import security as security_module
 from sessionizer.kafka.clients import client_options
 from sessionizer.kafka.security import (
     MaskedStr,
     aiokafka_options,
     bearer_headers,
-    faust_credentials,
     is_loopback,
     redact_logs,
     ssl_context,
     web_auth,
 )
 from sessionizer.settings import Secret, Security, Settings, load_settings
-from sessionizer.kafka import security as security_module
+from sessionizer.stream.compat import credentials
 
 PASSWORD = "s3cr3t-Pässwörd-€42"
 USER = "svc-sessionizer"
@@ -111,9 +111,9 @@ def test_aiokafka_options_for_every_combination(protocol: str, mechanism: str | 
 
 
 @pytest.mark.parametrize(("protocol", "mechanism"), _combinations())
-def test_faust_credentials_for_every_combination(protocol: str, mechanism: str | None) -> None:
+def test_credentials_for_every_combination(protocol: str, mechanism: str | None) -> None:
     sec = _sec(protocol, mechanism)
-    creds = faust_credentials(sec)
+    creds = credentials(sec)
     if protocol == "PLAINTEXT":
         assert creds is None
     elif protocol == "SSL":
@@ -209,7 +209,7 @@ def test_bad_tls_files_are_one_clear_error(
     sec = _sec(
         "SASL_SSL", "SCRAM-SHA-256", **{k: pki[v] for k, v in files.items()}
     )  # a password in play
-    for build in (ssl_context, aiokafka_options, faust_credentials):
+    for build in (ssl_context, aiokafka_options, credentials):
         with pytest.raises(ConfigError) as info:
             build(sec)
         assert info.value.setting == setting
@@ -234,7 +234,7 @@ def test_password_is_in_no_repr_or_str(protocol: str, mechanism: str) -> None:
     sec = _sec(protocol, mechanism)
     settings = Settings(security=sec)
     opts = client_options(settings)
-    creds = faust_credentials(sec)
+    creds = credentials(sec)
     assert_no_secret(
         repr(sec),
         str(sec),
@@ -428,7 +428,7 @@ def test_the_worker_app_uses_the_credentials_and_logs_no_password(
     sec = _sec(protocol, mechanism)
     app = build_app(Settings(security=sec, data_dir=tmp_path), web=False)
     creds = app.conf.broker_credentials
-    assert creds is not None, "build_app does not pass broker_credentials=faust_credentials(...)"
+    assert creds is not None, "build_app does not pass broker_credentials=credentials(...)"
     assert creds.protocol is AuthProtocol(protocol)
     # Faust's consumer, producer and topic admin all take this mapping.
     auth = credentials_to_aiokafka_auth(creds, app.conf.ssl_context)

@@ -16,7 +16,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from .. import codec
 from ..settings import Settings
-from ..stream.compat import Broker, detect_broker
+from ..stream.compat import Broker, detect_broker, refresh_metadata
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -138,7 +138,7 @@ async def topic_partitions(
         if parts:
             break
         await asyncio.sleep(0.1)
-        await consumer._client.force_metadata_update()
+        await refresh_metadata(consumer)
         parts = consumer.partitions_for_topic(topic)
     return [TopicPartition(topic, p) for p in sorted(parts or ())]
 

@@ -2,7 +2,7 @@
 
 ``Settings.security`` becomes the keyword arguments of the plain aiokafka
 clients (``aiokafka_options``, used by ``kafka.client_options``) and the
-``broker_credentials`` of the Faust app (``faust_credentials``). Both build
+``broker_credentials`` of the Faust app (``stream.compat.credentials``). Both build
 their TLS context with ``ssl_context``, so the worker, its control reader and
 the CLI tools connect the same way.
 
@@ -27,22 +27,19 @@ import logging
 import ssl
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..core.config import ConfigError
 from ..settings import Secret, Security
-
-if TYPE_CHECKING:
-    from faust.types.auth import CredentialsT
 
 __all__ = [
     "MaskedStr",
     "WebDenial",
     "aiokafka_options",
     "bearer_headers",
-    "faust_credentials",
     "is_loopback",
     "redact_logs",
+    "sasl_password",
     "ssl_context",
     "web_auth",
 ]
@@ -63,7 +60,7 @@ class MaskedStr(str):
         return repr(REDACTED)
 
 
-def _password(security: Security) -> MaskedStr:
+def sasl_password(security: Security) -> MaskedStr:
     if security.sasl_password is None:  # settings reject this; kept for hand-built values
         raise ConfigError(
             "sasl_password", f"required when security_protocol is {security.protocol}"
@@ -124,31 +121,8 @@ def aiokafka_options(security: Security) -> dict[str, Any]:
     if security.uses_sasl:
         opts["sasl_mechanism"] = security.sasl_mechanism
         opts["sasl_plain_username"] = security.sasl_username
-        opts["sasl_plain_password"] = _password(security)
+        opts["sasl_plain_password"] = sasl_password(security)
     return opts
-
-
-def faust_credentials(security: Security) -> CredentialsT | None:
-    """Faust's ``broker_credentials``: what its aiokafka driver turns into the same options.
-
-    Faust maps ``SSLCredentials`` to SSL and ``SASLCredentials`` to
-    SASL_PLAINTEXT, or to SASL_SSL when it has an ``ssl_context``, with the
-    mechanism's name (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) as aiokafka's
-    ``sasl_mechanism``. Its repr shows the user name only.
-    """
-    from faust.auth import SASLCredentials, SSLCredentials  # Faust is slow to import
-
-    if security.protocol == "PLAINTEXT":
-        return None
-    ctx = ssl_context(security)
-    if not security.uses_sasl:
-        return SSLCredentials(ctx)
-    return SASLCredentials(
-        username=security.sasl_username,
-        password=_password(security),
-        ssl_context=ctx,
-        mechanism=security.sasl_mechanism,
-    )
 
 
 # --------------------------------------------------------------------------- web

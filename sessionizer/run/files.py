@@ -16,8 +16,8 @@ from .. import codec
 from ..core.config import EngineConfig
 from ..core.engine import Engine
 from ..core.model import TOPIC_NAMES, Counts
-from .driver import Driver, SourceRecord
 from .encode import OutputEncoder, Record
+from .task import PartitionTask, SourceRecord
 
 
 def _open(path: str) -> IO[bytes]:
@@ -81,11 +81,10 @@ def tune_gc() -> None:
 
 
 def file_records(path: str) -> Iterator[SourceRecord]:
-    """A file's records as source records: topic = the file's name, partition 0,
-    offset = the record's line among the non-blank lines, no key, no timestamp."""
-    topic = source_name(path)
+    """A file's records as source records: offset = the record's line among the
+    non-blank lines, no key, no timestamp, no headers."""
     # zip builds the tuples in C: no generator frame of its own per record.
-    return zip(read_lines(path), repeat(None), repeat(topic), repeat(0), count(), repeat(None))
+    return zip(count(), repeat(None), read_lines(path), repeat(None), repeat(None))
 
 
 def run(
@@ -96,13 +95,15 @@ def run(
     keep_open: bool = False,
     now_ms: int | None = None,
 ) -> Counts:
-    """All inputs are one partition (§9); expiry runs after every record."""
+    """All inputs are one partition (§9) of one engine; expiry runs after every
+    record. Dead letters name a record's file (topic) and line (offset)."""
     tune_gc()
     now = int(time.time() * 1000) if now_ms is None else now_ms
-    driver = Driver(engine, sink, now_ms=now)
+    task = PartitionTask(engine, sink.encoder, "-", 0)
     for path in inputs:
-        driver.feed(file_records(path))
-    return driver.finish(keep_open=keep_open)
+        task = PartitionTask(engine, sink.encoder, source_name(path), 0)
+        task.step(file_records(path), sink, now)
+    return task.finish(sink, keep_open=keep_open)
 
 
 def process_files(

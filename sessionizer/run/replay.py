@@ -42,11 +42,12 @@ from ..core.engine import Engine
 from ..core.model import Counts
 from ..integrations import Options
 from ..kafka.clients import ControlReader, TopicSpec, client_options, ensure_topics
+from ..kafka.sender import BatchSender
 from ..settings import Settings
-from ..stream.sender import BatchSender
+from ..stream.compat import cluster_metadata
 from ..tools.produce import producer_options
-from .driver import Driver, SourceRecord
 from .encode import Message, OutputEncoder, Record
+from .task import PartitionTask, SourceRecord
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -159,7 +160,7 @@ async def _partitions(
     """
     deadline = time.monotonic() + wait_s
     while True:
-        cluster = await consumer._client.fetch_all_metadata()
+        cluster = await cluster_metadata(consumer)
         found = {t: sorted(cluster.partitions_for_topic(t) or ()) for t in topics}
         # A topic that exists without partitions yet is still being created.
         if all(found[t] or t not in cluster.topics() for t in topics):
@@ -637,28 +638,28 @@ async def _replay_partition(
     early.
     """
     engine = Engine(settings.engine, loads=codec.loads, dumps=codec.dumps, control=control)
-    driver = Driver(engine, out, now_ms=now)
-    await _feed_partition(consumer, driver, part, out, bar)
-    return driver.finish(keep_open=keep_open)
+    task = PartitionTask(engine, out.encoder, part.tp.topic, part.tp.partition)
+    await _feed_partition(consumer, task, part, out, bar, now)
+    return task.finish(out, keep_open=keep_open)
 
 
 async def _feed_partition(
     consumer: AIOKafkaConsumer,
-    driver: Driver,
+    task: PartitionTask,
     part: _Part,
     out: _Output,
     bar: _Progress,
+    now: int,
 ) -> None:
     tp = part.tp
     if part.end <= part.start:
         bar.update(part, finished=True, replayed=0)
         return
     consumer.assign([tp])
-    counts = driver.engine.counts
+    counts = task.engine.counts
     skip_before = part.skip_before
     stop_at = part.stop_at
     end = part.end
-    topic, partition = tp.topic, tp.partition
     batches = _batches(consumer, tp, part.start, end)
     async with contextlib.aclosing(batches):
         async for msgs, position in batches:
@@ -674,8 +675,8 @@ async def _feed_partition(
                     break
                 # A null value (tombstone) is an empty record: dead-lettered as invalid_json.
                 value = m.value if m.value is not None else b""
-                recs.append((value, m.key, topic, partition, m.offset, ts))
-            driver.feed(recs)
+                recs.append((m.offset, m.key, value, ts, None))
+            task.step(recs, out, now)
             part.done = min(position, end) - part.start
             await out.maybe_send()
             if end < part.end:

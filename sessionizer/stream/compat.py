@@ -1,27 +1,33 @@
-"""All the worker takes from Faust and aiokafka beyond their public, typed API.
+"""The worker's runtime on Faust: the one adapter, and the brokers' quirks.
 
-One home for the tuning, the patches (LeaveGroup on a broker that numbers
-generations from 0; a topic Faust must not fetch) and the private calls
-(committing chosen offsets, the raw aiokafka producer, typed signal and timer
-registration). They were checked
-against the pinned versions only: ``check_versions()`` refuses others at
-start-up, so an upgrade is a deliberate change of this module.
+The worker (``stream/worker.py``) needs a group's assignment and revocation
+events, a producer, a commit for lag tools, a local store, timers, tasks and a
+web server (:class:`~sessionizer.stream.runtime.Runtime`). :class:`FaustRuntime`
+gives them on Faust, and this module is the one home of everything taken from
+Faust and aiokafka beyond their public API: the tuning, the patches (LeaveGroup
+on a broker that numbers generations from 0; a topic Faust must not fetch) and
+the private calls. ``tests/test_layout.py`` keeps private access here. They
+were checked against the pinned versions only: ``check_versions()`` refuses
+others at start-up, so an upgrade is a deliberate change of this module.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
 import threading
 import warnings
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import faust
 from faust.types import TP
+
+from ..settings import Security, Settings
 
 #: The versions this module was checked against (pyproject.toml pins the same).
 PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
@@ -145,24 +151,6 @@ def install_leave_group_fix() -> None:
     GroupCoordinator._maybe_leave_group = _maybe_leave_group
 
 
-async def commit(app: faust.App, offsets: Mapping[TP, int]) -> None:
-    """Commit exactly these offsets through Faust's consumer thread."""
-    await app.consumer._commit(offsets)  # type: ignore[attr-defined]
-
-
-async def seek(app: faust.App, offsets: Mapping[TP, int]) -> None:
-    """Points the stream's consumer at these offsets, 0 included.
-
-    Faust's "Seek stream partitions to committed offsets" after a rebalance
-    calls aiokafka's ``seek_to_committed``, which skips a committed offset of 0
-    (``if offset and offset > 0``): a partition taken over with nothing applied
-    kept the position its fetcher had reached during recovery, past records
-    Faust then dropped, and sat at the end until a new record arrived.
-    """
-    for tp, offset in offsets.items():
-        await app.consumer.seek(tp, offset)
-
-
 def exclude_from_fetch(app: faust.App, topic: str) -> None:
     """Faust's fetcher leaves ``topic`` alone; the group still assigns its partitions.
 
@@ -203,24 +191,6 @@ def has_leader(consumer: Any, tp: TP) -> bool:
     return leader is None or leader >= 0  # None: not in the metadata yet
 
 
-def raw_producer(app: faust.App) -> Any:
-    """Faust's own aiokafka producer: same connection, settings and credentials."""
-    return app.producer._ensure_producer()  # type: ignore[attr-defined]
-
-
-def connect(signal: Any, receiver: Callable[..., Awaitable[None]]) -> None:
-    """Registers an async receiver on one of the app's signals."""
-    signal.connect(receiver)
-
-
-def timer(app: faust.App, seconds: float, fn: Callable[[], Awaitable[None]]) -> None:
-    app.timer(interval=seconds)(fn)
-
-
-def task(app: faust.App, fn: Callable[[], Awaitable[None]]) -> None:
-    app.task(fn)
-
-
 #: How long a crashed worker may take to stop before it exits anyway.
 CRASH_GRACE_S = 15.0
 
@@ -252,3 +222,317 @@ async def crash(app: faust.App, exc: BaseException, *, grace_s: float = CRASH_GR
     watchdog.daemon = True
     watchdog.start()
     await app.crash(exc)
+
+
+class FaustTableStore:
+    """The state table's local store by partition (runtime.LocalStore).
+
+    The worker writes the changelog itself, one batch per partition, so it
+    writes the local store directly too: by partition, which a RocksDB store
+    needs (Faust's ``table[key] = value`` takes the partition from the event
+    being processed, and a timer has none).
+    """
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self.data: Any = table.data
+        # Faust's RocksDB store keeps one database per partition.
+        self._by_partition = hasattr(self.data, "_db_for_partition")
+
+    def _db(self, partition: int) -> Any:
+        return self.data._db_for_partition(partition)
+
+    def put(self, partition: int, key: bytes, value: bytes | None) -> None:
+        if self._by_partition:
+            db = self._db(partition)
+            if value is None:
+                db.delete(key)
+            else:
+                db.put(key, value)
+        elif value is None:
+            self.data.pop(key, None)
+        else:
+            self.data[key] = value
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        if self._by_partition:
+            value: bytes | None = self._db(partition).get(key)
+            return value
+        return self.data.get(key)  # type: ignore[no-any-return]
+
+    def items(self, partition: int) -> Iterable[tuple[bytes, bytes | None]]:
+        if self._by_partition:
+            return self._db(partition).items()  # type: ignore[no-any-return]
+        return list(self.data.items())
+
+    def persisted(self, partition: int, changelog_offset: int) -> None:
+        # Faust sets it only for what it wrote or recovered itself; a memory
+        # store keeps nothing across restarts and ignores it.
+        if self._by_partition:
+            tp = TP(self.table.changelog_topic.get_topic_name(), partition)
+            self.data.set_persisted_offset(tp, changelog_offset)
+
+
+class FaustRuntime:
+    """The worker's runtime (``runtime.Runtime``) on one Faust app.
+
+    Faust keeps the group (assignment of the input topic, co-partitioned with
+    the state table), the table and its recovery from the changelog, timers and
+    the web server. It does not fetch the input topic: the worker's direct
+    reader does (``stream/reader.py``); its agent only keeps the topic in the
+    group's subscription.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        broker: Broker,
+        table_name: str,
+        repartition_topic: str | None,
+        route_key: Callable[[bytes | None, bytes | None], bytes | None],
+        origin: Callable[[int, int, int | None], tuple[str, bytes]],
+        web: bool = True,
+    ) -> None:
+        if broker.generations_from_zero:
+            install_leave_group_fix()
+        from ..kafka.security import redact_logs
+
+        sec = settings.security
+        if sec.sasl_password is not None:
+            redact_logs(sec.sasl_password.reveal())  # never in any log line, whoever logs
+        self.settings = settings
+        app = self.app = WorkerApp(
+            settings.app_id,
+            broker=[f"kafka://{h}" for h in settings.broker_hosts],
+            broker_credentials=credentials(sec),
+            store="memory://" if settings.store == "memory" else "rocksdb://",
+            datadir=str(settings.data_dir),
+            topic_partitions=settings.partitions,
+            topic_replication_factor=settings.replication_factor,
+            table_standby_replicas=settings.table_standby_replicas,
+            key_serializer="raw",
+            value_serializer="raw",
+            web_enabled=web,
+            web_port=settings.web_port,
+            web_bind=settings.web_host,
+            web_host=settings.web_host,
+            canonical_url=settings.web_url,  # never 0.0.0.0: other workers forward to it
+            consumer_auto_offset_reset="earliest",
+            autodiscover=False,
+            # The worker creates every topic itself at start-up (kafka.clients.
+            # worker_topic_specs), retrying broker faults; Faust's own creation
+            # gave up on a dead node.
+            topic_allow_declare=False,
+            # Outputs go out as whole batches (BatchSender); room for a batch's
+            # worth per partition, and a short linger for what Faust itself sends.
+            producer_max_batch_size=1 << 20,
+            producer_linger=0.005,
+            **broker.faust_settings(),
+        )
+        raw = app.topic(
+            settings.topics.raw_events,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.partitions,
+        )
+        self.table: Any = app.Table(
+            table_name,
+            default=None,
+            partitions=settings.partitions,
+            key_type=bytes,
+            value_type=bytes,
+        )
+        self._store = FaustTableStore(self.table)
+        engine_input = raw
+        if repartition_topic is not None:
+            engine_input = app.topic(
+                repartition_topic,
+                key_type=bytes,
+                value_type=bytes,
+                key_serializer="raw",
+                value_serializer="raw",
+                partitions=settings.partitions,
+                internal=True,
+            )
+            self._route(raw, repartition_topic, route_key, origin)
+        self._input = engine_input.get_topic_name()
+
+        @app.agent(engine_input, name="sessionize")
+        async def subscribe(stream: Any) -> None:
+            # Keeps the input topic in the group's subscription; nothing is
+            # delivered (exclude_from_fetch), the direct reader reads it.
+            async for _ in stream:
+                pass
+
+        exclude_from_fetch(app, self._input)
+
+    def _route(
+        self,
+        raw: Any,
+        target: str,
+        route_key: Callable[[bytes | None, bytes | None], bytes | None],
+        origin: Callable[[int, int, int | None], tuple[str, bytes]],
+    ) -> None:
+        """Re-keys the raw topic into ``target`` (``repartition``), origin in a header."""
+        app = self.app
+        batch_size = self.settings.batch_size
+        within = self.settings.batch_within_ms / 1000
+
+        @app.agent(raw, name="repartition")
+        async def repartition(stream: Any) -> None:
+            producer = app.producer
+            async for events in stream.take_events(batch_size, within=within):
+                futures = []
+                for ev in events:
+                    m = ev.message
+                    ts = None if m.timestamp is None else round(m.timestamp * 1000)
+                    futures.append(
+                        await producer.send(
+                            target,
+                            route_key(m.key, m.value),
+                            m.value,
+                            None,
+                            m.timestamp,
+                            [origin(m.partition, m.offset, ts)],
+                        )
+                    )
+                await asyncio.gather(*futures)
+
+    # ------------------------------------------------------------ runtime.Runtime
+
+    @property
+    def input_topic(self) -> str:
+        return self._input
+
+    @property
+    def changelog(self) -> str:
+        name: str = self.table.changelog_topic.get_topic_name()
+        return name
+
+    @property
+    def store(self) -> FaustTableStore:
+        return self._store
+
+    @property
+    def url(self) -> str:
+        return str(self.app.conf.canonical_url)
+
+    @property
+    def rebalancing(self) -> bool:
+        return bool(self.app.rebalancing)
+
+    @property
+    def joined(self) -> bool:
+        return bool(self.app.rebalancing_count > 0)
+
+    def assigned(self) -> set[int]:
+        try:
+            tps = self.app.assignor.assigned_actives()
+        except Exception:  # no assignment yet
+            return set()
+        return {tp.partition for tp in tps if tp.topic == self._input}
+
+    def owner_url(self, partition: int) -> str | None:
+        try:
+            meta = self.app.router.table_metadata(self.table.name)
+        except Exception:  # no assignment yet
+            return None
+        changelog = self.changelog
+        for url, tps in meta.items():
+            if partition in tps.get(changelog, ()):
+                return str(url)
+        return None
+
+    def on_assign(self, hook: Callable[[set[int]], Awaitable[None]]) -> None:
+        async def receiver(app: faust.App, **kwargs: Any) -> None:
+            # After the tables' recovery: the state may be read now.
+            mine = {tp.partition for tp in app.consumer.assignment() if tp.topic == self._input}
+            await hook(mine)
+
+        _connect(self.app.on_rebalance_complete, receiver)
+
+    def on_revoke(self, hook: Callable[[set[int]], Awaitable[None]]) -> None:
+        async def receiver(app: faust.App, revoked: Any, **kwargs: Any) -> None:
+            await hook({tp.partition for tp in revoked if tp.topic == self._input})
+
+        _connect(self.app.on_partitions_revoked, receiver)
+
+    def before_stop(self, hook: Callable[[], Awaitable[None]]) -> None:
+        self.app.before_stop.append(hook)
+
+    def on_shutdown(self, hook: Callable[[], Awaitable[None]]) -> None:
+        async def receiver(app: faust.App, **kwargs: Any) -> None:
+            await hook()
+
+        _connect(self.app.on_before_shutdown, receiver)
+
+    def producer(self) -> Any:
+        return self.app.producer._ensure_producer()  # type: ignore[attr-defined]
+
+    async def commit(self, offsets: Mapping[int, int]) -> None:
+        tps = {TP(self._input, p): o for p, o in offsets.items()}
+        await self.app.consumer._commit(tps)  # type: ignore[attr-defined]
+
+    def every(self, seconds: float, fn: Callable[[], Awaitable[None]]) -> None:
+        self.app.timer(interval=seconds)(fn)
+
+    def task(self, fn: Callable[[], Awaitable[None]]) -> None:
+        self.app.task(fn)
+
+    async def crash(self, exc: BaseException) -> None:
+        await crash(self.app, exc)
+
+    @property
+    def http_client(self) -> Any:
+        return self.app.http_client
+
+
+def _connect(signal: Any, receiver: Callable[..., Awaitable[None]]) -> None:
+    signal.connect(receiver)  # Faust's signal types do not admit keyword-only receivers
+
+
+def credentials(security: Security) -> Any:
+    """Faust's ``broker_credentials``: what its aiokafka driver turns into the options
+    our own clients get (``kafka.security.aiokafka_options``).
+
+    Faust maps ``SSLCredentials`` to SSL and ``SASLCredentials`` to
+    SASL_PLAINTEXT, or to SASL_SSL when it has an ``ssl_context``, with the
+    mechanism's name (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) as aiokafka's
+    ``sasl_mechanism``. Its repr shows the user name only.
+    """
+    from faust.auth import SASLCredentials, SSLCredentials
+
+    from ..kafka.security import sasl_password, ssl_context
+
+    if security.protocol == "PLAINTEXT":
+        return None
+    ctx = ssl_context(security)
+    if not security.uses_sasl:
+        return SSLCredentials(ctx)
+    return SASLCredentials(
+        username=security.sasl_username,
+        password=sasl_password(security),
+        ssl_context=ctx,
+        mechanism=security.sasl_mechanism,
+    )
+
+
+def run_worker(app: faust.App, loglevel: str) -> None:
+    """Runs the app's worker until it stops (signals handled by Faust)."""
+    runner = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    if not runner.stdout.isatty():
+        runner.spinner = None  # it writes its cursor escapes even into a file
+    runner.execute_from_commandline()
+
+
+async def refresh_metadata(consumer: Any) -> None:
+    """Asks the broker for the consumer's topics' metadata again."""
+    await consumer._client.force_metadata_update()
+
+
+async def cluster_metadata(consumer: Any) -> Any:
+    """The metadata of every topic (a consumer's own covers its assigned topics only)."""
+    return await consumer._client.fetch_all_metadata()

@@ -6,7 +6,7 @@ kept in ``retired`` and added to the live ones: counters never go down. The
 hot path pays for one histogram observation per batch, nothing per event.
 
 What is read of the worker is the small :class:`WorkerView` protocol (the
-worker's ``Pipeline`` is one), so this module does not depend on the worker.
+worker's ``Worker`` is one), so this module does not depend on the worker.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ from prometheus_client.registry import Collector
 
 from ..core.engine import Engine
 from ..core.model import Counts
+from .runtime import Runtime
 from .store import StateStore
 
 
 class RunnerView(Protocol):
-    """One engine partition of a worker (``worker.PartitionRunner``)."""
+    """One engine partition of a worker (``worker.Slot``)."""
 
     @property
     def applied(self) -> int:
@@ -43,11 +44,11 @@ class ControlView(Protocol):
 
 
 class WorkerView(Protocol):
-    """What metrics and /health read of a worker (``worker.Pipeline``)."""
+    """What metrics and /health read of a worker (``worker.Worker``)."""
 
     @property
-    def app(self) -> Any:
-        """The Faust app: assignment, consumer highwaters, rebalancing state."""
+    def runtime(self) -> Runtime:
+        """Assignment and rebalancing state."""
 
     @property
     def runners(self) -> Mapping[int, RunnerView]:
@@ -161,11 +162,7 @@ class Metrics:
 
 def partition_stats(pipe: WorkerView, topic: str) -> list[PartitionStats]:
     """Assigned engine partitions (and any live engine) with offsets, watermark and lag."""
-    app = pipe.app
-    try:
-        assigned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic}
-    except Exception:  # no assignment yet
-        assigned = set()
+    assigned = pipe.runtime.assigned()
     runners = dict(pipe.runners)
     out = []
     for p in sorted(assigned | set(runners)):
@@ -200,10 +197,8 @@ def _lag(highwater: int | None, applied: int) -> int | None:
 
 def ready(pipe: WorkerView) -> bool:
     """Joined the group at least once, not rebalancing, and the opt-out topic read."""
-    app = pipe.app
-    return bool(
-        app.rebalancing_count > 0 and not app.rebalancing and pipe.control_reader.ready.is_set()
-    )
+    rt = pipe.runtime
+    return rt.joined and not rt.rebalancing and pipe.control_reader.ready.is_set()
 
 
 class _EngineCollector(Collector):

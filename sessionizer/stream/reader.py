@@ -1,4 +1,4 @@
-"""The direct input reader (``input_reader = "direct"``): whole fetches, no per-record objects.
+"""The worker's input reader: whole fetches, no per-record objects.
 
 Faust hands a stream one event at a time: per record a message and an event
 object, two tasks and an ``asyncio.wait`` in its drain loop, sensors and an
@@ -9,12 +9,12 @@ records to the pipeline. Faust keeps the group, the assignment, the tables,
 the timers and the web server; it is told not to fetch the input topic
 (``compat.exclude_from_fetch``).
 
-Correctness does not depend on this reader's position: the pipeline skips
-what the state already holds and reads any gap from the broker first
-(``worker.GapReader``). The position only saves work: it is set to the
-state's marker + 1 whenever the assignment changes, and the group's committed
-offsets follow the state (``Pipeline.commit_progress``) so that lag tools
-see progress.
+The reader's position is the state's: it is set to the partition's marker + 1
+whenever the assignment changes, and only this reader applies records, so a
+fetch continues the state (an offset gap is the log's own: transaction
+markers, compaction). The task skips anything at or below the marker all the
+same. The group's committed offsets follow the state
+(``Worker.commit_progress``) so that lag tools see progress.
 """
 
 from __future__ import annotations
@@ -22,16 +22,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ..kafka.clients import client_options
+from ..run.task import SourceRecord
 from ..settings import Settings
 from .compat import has_leader
-
-# (offset, key, value, timestamp ms, headers) of one source record.
-Rec = tuple[int, bytes | None, bytes | None, int | None, Any]
 
 
 class Target(Protocol):
@@ -48,7 +46,7 @@ class Target(Protocol):
     def resume_offset(self, partition: int) -> int | None:
         """Where the state says the partition resumes (marker + 1); None if not ours."""
 
-    async def apply(self, partition: int, recs: Sequence[Rec]) -> None: ...
+    async def apply(self, partition: int, recs: Sequence[SourceRecord]) -> None: ...
 
     def batch_done(self, started: float) -> None: ...
 

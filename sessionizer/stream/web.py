@@ -23,7 +23,6 @@ import errno
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from aiokafka.partitioner import DefaultPartitioner
 from faust.web import Request, Response, View
 from prometheus_client.exposition import choose_encoder
 from yarl import URL
@@ -33,14 +32,14 @@ from ..core.config import ConfigError
 from ..core.engine import controlled
 from ..core.state import OPEN, KeyState, Session
 from ..kafka.security import bearer_headers, redact_logs, web_auth
+from ..run.encode import partition_for
 from ..settings import Settings
 from .metrics import Metrics, WorkerView, partition_stats, ready
 
 if TYPE_CHECKING:
-    import faust
+    from .compat import FaustRuntime
 
 STATUS = ("open", "expired", "closed")  # Session.status
-_partitioner = DefaultPartitioner()
 
 
 class WebView(WorkerView, Protocol):
@@ -51,10 +50,6 @@ class WebView(WorkerView, Protocol):
 
     @property
     def metrics(self) -> Metrics: ...
-
-    @property
-    def table(self) -> Any:
-        """The Faust table of the state: its changelog topic and partition count."""
 
     @property
     def control(self) -> Mapping[str, bool]:
@@ -87,8 +82,10 @@ def claim_web_port(settings: Settings) -> Settings:
     return settings if port == settings.web_port else dataclasses.replace(settings, web_port=port)
 
 
-def register(app: faust.App, pipe: WebView, topic: str) -> None:
-    """Adds the views to ``app``'s web server; ``topic`` is the engines' input topic."""
+def register(runtime: FaustRuntime, pipe: WebView) -> None:
+    """Adds the views to the worker's web server (Faust's)."""
+    app = runtime.app
+    topic = runtime.input_topic
     pipe.metrics.watch(pipe, topic)
 
     @app.page("/health")
@@ -101,9 +98,9 @@ def register(app: faust.App, pipe: WebView, topic: str) -> None:
             "problems": problems,
             "partitions": [s.partition for s in stats],
             "lag": sum(s.lag or 0 for s in stats),
-            "rebalancing": bool(app.rebalancing),
+            "rebalancing": runtime.rebalancing,
             "control_ready": pipe.control_reader.ready.is_set(),
-            "url": str(app.conf.canonical_url),
+            "url": runtime.url,
             # R26: keys whose clock ran ahead of their partition (the latest one each).
             "time_outliers": [
                 {
@@ -141,32 +138,19 @@ def register(app: faust.App, pipe: WebView, topic: str) -> None:
 
 def device_partition(device: bytes, partitions: int) -> int:
     """The partition the default partitioner gives a record keyed by ``device``."""
-    return int(_partitioner(device, list(range(partitions)), []))
-
-
-def owner_url(pipe: WebView, partition: int) -> str | None:
-    """The web URL of the worker that has ``partition`` of the state table, if known."""
-    table = pipe.table
-    changelog = table.changelog_topic.get_topic_name()
-    try:
-        meta = pipe.app.router.table_metadata(table.name)
-    except Exception:  # no assignment yet
-        return None
-    for url, tps in meta.items():
-        if partition in tps.get(changelog, ()):
-            return str(url)
-    return None
+    return partition_for(device, None, partitions)
 
 
 async def _session(view: View, request: Request, pipe: WebView, app: str, device: str) -> Response:
     skey = f"{app}/{device}"
     if controlled(pipe.control, app, device):
         return view.json({"opted_out": True})  # R18: nothing else of the key, anywhere
-    p = device_partition(device.encode(), pipe.table.partitions or pipe.settings.partitions)
+    p = device_partition(device.encode(), pipe.settings.partitions)
     found = _local(pipe, skey, p)
+    rt = pipe.runtime
     if found is None:
-        me = str(pipe.app.conf.canonical_url)
-        owner = owner_url(pipe, p)
+        me = rt.url
+        owner = rt.owner_url(p)
         if owner is not None and owner != me and "routed" not in request.query:
             return await _forward(view, request, pipe, owner)
         if owner == me:
@@ -176,7 +160,7 @@ async def _session(view: View, request: Request, pipe: WebView, app: str, device
     if found is None:
         return view.error(404, "unknown session key", key=skey)
     st, partition, watermark, source = found
-    return view.json(key_view(st, partition, watermark, source, str(pipe.app.conf.canonical_url)))
+    return view.json(key_view(st, partition, watermark, source, rt.url))
 
 
 def _local(pipe: WebView, skey: str, p: int) -> tuple[KeyState, int, int | None, str] | None:
@@ -201,7 +185,7 @@ def _from_table(pipe: WebView, skey: str, p: int) -> tuple[KeyState, int, int | 
 
 async def _forward(view: View, request: Request, pipe: WebView, owner: str) -> Response:
     target = URL(owner).with_path(request.rel_url.raw_path, encoded=True).with_query(routed="1")
-    client: Any = pipe.app.http_client
+    client: Any = pipe.runtime.http_client
     try:
         async with client.get(target, headers=bearer_headers(pipe.settings.web_token)) as resp:
             if resp.status == 401:

@@ -18,9 +18,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
 
 from .. import codec
-from ..core.engine import identity
 from ..exits import Failed, run_main
 from ..kafka.clients import client_options, ensure_topics
+from ..run.task import device_key
 from ..settings import Settings
 
 __all__ = ["Progress", "TokenBucket", "count_and_key", "produce_records", "producer_options"]
@@ -79,10 +79,9 @@ def count_and_key(value: bytes) -> tuple[bytes | None, int]:
         return None, 0
     if type(obj) is not dict:
         return None, 0
-    ident = identity(obj)
     events = obj.get("events")
     n = len(events) if type(events) is list else (1 if "event_type" in obj else 0)
-    return (None if ident is None else ident[1].encode()), n
+    return device_key(obj), n
 
 
 def producer_options(settings: Settings) -> dict[str, Any]:

@@ -116,12 +116,7 @@ def _names() -> Names:
     return Names(f"it-{uuid.uuid4().hex[:8]}")
 
 
-# The worker's default input path, and Faust's stream (input_reader = faust).
-READERS = ["direct", "faust"]
-
-
-@pytest.mark.parametrize("reader", READERS)
-async def test_r0_live_output_equals_process_file(broker: Any, tmp_path: Path, reader: str) -> None:
+async def test_r0_live_output_equals_process_file(broker: Any, tmp_path: Path) -> None:
     names = _names()
     recs = _workload(seed=11)
     recs += _clocks(recs)
@@ -130,7 +125,6 @@ async def test_r0_live_output_equals_process_file(broker: Any, tmp_path: Path, r
         names,
         tmp_path,
         partitions=PARTITIONS,
-        env={"SESSIONIZER_INPUT_READER": reader},
     )
     w.start()
     try:
@@ -187,17 +181,15 @@ async def test_r18_r19_control_topic_opts_out_a_device(broker: Any, tmp_path: Pa
         w.terminate()
 
 
-@pytest.mark.parametrize(
-    ("store", "reader"), [("memory", "direct"), ("rocksdb", "direct"), ("memory", "faust")]
-)
+@pytest.mark.parametrize("store", ["memory", "rocksdb"])
 async def test_restart_recovery_after_sigkill_at_several_points(
-    broker: Any, tmp_path: Path, store: str, reader: str
+    broker: Any, tmp_path: Path, store: str
 ) -> None:
     """Kill -9 the worker at different points of its work; the final sessions equal
     an uninterrupted run's (docs/operations.md#recovery). With RocksDB the restarted
     worker reuses the killed one's data directory, as on the same machine."""
     names = _names()
-    env = {"SESSIONIZER_STORE": store, "SESSIONIZER_INPUT_READER": reader}
+    env = {"SESSIONIZER_STORE": store}
 
     def tag(i: int) -> str:
         return "w" if store == "rocksdb" else f"w{i}"
