@@ -14,7 +14,7 @@ $(VENV_STAMP): pyproject.toml setup.py
 # when a source changes; without a C compiler the sources run (same bytes, 1.3-1.6x slower).
 NATIVE_STAMP := sessionizer/_native.json
 NATIVE_SOURCES := sessionizer/_native.py $(wildcard sessionizer/core/*.py) \
-	sessionizer/run/encode.py sessionizer/run/driver.py sessionizer/run/files.py
+	sessionizer/run/encode.py sessionizer/run/task.py sessionizer/run/files.py
 $(NATIVE_STAMP): $(VENV_STAMP) $(NATIVE_SOURCES)
 	$(PY) -c 'from sessionizer._native import build; build()' \
 		|| echo "make native: not compiled (needs a C compiler); the Python sources run"

@@ -104,7 +104,7 @@ def test_the_graph_sees_the_imports() -> None:
     g = _graph()
     assert "sessionizer.stream.metrics" in g["sessionizer.stream.worker"]
     assert "sessionizer.stream.web" in g["sessionizer.stream.worker"]  # a lazy import
-    assert "sessionizer.core.engine" in g["sessionizer.run.driver"]
+    assert "sessionizer.core.engine" in g["sessionizer.run.task"]
     assert "sessionizer.integrations" in g["sessionizer.settings"]  # importlib.import_module
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
