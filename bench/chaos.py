@@ -94,8 +94,8 @@ from sessionizer.core.config import EngineConfig  # noqa: E402
 from sessionizer.core.engine import Engine  # noqa: E402
 from sessionizer.core.model import DEAD_LETTERS, EVENTS, SESSIONS  # noqa: E402
 from sessionizer.kafka.clients import topic_partitions  # noqa: E402
+from sessionizer.run.task import route_key  # noqa: E402
 from sessionizer.stream.logs import limit_repeats  # noqa: E402
-from sessionizer.stream.worker import device_key  # noqa: E402
 from sessionizer.testing import NOW  # noqa: E402
 from sessionizer.tools.apache_kafka import (  # noqa: E402
     KafkaCluster,
@@ -898,7 +898,7 @@ class Run:
                 target = min(n, int(n * self.now() / duration) + 1)
                 while i < target:
                     v = recs[i]
-                    futs.append(await p.send(topic, v, key=device_key(v)))
+                    futs.append(await p.send(topic, v, key=route_key(None, v)))
                     self.sent_at.append(self.now())
                     i += 1
                 await asyncio.sleep(0.05)
@@ -914,7 +914,7 @@ class Run:
             topic = self.names.topics["raw_events"]
             parts = len(clocks) // CLOCKS_PER_PARTITION  # record i: partition i % parts
             for i, v in enumerate(clocks):
-                m = await (await p.send(topic, v, key=device_key(v), partition=i % parts))
+                m = await (await p.send(topic, v, key=route_key(None, v), partition=i % parts))
                 self.meta.append((m.partition, m.offset))
         finally:
             await p.stop()

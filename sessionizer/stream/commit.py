@@ -1,16 +1,22 @@
 """How a partition task's checkpoint reaches the broker.
 
-At least once (any broker): the outputs, then the changed keys' snapshots,
-then the marker alone, each acknowledged before the next is sent. A crash in
-between leaves outputs whose state was not written: the next owner applies
-the same records again and writes byte-identical duplicates (R0, R12); the
-state is never ahead of what the outputs say, and records at or below the
-marker are never applied twice.
+At least once (any broker, :class:`AcknowledgedWriter`): the outputs, then the
+changed keys' snapshots, then the marker alone, each acknowledged before the
+next is sent. A crash in between leaves outputs whose state was not written:
+the next owner applies the same records again and writes byte-identical
+duplicates (R0, R12); the state is never ahead of what the outputs say, and
+records at or below the marker are never applied twice.
+
+Exactly once (Kafka, :class:`TransactionalWriter`): all of it in one
+transaction per partition, with the group's input offset.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import ProducerFenced
 
 from ..kafka.sender import BatchSender
 from ..run.task import Checkpoint
@@ -39,4 +45,102 @@ class AcknowledgedWriter:
         store.written(state)
         marker = [store.marker_record(partition, checkpoint.marker)]
         acked = await send(marker)
+        store.written(marker, acked[-1].offset)
+
+
+class Fenced(Exception):
+    """A newer owner of the partition took over its transactions: this worker is a
+    zombie for that partition and must give it up (its checkpoint was aborted)."""
+
+    def __init__(self, partition: int) -> None:
+        super().__init__(f"partition {partition}: fenced by a newer owner")
+        self.partition = partition
+
+
+#: A transaction left open this long is aborted by the broker; a checkpoint takes
+#: 10-30 ms. read_committed readers of its partitions wait at most this long (plus
+#: the broker's 10 s clean-up interval) when a worker hangs mid-transaction.
+TRANSACTION_TIMEOUT_MS = 10_000
+
+
+class TransactionalWriter:
+    """Exactly once (Kafka): per input partition, one transactional producer, and one
+    transaction per checkpoint holding its outputs, state and marker, and the
+    group's input offset. All of it becomes visible to read_committed readers at
+    once, or none of it.
+
+    The transactional id is the partition's (``{app}-{input topic}-{partition}``,
+    the same on every worker): the next owner's producer start fences the last
+    one's and aborts its open transaction, so a paused or partitioned zombie can
+    write nothing more (Kafka's EOS v1). The local store gets the state only once
+    the transaction is committed.
+    """
+
+    def __init__(
+        self, options: dict[str, Any], store: StateStore, *, group: str, input_topic: str
+    ) -> None:
+        self.options = options
+        self.store = store
+        self.group = group
+        self.input_topic = input_topic
+        self._producers: dict[int, tuple[AIOKafkaProducer, BatchSender]] = {}
+        self.committed = 0  # transactions, for /metrics and the chaos report
+        self.aborted = 0
+
+    def transactional_id(self, partition: int) -> str:
+        return f"{self.group}-{self.input_topic}-{partition}"
+
+    async def open(self, partition: int) -> None:
+        """Starts the partition's producer: fences every earlier one of its id.
+
+        Call before the partition's state is read: a zombie's transaction is
+        aborted (or committed) by then, so the state read is final.
+        """
+        if partition in self._producers:
+            return
+        producer = AIOKafkaProducer(
+            **self.options,
+            transactional_id=self.transactional_id(partition),
+            transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
+            # One checkpoint's records of a partition in one batch: a transaction
+            # pays its round trips once, not once per 16 KiB.
+            max_batch_size=1 << 20,
+            linger_ms=0,
+        )
+        await producer.start()
+        self._producers[partition] = producer, BatchSender(producer)
+
+    async def close(self, partition: int) -> None:
+        """Stops the partition's producer (an open transaction is aborted by the next owner)."""
+        entry = self._producers.pop(partition, None)
+        if entry is not None:
+            await entry[0].stop()
+
+    async def close_all(self) -> None:
+        for p in list(self._producers):
+            await self.close(p)
+
+    async def write(self, partition: int, checkpoint: Checkpoint) -> None:
+        await self.open(partition)
+        producer, sender = self._producers[partition]
+        store = self.store
+        state = store.key_records(partition, checkpoint.state)
+        marker = [store.marker_record(partition, checkpoint.marker)]
+        try:
+            await producer.begin_transaction()
+            await sender.send(checkpoint.outputs + state)
+            acked = await sender.send(marker)  # its own batch: its offset for the store
+            offsets = {TopicPartition(self.input_topic, partition): checkpoint.marker.offset + 1}
+            await producer.send_offsets_to_transaction(offsets, self.group)
+            await producer.commit_transaction()
+        except ProducerFenced as exc:
+            self.aborted += 1
+            await self.close(partition)
+            raise Fenced(partition) from exc
+        except BaseException:
+            self.aborted += 1
+            await self.close(partition)  # its next producer's start aborts what is open
+            raise
+        self.committed += 1
+        store.written(state)
         store.written(marker, acked[-1].offset)

@@ -293,9 +293,12 @@ class FaustRuntime:
         route_key: Callable[[bytes | None, bytes | None], bytes | None],
         origin: Callable[[int, int, int | None], tuple[str, bytes]],
         web: bool = True,
+        read_committed: bool = False,
     ) -> None:
         if broker.generations_from_zero:
             install_leave_group_fix()
+        if read_committed:
+            install_read_committed()
         from ..kafka.security import redact_logs
 
         sec = settings.security
@@ -368,6 +371,41 @@ class FaustRuntime:
                 pass
 
         exclude_from_fetch(app, self._input)
+        if read_committed:
+            self.task(self._end_recovery_at_markers)
+
+    async def _end_recovery_at_markers(self) -> None:
+        """Ends the recovery of changelogs whose last offset is a transaction marker.
+
+        Faust's recovery runs until the last offset read reaches the highwater
+        (end offset - 1), and a marker is never delivered, so it would wait
+        forever on a transactional changelog. Faust itself moves past it only
+        under its own exactly-once mode (``detect_aborted_tx``), which would also
+        give it transactional producers of its own and read highwaters that are
+        -1 before a partition's first fetch (an empty table, measured). The same
+        rule here: once the consumer's position is past the highwater, what is
+        left were markers. Recovery then ends at Faust's next idle poll (5 s).
+        """
+        tables: Any = self.app.tables
+        rec = tables.recovery
+        while True:
+            await asyncio.sleep(0.5)
+            if not rec.in_recovery:
+                continue
+            for tps, highwaters, offsets in (
+                (rec.active_tps, rec.active_highwaters, rec.active_offsets),
+                (rec.standby_tps, rec.standby_highwaters, rec.standby_offsets),
+            ):
+                for tp in list(tps):
+                    hw, off = highwaters.get(tp), offsets.get(tp)
+                    if hw is None or hw < 0 or off is None or off >= hw:
+                        continue
+                    try:
+                        pos = await self.app.consumer.position(tp)
+                    except Exception:  # reassigned meanwhile
+                        continue
+                    if pos is not None and pos > hw:
+                        offsets[tp] = hw
 
     def _route(
         self,
@@ -488,6 +526,30 @@ class FaustRuntime:
     @property
     def http_client(self) -> Any:
         return self.app.http_client
+
+
+def install_read_committed() -> None:
+    """Faust's consumer (the one that also recovers the tables) in read_committed,
+    and nothing else of Faust's exactly-once mode: aborted state never reaches a
+    table. Faust picks the level from ``consumer.in_transaction`` when it creates
+    its aiokafka consumer; it is flipped for that call only. Idempotent."""
+    from faust.transport.drivers import aiokafka as driver
+
+    cls: Any = driver.AIOKafkaConsumerThread
+    original = cls._create_worker_consumer
+    if getattr(original, "_sessionizer_fix", False):
+        return
+
+    def _create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = self.consumer
+        saved, consumer.in_transaction = consumer.in_transaction, True
+        try:
+            return original(self, transport)
+        finally:
+            consumer.in_transaction = saved
+
+    _create_worker_consumer._sessionizer_fix = True  # type: ignore[attr-defined]
+    cls._create_worker_consumer = _create_worker_consumer
 
 
 def _connect(signal: Any, receiver: Callable[..., Awaitable[None]]) -> None:

@@ -50,6 +50,9 @@ class Target(Protocol):
 
     def batch_done(self, started: float) -> None: ...
 
+    async def flush_due(self) -> None:
+        """Writes what waits for its transaction interval (exactly once)."""
+
 
 class DirectReader:
     """Reads ``topic``'s assigned partitions and applies them through ``target``."""
@@ -60,6 +63,7 @@ class DirectReader:
         self.target = target
         self._consumer: AIOKafkaConsumer | None = None
         self.stopping = False  # set by stop(): what run() raises from now on is expected
+        self.isolation_level = "read_uncommitted"  # exactly once: read_committed
         self._busy = asyncio.Lock()  # held while a fetch is applied
 
     def highwater(self, partition: int) -> int | None:
@@ -88,6 +92,7 @@ class DirectReader:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 << 20,
             fetch_max_wait_ms=s.batch_within_ms,
+            isolation_level=self.isolation_level,
         )
         self._consumer = c  # before start: a stop meanwhile closes it
         await c.start()
@@ -103,6 +108,7 @@ class DirectReader:
                 continue
             fetched = await c.getmany(timeout_ms=s.batch_within_ms, max_records=s.batch_size)
             if not fetched:
+                await target.flush_due()
                 continue
             async with self._busy:
                 if self.stopping:
@@ -116,6 +122,7 @@ class DirectReader:
                         [(m.offset, m.key, m.value, m.timestamp, m.headers) for m in msgs],
                     )
                 target.batch_done(started)
+                await target.flush_due()
 
     def _reassign(self, c: AIOKafkaConsumer) -> list[TopicPartition]:
         offsets = {}

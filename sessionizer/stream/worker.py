@@ -26,13 +26,13 @@ from typing import Any
 from .. import codec
 from ..core.engine import Engine
 from ..integrations import Options
-from ..kafka.clients import STATE_TABLE, ControlReader, repartition_topic
+from ..kafka.clients import STATE_TABLE, ControlReader, client_options, repartition_topic
 from ..kafka.sender import BatchSender
 from ..run.encode import OutputEncoder
 from ..run.files import tune_gc
 from ..run.task import Checkpoint, PartitionTask, SourceRecord, origin_header, route_key
 from ..settings import Settings
-from .commit import AcknowledgedWriter, Writer
+from .commit import AcknowledgedWriter, Fenced, TransactionalWriter, Writer
 from .compat import KAFKA, Broker, FaustRuntime
 from .logs import install_quiet_rebalance, limit_repeats
 from .metrics import Metrics
@@ -95,14 +95,24 @@ def _log_internal_error(exc: Exception, src: tuple[Any, str, int, int, int | Non
 class Slot:
     """A partition's task and what the worker knows about it."""
 
-    __slots__ = ("closed", "last_rx_wall", "lock", "progress_wall", "task", "wm_at_rx")
+    __slots__ = (
+        "closed",
+        "committed_wall",
+        "last_rx_wall",
+        "lock",
+        "pending",
+        "progress_wall",
+        "task",
+        "wm_at_rx",
+    )
 
     def __init__(self, task: PartitionTask) -> None:
         self.task = task
         self.lock = asyncio.Lock()
         self.closed = False  # revoked: its partition belongs to the next owner now
-        self.last_rx_wall = self.progress_wall = wall_ms()
+        self.last_rx_wall = self.progress_wall = self.committed_wall = wall_ms()
         self.wm_at_rx = task.engine.watermark
+        self.pending = False  # applied records not checkpointed yet (exactly once)
 
     # What metrics and the web views read of a partition (metrics.RunnerView).
     @property
@@ -145,7 +155,17 @@ class Worker:
         self._announced: set[int] | None = None
         self.fault = _test_fault()
         self.agent_failure: str | None = None  # why the input loop stopped, if it did
+        self.exactly_once = settings.processing_guarantee == "exactly_once"
+        self.txn: TransactionalWriter | None = None
         self._writer: Writer | None = None
+        if self.exactly_once:
+            self.txn = self._writer = TransactionalWriter(
+                client_options(settings),
+                self.store,
+                group=settings.app_id,
+                input_topic=self.input_topic,
+            )
+            self.reader.isolation_level = "read_committed"
 
     # ------------------------------------------------------------ state
 
@@ -193,6 +213,11 @@ class Worker:
     async def assign(self, partitions: set[int]) -> None:
         """The group's new assignment, after its table recovery; tasks come lazily."""
         changed = partitions != self.assigned or self._announced is None
+        if self.txn is not None:
+            for p in sorted(partitions):
+                # Fences the last owner first: its open transaction is aborted
+                # before this worker reads the partition's state.
+                await self.txn.open(p)
         self.assigned = set(partitions)
         self.generation += 1
         if changed and self._announced != self.assigned:
@@ -216,6 +241,8 @@ class Worker:
                 async with r.lock:
                     r.closed = True
                 self.metrics.retire(r.engine.counts)  # counters never go down
+            if self.txn is not None:
+                await self.txn.close(p)  # unwritten work goes: the next owner redoes it
 
     def drop(self, partitions: Sequence[int]) -> None:
         for p in partitions:
@@ -242,7 +269,22 @@ class Worker:
                 return  # nothing new
             r.last_rx_wall = r.progress_wall = now
             r.wm_at_rx = r.engine.watermark
+            if self.exactly_once and now - r.committed_wall < self.settings.transaction_interval_ms:
+                r.pending = True  # one transaction per interval (flush_due writes it)
+                return
             await self._checkpoint(r)
+
+    async def flush_due(self) -> None:
+        """Exactly once: writes the checkpoints whose transaction interval is over."""
+        if not self.exactly_once:
+            return
+        now = wall_ms()
+        interval = self.settings.transaction_interval_ms
+        for r in list(self.runners.values()):
+            if r.pending and now - r.committed_wall >= interval:
+                async with r.lock:
+                    if r.pending and not r.closed:
+                        await self._checkpoint(r)
 
     def resume_offset(self, partition: int) -> int | None:
         """Where the partition resumes (marker + 1); None if it is not ours now."""
@@ -283,7 +325,8 @@ class Worker:
 
     async def tick(self) -> None:
         """R22: a partition idle for idle_timeout moves its watermark by wall-clock time."""
-        await self.commit_progress()
+        if not self.exactly_once:  # else the offsets commit with each transaction
+            await self.commit_progress()
         if not self.live:
             return
         now = wall_ms()
@@ -305,10 +348,23 @@ class Worker:
 
     async def _checkpoint(self, r: Slot) -> None:
         cp: Checkpoint = r.task.checkpoint()
+        p = r.task.partition
+        try:
+            await self.writer().write(p, cp)
+        except Fenced:
+            # A zombie: the partition has a newer owner, which redoes what this
+            # worker applied since its last transaction. Give it up until the
+            # group assigns it again (restoring it here would fence the owner).
+            log.warning("partition %d: fenced by a newer owner; giving it up", p)
+            self.assigned.discard(p)
+            self.generation += 1
+            self.drop([p])
+            return
+        r.pending = False
+        r.committed_wall = wall_ms()
         observe = self.metrics.session_seconds.observe
         for ms in cp.durations_ms:
             observe(ms / 1000)
-        await self.writer().write(r.task.partition, cp)
 
     def writer(self) -> Writer:
         if self._writer is None:
@@ -334,6 +390,8 @@ class Worker:
     async def stop(self) -> None:
         # The reader stopped already, first of all (Runtime.before_stop).
         await self.control_reader.stop()
+        if self.txn is not None:
+            await self.txn.close_all()
 
     def problems(self, lag: Mapping[int, int | None]) -> list[str]:
         """Why this worker is not healthy (empty when it is): progress, not liveness."""
@@ -371,6 +429,7 @@ def build_app(settings: Settings, *, web: bool = True, broker: Broker = KAFKA) -
         route_key=route_key,
         origin=origin_header,
         web=web,
+        read_committed=settings.processing_guarantee == "exactly_once",
     )
     worker = Worker(settings, runtime)
     runtime.on_assign(worker.assign)

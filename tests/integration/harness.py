@@ -18,7 +18,7 @@ from sessionizer import codec, procs
 from sessionizer.core.engine import MIN_TS
 from sessionizer.kafka.clients import topic_partitions
 from sessionizer.procs import free_port
-from sessionizer.stream.worker import device_key
+from sessionizer.run.task import route_key
 from sessionizer.testing import MIN, T0, batch, custom, launch, opt_out, screen, set_attr
 
 __all__ = [
@@ -214,6 +214,12 @@ async def until(probe: Any, what: str, timeout: float = 90.0) -> Any:
                 return last
         await asyncio.sleep(0.3)
     raise AssertionError(f"{what} not reached in {timeout}s; last: {last!r}")
+
+
+def device_key(value: bytes) -> bytes | None:
+    """The device key producers that key by device give a raw record."""
+    key: bytes | None = route_key(None, value)
+    return key
 
 
 def final_sessions(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
