@@ -129,6 +129,12 @@ class WorkerProc:
         return self.proc.returncode
 
 
+def device_key(value: bytes) -> bytes | None:
+    """The device key producers that key by device give a raw record."""
+    key: bytes | None = route_key(None, value)
+    return key
+
+
 async def produce(
     bootstrap: str,
     topic: str,
@@ -214,12 +220,6 @@ async def until(probe: Any, what: str, timeout: float = 90.0) -> Any:
                 return last
         await asyncio.sleep(0.3)
     raise AssertionError(f"{what} not reached in {timeout}s; last: {last!r}")
-
-
-def device_key(value: bytes) -> bytes | None:
-    """The device key producers that key by device give a raw record."""
-    key: bytes | None = route_key(None, value)
-    return key
 
 
 def final_sessions(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
