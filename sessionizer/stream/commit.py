@@ -13,14 +13,20 @@ transaction per partition, with the group's input offset.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import ProducerFenced
 
 from ..kafka.sender import BatchSender
 from ..run.task import Checkpoint
+from .compat import producer_fenced
+from .runtime import Runtime
 from .store import StateStore
+
+log = logging.getLogger("sessionizer.worker")
 
 
 class Writer(Protocol):
@@ -90,6 +96,32 @@ class TransactionalWriter:
     def transactional_id(self, partition: int) -> str:
         return f"{self.group}-{self.input_topic}-{partition}"
 
+    async def take_over(self, partitions: Iterable[int], runtime: Runtime) -> None:
+        """Fences the last owner of each partition, then completes its local state
+        with what that owner committed after the recovery read the changelog (a
+        zombie's commit in between: without this, records it applied would be
+        applied again, their outputs twice)."""
+        new = [p for p in sorted(partitions) if p not in self._producers]
+        for p in new:
+            await self.open(p)
+        if not new:
+            return
+        start = {}
+        for p in new:
+            recovered = runtime.recovered_offset(p)
+            start[p] = 0 if recovered is None else recovered + 1
+        found = await read_committed_tail(self.options, self.store.changelog, start)
+        for p, records in found.items():
+            for key, value in records:
+                self.store.local.put(p, key, value)
+            if records:
+                log.warning(
+                    "partition %d: %d state records committed by the last owner after "
+                    "recovery; applied",
+                    p,
+                    len(records),
+                )
+
     async def open(self, partition: int) -> None:
         """Starts the partition's producer: fences every earlier one of its id.
 
@@ -133,14 +165,39 @@ class TransactionalWriter:
             offsets = {TopicPartition(self.input_topic, partition): checkpoint.marker.offset + 1}
             await producer.send_offsets_to_transaction(offsets, self.group)
             await producer.commit_transaction()
-        except ProducerFenced as exc:
+        except Exception as exc:
             self.aborted += 1
-            await self.close(partition)
-            raise Fenced(partition) from exc
-        except BaseException:
-            self.aborted += 1
+            fenced = isinstance(exc, ProducerFenced) or producer_fenced(producer)
             await self.close(partition)  # its next producer's start aborts what is open
+            if fenced:
+                raise Fenced(partition) from exc
             raise
         self.committed += 1
         store.written(state)
         store.written(marker, acked[-1].offset)
+
+
+async def read_committed_tail(
+    options: dict[str, Any], topic: str, start: Mapping[int, int]
+) -> dict[int, list[tuple[bytes, bytes | None]]]:
+    """(key, value) of the committed records of each partition from ``start`` to its
+    end; done by position: a transaction's last offset is a marker no record has."""
+    consumer = AIOKafkaConsumer(
+        **options, enable_auto_commit=False, isolation_level="read_committed"
+    )
+    await consumer.start()
+    try:
+        tps = {p: TopicPartition(topic, p) for p in start}
+        consumer.assign(list(tps.values()))
+        ends = await consumer.end_offsets(list(tps.values()))
+        out: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        for p, tp in tps.items():
+            consumer.seek(tp, start[p])
+            got: list[tuple[bytes, bytes | None]] = []
+            while await consumer.position(tp) < ends[tp]:
+                batch = await consumer.getmany(tp, timeout_ms=500)
+                got += [(m.key, m.value) for m in batch.get(tp, ()) if m.key is not None]
+            out[p] = got
+        return out
+    finally:
+        await consumer.stop()

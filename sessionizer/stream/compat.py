@@ -484,6 +484,11 @@ class FaustRuntime:
                 return str(url)
         return None
 
+    def recovered_offset(self, partition: int) -> int | None:
+        tables: Any = self.app.tables
+        offset = tables.recovery.active_offsets.get(TP(self.changelog, partition))
+        return None if offset is None else int(offset)
+
     def on_assign(self, hook: Callable[[set[int]], Awaitable[None]]) -> None:
         async def receiver(app: faust.App, **kwargs: Any) -> None:
             # After the tables' recovery: the state may be read now.
@@ -588,6 +593,13 @@ def run_worker(app: faust.App, loglevel: str) -> None:
     if not runner.stdout.isatty():
         runner.spinner = None  # it writes its cursor escapes even into a file
     runner.execute_from_commandline()
+
+
+def producer_fenced(producer: Any) -> bool:
+    """Whether a transactional producer can no longer write: fenced by a newer one
+    of its id, or its transaction timed out (aiokafka then raises AssertionError,
+    not ProducerFenced, from the next begin or commit)."""
+    return bool(producer._txn_manager.is_fatal_error())
 
 
 async def refresh_metadata(consumer: Any) -> None:

@@ -20,6 +20,7 @@ same. The group's committed offsets follow the state
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from typing import Protocol
@@ -30,6 +31,8 @@ from ..kafka.clients import client_options
 from ..run.task import SourceRecord
 from ..settings import Settings
 from .compat import has_leader
+
+log = logging.getLogger("sessionizer.worker")
 
 
 class Target(Protocol):
@@ -50,8 +53,9 @@ class Target(Protocol):
 
     def batch_done(self, started: float) -> None: ...
 
-    async def flush_due(self) -> None:
-        """Writes what waits for its transaction interval (exactly once)."""
+    async def flush_due(self, *, now: bool = False) -> None:
+        """Writes what waits for its transaction interval (exactly once); ``now``:
+        whatever waits, at a stop."""
 
 
 class DirectReader:
@@ -108,7 +112,9 @@ class DirectReader:
                 continue
             fetched = await c.getmany(timeout_ms=s.batch_within_ms, max_records=s.batch_size)
             if not fetched:
-                await target.flush_due()
+                async with self._busy:
+                    if not self.stopping:
+                        await target.flush_due()
                 continue
             async with self._busy:
                 if self.stopping:
@@ -139,7 +145,10 @@ class DirectReader:
         """Lets the fetch being applied finish (its state and marker written), then closes."""
         self.stopping = True
         async with self._busy:
-            pass
+            try:
+                await self.target.flush_due(now=True)
+            except Exception as exc:  # the next owner redoes it from the marker
+                log.warning("stop: the last transaction was not written: %r", exc)
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None

@@ -61,6 +61,10 @@ class Runtime(Protocol):
     def owner_url(self, partition: int) -> str | None:
         """The web URL of the worker that owns ``partition`` of the state, if known."""
 
+    def recovered_offset(self, partition: int) -> int | None:
+        """The last changelog offset of ``partition`` in the local store after its
+        recovery, if known."""
+
     def on_assign(self, hook: PartitionsHook) -> None:
         """Runs with the new assignment's input partitions once their state is recovered."""
 
@@ -154,6 +158,9 @@ class BareRuntime:
         return set()
 
     def owner_url(self, partition: int) -> str | None:
+        return None
+
+    def recovered_offset(self, partition: int) -> int | None:
         return None
 
     def on_assign(self, hook: PartitionsHook) -> None:

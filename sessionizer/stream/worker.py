@@ -47,6 +47,10 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+#: Exactly once: a fenced partition still assigned this long after is taken back
+#: (more than a session timeout plus a rejoin: a real zombie has lost it by then).
+RETAKE_AFTER_MS = 30_000
+
 FAULT_ENV = "SESSIONIZER_TEST_FAULT"
 
 
@@ -157,6 +161,7 @@ class Worker:
         self.agent_failure: str | None = None  # why the input loop stopped, if it did
         self.exactly_once = settings.processing_guarantee == "exactly_once"
         self.txn: TransactionalWriter | None = None
+        self.fenced: dict[int, int] = {}  # partition -> wall ms it was fenced (exactly once)
         self._writer: Writer | None = None
         if self.exactly_once:
             self.txn = self._writer = TransactionalWriter(
@@ -214,10 +219,10 @@ class Worker:
         """The group's new assignment, after its table recovery; tasks come lazily."""
         changed = partitions != self.assigned or self._announced is None
         if self.txn is not None:
-            for p in sorted(partitions):
-                # Fences the last owner first: its open transaction is aborted
-                # before this worker reads the partition's state.
-                await self.txn.open(p)
+            # The last owner is fenced (its open transaction aborted) before this
+            # worker reads the partitions' state.
+            await self.txn.take_over(partitions, self.runtime)
+            self.fenced.clear()  # the group's word is newer
         self.assigned = set(partitions)
         self.generation += 1
         if changed and self._announced != self.assigned:
@@ -274,14 +279,15 @@ class Worker:
                 return
             await self._checkpoint(r)
 
-    async def flush_due(self) -> None:
-        """Exactly once: writes the checkpoints whose transaction interval is over."""
+    async def flush_due(self, *, now: bool = False) -> None:
+        """Exactly once: writes the checkpoints whose transaction interval is over
+        (``now``: every one, at a stop)."""
         if not self.exactly_once:
             return
-        now = wall_ms()
-        interval = self.settings.transaction_interval_ms
+        interval = 0 if now else self.settings.transaction_interval_ms
+        now_ms = wall_ms()
         for r in list(self.runners.values()):
-            if r.pending and now - r.committed_wall >= interval:
+            if r.pending and now_ms - r.committed_wall >= interval:
                 async with r.lock:
                     if r.pending and not r.closed:
                         await self._checkpoint(r)
@@ -327,6 +333,8 @@ class Worker:
         """R22: a partition idle for idle_timeout moves its watermark by wall-clock time."""
         if not self.exactly_once:  # else the offsets commit with each transaction
             await self.commit_progress()
+        else:
+            await self._retake_fenced()
         if not self.live:
             return
         now = wall_ms()
@@ -346,6 +354,22 @@ class Worker:
                 if r.task.advance(r.wm_at_rx + (now - r.last_rx_wall)):
                     await self._checkpoint(r)
 
+    async def _retake_fenced(self) -> None:
+        """A partition fenced while the group still gives it to this worker, long
+        after a zombie would have been told: the fence was a transaction timeout
+        (a stall), not a newer owner, so this worker takes it back."""
+        if not self.fenced or self.txn is None:
+            return
+        now = wall_ms()
+        mine = self.runtime.assigned()
+        due = [p for p, t in self.fenced.items() if now - t > RETAKE_AFTER_MS and p in mine]
+        if due:
+            await self.txn.take_over(due, self.runtime)
+            for p in due:
+                del self.fenced[p]
+            self.assigned.update(due)
+            self.generation += 1
+
     async def _checkpoint(self, r: Slot) -> None:
         cp: Checkpoint = r.task.checkpoint()
         p = r.task.partition
@@ -356,6 +380,7 @@ class Worker:
             # worker applied since its last transaction. Give it up until the
             # group assigns it again (restoring it here would fence the owner).
             log.warning("partition %d: fenced by a newer owner; giving it up", p)
+            self.fenced[p] = wall_ms()
             self.assigned.discard(p)
             self.generation += 1
             self.drop([p])
