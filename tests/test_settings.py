@@ -269,7 +269,7 @@ def test_env_booleans_and_choices_are_case_insensitive() -> None:
 @pytest.mark.parametrize("raw", ["exactly_once", "EXACTLY_ONCE", " exactly_once "])
 def test_exactly_once_is_a_setting_the_broker_decides_on(raw: str) -> None:
     # Accepted here; the worker refuses it at start-up on a broker without
-    # transactions (kafka.clients.prepare_broker, tests/integration/test_exactly_once.py).
+    # transactions (kafka.clients.prepare_broker, tests/integration/test_exactly_once_refused.py).
     s = load_settings(env={"SESSIONIZER_PROCESSING_GUARANTEE": raw})
     assert s.processing_guarantee == "exactly_once"
 
