@@ -191,12 +191,13 @@ async def read_timestamps(
     """
     from aiokafka import AIOKafkaConsumer
 
-    from sessionizer.kafka.clients import topic_partitions
+    from sessionizer.kafka.clients import READ_COMMITTED, reached, topic_partitions
 
     c = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        isolation_level=READ_COMMITTED,
         fetch_max_wait_ms=100,
         fetch_max_bytes=32 << 20,
         max_partition_fetch_bytes=8 << 20,
@@ -210,10 +211,10 @@ async def read_timestamps(
         c.assign(tps)
         await c.seek_to_beginning(*tps)
         ends = await c.end_offsets(tps)
-        pos = dict.fromkeys(tps, 0)
         deadline = time.monotonic() + timeout
         last_data = time.monotonic()
-        while time.monotonic() - last_data < quiet_s or any(pos[tp] < ends[tp] for tp in tps):
+        left = set(tps)
+        while time.monotonic() - last_data < quiet_s or left:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"reading {topics}: not done after {timeout:.0f} s")
             got = await c.getmany(timeout_ms=200, max_records=50_000)
@@ -221,7 +222,7 @@ async def read_timestamps(
                 last_data = time.monotonic()
             for tp, msgs in got.items():
                 out[tp.topic].extend(m.timestamp for m in msgs)
-                pos[tp] = msgs[-1].offset + 1
+            left = {tp for tp in left if not await reached(c, tp, ends[tp])}
     finally:
         await c.stop()
     return out

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar
 
 from . import _native
 from .core.config import DAY_MS, HOUR_MS, MINUTE_MS, AppOverrides, ConfigError, EngineConfig
@@ -245,6 +245,27 @@ def _duration(minimum: int, example: str) -> Callable[[object], int]:
     return parse
 
 
+def _duration_between(minimum: int, maximum: int, example: str) -> Callable[[object], int]:
+    """A duration with a unit, from ``minimum`` to ``maximum`` ms."""
+    needs_unit = _duration(0, example)  # its one line for a bare number
+    what = f"a duration from {_ms_text(minimum)} to {_ms_text(maximum)}"
+
+    def parse(raw: object) -> int:
+        ms = parse_duration_ms(raw) if _bare_number(raw) in (None, 0) else needs_unit(raw)
+        if ms is None or not minimum <= ms <= maximum:
+            raise _Bad(f'must be {what} such as "{example}", got {_show(raw)}')
+        return ms
+
+    return parse
+
+
+def _ms_text(ms: int) -> str:
+    for unit in ("d", "h", "m", "s"):
+        if ms % _DURATION_UNITS[unit] == 0:
+            return f"{ms // _DURATION_UNITS[unit]}{unit}"
+    return f"{ms}ms"
+
+
 def _size(raw: object) -> int:
     size = parse_size_bytes(raw)
     if size is None or size < 1:
@@ -289,17 +310,6 @@ def _parse(parse: _Parse, raw: object, source: Source) -> object:
     if native is not None and isinstance(raw, str) and source.typed:
         raise _Bad(f"must be {native} without quotes, got the string {_show(raw)}")
     return value
-
-
-def _refuse_exactly_once(raw: object) -> ProcessingGuarantee:
-    choice = _choice("at_least_once", "exactly_once")(raw)
-    if choice == "exactly_once":
-        # Outputs are plain record batches, not Kafka transactions (docs/decisions.md#worker).
-        raise _Bad(
-            "exactly_once is not supported: outputs are not written in Kafka transactions; "
-            "use at_least_once (duplicates after a crash are byte-identical)"
-        )
-    return cast(ProcessingGuarantee, choice)
 
 
 def _choice(*options: _S) -> Callable[[object], _S]:
@@ -781,12 +791,27 @@ class Settings:
     )
     processing_guarantee: ProcessingGuarantee = _setting(
         "processing_guarantee",
+        "at_least_once | exactly_once",
         "at_least_once",
-        "at_least_once",
-        "Kafka processing guarantee of the worker. Only at_least_once is supported: "
-        "exactly_once is refused at start-up (outputs are not written in Kafka transactions; "
-        "duplicates after a crash are byte-identical, see [decisions.md](decisions.md#worker)).",
-        _refuse_exactly_once,
+        "Kafka processing guarantee of the worker. at_least_once: after a crash some "
+        "outputs are written again, byte-identical. exactly_once: each batch's outputs, "
+        "state and marker are one Kafka transaction, so a consumer reading with "
+        "`isolation.level=read_committed` sees each output once; Apache Kafka only (the "
+        "embedded broker has no transactions: the worker refuses it at start-up), see "
+        "[operations.md](operations.md#exactly-once-readers).",
+        _choice("at_least_once", "exactly_once"),
+    )
+    transaction_interval_ms: int = _setting(
+        "transaction_interval",
+        "duration 10ms-1m",
+        "100ms",
+        "With exactly_once: how often a worker commits its open transaction. Outputs "
+        "become visible to read_committed consumers only at the commit, so this adds up "
+        "to its length to their end-to-end latency; shorter costs throughput (a commit "
+        "per interval and partition), see "
+        "[performance.md](performance.md#exactly-once-transaction-interval). Ignored "
+        "with at_least_once.",
+        _duration_between(10, 60_000, "100ms"),
     )
     web_port: int = _setting(
         "web_port",

@@ -101,7 +101,7 @@ def test_process_file_keep_open_leaves_sessions_open(tmp_path: Path) -> None:
         (["process-file", "missing.jsonl", "--out", "x"], {}, "missing.jsonl"),
         (["process-file", "in.jsonl", "--out", "x"], {"SESSIONIZER_TIMEOUT": "-5"}, "timeout"),
         (["process-file", "in.jsonl", "--out", "x", "--config", "nope.toml"], {}, "nope.toml"),
-        (["worker"], {"SESSIONIZER_PROCESSING_GUARANTEE": "exactly_once"}, "processing_guarantee"),
+        (["worker"], {"SESSIONIZER_PROCESSING_GUARANTEE": "exactly-twice"}, "processing_guarantee"),
     ],
 )
 def test_r8_usage_and_configuration_errors_exit_2_with_one_line(
@@ -171,7 +171,7 @@ def test_a_bad_tls_file_is_a_config_error_for_every_command(
             ["tail", "events"],
             "ssl_cafile",
         ),
-        ('processing_guarantee = "exactly_once"\n', ["worker"], "processing_guarantee"),
+        ('transaction_interval = "5ms"\n', ["worker"], "transaction_interval"),
         (
             "[session]\ntimeout = 30\n",
             ["process-file", "events.jsonl", "--out", "o"],

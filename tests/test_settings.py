@@ -266,6 +266,22 @@ def test_env_booleans_and_choices_are_case_insensitive() -> None:
     assert s.processing_guarantee == "at_least_once"
 
 
+@pytest.mark.parametrize("raw", ["exactly_once", "EXACTLY_ONCE", " exactly_once "])
+def test_exactly_once_is_a_setting_the_broker_decides_on(raw: str) -> None:
+    # Accepted here; the worker refuses it at start-up on a broker without
+    # transactions (kafka.clients.prepare_broker, tests/integration/test_exactly_once_refused.py).
+    s = load_settings(env={"SESSIONIZER_PROCESSING_GUARANTEE": raw})
+    assert s.processing_guarantee == "exactly_once"
+
+
+@pytest.mark.parametrize(
+    ("raw", "ms"), [(None, 100), ("10ms", 10), ("250ms", 250), ("1.5s", 1500), ("1m", 60_000)]
+)
+def test_transaction_interval(raw: str | None, ms: int) -> None:
+    env = {} if raw is None else {"SESSIONIZER_TRANSACTION_INTERVAL": raw}
+    assert load_settings(env=env).transaction_interval_ms == ms
+
+
 # --------------------------------------------------------------------------- per-app (R8)
 
 APPS_FILE = """
@@ -411,6 +427,11 @@ def test_the_example_error_line() -> None:
         ("IDLE_TIMEOUT", "0", "idle_timeout", "positive duration"),
         ("STORE", "redis", "store", "one of memory, rocksdb"),
         ("PROCESSING_GUARANTEE", "exactly-twice", "processing_guarantee", "one of"),
+        ("TRANSACTION_INTERVAL", "5ms", "transaction_interval", "from 10ms to 1m"),
+        ("TRANSACTION_INTERVAL", "61s", "transaction_interval", "from 10ms to 1m"),
+        ("TRANSACTION_INTERVAL", "0ms", "transaction_interval", "from 10ms to 1m"),
+        ("TRANSACTION_INTERVAL", "soon", "transaction_interval", "from 10ms to 1m"),
+        ("TRANSACTION_INTERVAL", "100", "transaction_interval", "needs a unit"),
         ("WEB_PORT", "65536", "web_port", "integer 0-65535"),
         ("WEB_PORT", "-1", "web_port", "integer 0-65535"),
         ("WEB_HOST", "local host", "web_host", "host name"),
@@ -445,6 +466,7 @@ def test_bad_env_value_is_one_line_naming_the_setting(
         ("broker_url = 9092", "broker_url", "got 9092"),
         ("broker_url = ['a:1']", "broker_url", "got an array"),
         ("store = 1", "store", "one of memory, rocksdb"),
+        ("transaction_interval = 100", "transaction_interval", "needs a unit"),
         ("[session]\ntimeout = true", "session.timeout", "got true"),
         ("[session]\ntimeout = 1.5", "session.timeout", "got 1.5"),
         ('[session]\nresume_on_launch = "perhaps"', "session.resume_on_launch", "true or false"),
@@ -902,6 +924,7 @@ def test_describe_settings_covers_every_setting() -> None:
         "idle_timeout",
         "store",
         "processing_guarantee",
+        "transaction_interval",
         "web_port",
         "web_host",
         "web_token",
@@ -1036,20 +1059,29 @@ def test_settings_remember_where_each_value_came_from(tmp_path: Path) -> None:
         ("", {"SESSIONIZER_PROCESSING_GUARANTEE": "exactly_once"}),
     ],
 )
-def test_exactly_once_is_refused_naming_its_source(
+def test_exactly_once_without_transactions_is_refused_naming_its_source(
     tmp_path: Path, toml: str, env: dict[str, str]
 ) -> None:
+    from sessionizer.kafka.clients import check_guarantee
+    from sessionizer.stream.compat import KAFKA, TANSU
+
     path = write(tmp_path, toml)
-    err = error(path, env=env)
+    s = load_settings(path, env=env)
+    check_guarantee(s, KAFKA)
+    with pytest.raises(ConfigError) as info:
+        check_guarantee(s, TANSU)
     where = "SESSIONIZER_PROCESSING_GUARANTEE" if env else f"in {path}"
-    assert err.setting == f"processing_guarantee ({where})"
-    assert err.problem.startswith("exactly_once is not supported")
+    assert info.value.setting == f"processing_guarantee ({where})"
+    assert info.value.problem.startswith("exactly_once needs Kafka transactions, which Tansu")
+    assert "\n" not in str(info.value)
+    check_guarantee(load_settings(env={}), TANSU)  # at_least_once runs anywhere
 
 
 def test_the_reference_says_what_is_supported() -> None:
     docs = {d.name: d for d in describe_settings()}
-    assert docs["processing_guarantee"].type == "at_least_once"
-    assert "exactly_once is refused" in docs["processing_guarantee"].description
+    assert docs["processing_guarantee"].type == "at_least_once | exactly_once"
+    assert "read_committed" in docs["processing_guarantee"].description
+    assert "refuses it at start-up" in docs["processing_guarantee"].description
     # rocksdict is a pinned dependency (issue 20): nothing to install; one worker per dir.
     assert "rocksdict" not in docs["store"].description
     assert "one worker per directory" in docs["store"].description

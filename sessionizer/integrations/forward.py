@@ -545,12 +545,15 @@ class Forwarder:
     async def run(self) -> None:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+        from ..kafka.clients import READ_COMMITTED
+
         cfg = self.cfg
         consumer = AIOKafkaConsumer(
             cfg.topic,
             group_id=cfg.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            isolation_level=READ_COMMITTED,  # an aborted record is never forwarded
             **cfg.client,
         )
         producer = AIOKafkaProducer(acks="all", **cfg.client)

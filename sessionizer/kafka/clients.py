@@ -15,6 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from .. import codec
+from ..core.config import ConfigError
 from ..settings import Settings
 from ..stream.compat import Broker, detect_broker, refresh_metadata
 
@@ -36,6 +37,27 @@ def client_options(settings: Settings) -> dict[str, Any]:
     if sec is not None:
         opts.update(aiokafka_options(sec))
     return opts
+
+
+#: Every consumer of ours that reads outputs or state reads committed records only: an
+#: aborted transaction's records are never shown, replayed or forwarded. Without
+#: transactions it changes nothing (the last stable offset is the high watermark),
+#: on Apache Kafka and on the embedded broker alike (docs/broker.md).
+READ_COMMITTED = "read_committed"
+
+
+def reader_options(settings: Settings) -> dict[str, Any]:
+    """``client_options`` for a consumer of outputs or state: committed records only."""
+    return {**client_options(settings), "isolation_level": READ_COMMITTED}
+
+
+async def reached(consumer: AIOKafkaConsumer, tp: TopicPartition, end: int) -> bool:
+    """Has ``consumer`` read ``tp`` up to ``end``? By its position, never by the last
+    record it got: a transaction's commit marker (and an aborted transaction) takes
+    offsets that no consumer receives, so the last record's offset + 1 can stay below
+    ``end`` for good, while the position moves past them."""
+    position: int = await consumer.position(tp)
+    return position >= end
 
 
 @dataclass(frozen=True)
@@ -95,9 +117,21 @@ async def retrying(what: str, attempt: Callable[[], Awaitable[_T]]) -> _T:
 async def prepare_broker(settings: Settings) -> tuple[Broker, list[str]]:
     """The worker's start-up against its broker: which broker it is, and its topics."""
     broker = await retrying("broker detection", lambda: detect_broker(client_options(settings)))
+    check_guarantee(settings, broker)  # before anything is created
     specs = worker_topic_specs(settings)
     created = await retrying("topic creation", lambda: ensure_topics(settings, specs))
     return broker, created
+
+
+def check_guarantee(settings: Settings, broker: Broker) -> None:
+    """ConfigError when ``broker`` cannot give ``processing_guarantee``: refused at
+    start-up, not by a transactional producer failing halfway."""
+    if settings.processing_guarantee == "exactly_once" and not broker.transactions:
+        raise ConfigError(
+            settings.label("processing_guarantee"),
+            f"exactly_once needs Kafka transactions, which {broker.name} does not "
+            "support; use at_least_once there, or Apache Kafka",
+        )
 
 
 async def ensure_topics(
@@ -160,7 +194,7 @@ class ControlReader:
     async def start(self) -> None:
         topic = self.settings.topics.opt_out_control
         c = AIOKafkaConsumer(
-            **client_options(self.settings),
+            **reader_options(self.settings),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
@@ -176,18 +210,17 @@ class ControlReader:
     async def _run(self, ends: dict[TopicPartition, int]) -> None:
         c = self._consumer
         assert c is not None
-        pending = {tp: off for tp, off in ends.items() if off > 0}
-        if not pending:
-            self.ready.set()
+        pending = dict(ends)
         while True:
-            batches = await c.getmany(timeout_ms=500, max_records=1000)
-            for tp, msgs in batches.items():
-                for m in msgs:
-                    self.apply(m.key, m.value)
-                    if tp in pending and m.offset + 1 >= pending[tp]:
-                        del pending[tp]
+            for tp, end in list(pending.items()):
+                if await reached(c, tp, end):
+                    del pending[tp]
             if not pending and not self.ready.is_set():
                 self.ready.set()
+            batches = await c.getmany(timeout_ms=500, max_records=1000)
+            for msgs in batches.values():
+                for m in msgs:
+                    self.apply(m.key, m.value)
 
     def failure(self) -> str | None:
         """Why the reader stopped, if it did (it runs until the worker stops)."""

@@ -41,7 +41,7 @@ from .. import codec
 from ..core.engine import Engine
 from ..core.model import Counts
 from ..integrations import Options
-from ..kafka.clients import ControlReader, TopicSpec, client_options, ensure_topics
+from ..kafka.clients import ControlReader, TopicSpec, ensure_topics, reached, reader_options
 from ..kafka.sender import BatchSender
 from ..settings import Settings
 from ..stream.compat import cluster_metadata
@@ -57,6 +57,7 @@ __all__ = [
     "offsets_for_time",
     "output_topics",
     "parse_time_ms",
+    "read_range",
     "replay",
     "true_end_offsets",
 ]
@@ -176,7 +177,8 @@ async def _partitions(
 async def _fetch_from(
     consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int, timeout_s: float = 10.0
 ) -> list[Any]:
-    """The records of one fetch at ``offset`` (empty when none came in time)."""
+    """The records of one fetch at ``offset`` (empty when none came in time, or when
+    only a commit marker or an aborted transaction's records lie there)."""
     consumer.seek(tp, offset)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -184,6 +186,8 @@ async def _fetch_from(
         msgs = got.get(tp)
         if msgs:
             return list(msgs)
+        if await consumer.position(tp) > offset:
+            return []  # the fetch moved past offsets that hold no record for us
     return []
 
 
@@ -200,8 +204,10 @@ async def true_end_offsets(
     batch. When the reported end is above the start, we fetch once at
     reported - 1: the true end is the highest offset of that fetch + 1. On a
     real Kafka that is the reported end itself (unless records were appended
-    in the meantime, which then are simply included). The partitions must be
-    assigned to ``consumer``.
+    in the meantime, which then are simply included; or reported - 1 is a
+    commit marker, which the fetch passes without a record). The partitions
+    must be assigned to ``consumer``; read with read_committed, the end is the
+    last stable offset.
     """
     tps = list(tps)
     if not tps:
@@ -468,26 +474,33 @@ class _Output:
 # --------------------------------------------------------------------------- replay
 
 
-async def _batches(
+async def read_range(
     consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, end: int
 ) -> AsyncGenerator[tuple[list[Any], int], None]:
     """Records of ``tp`` in ``[start, end)``, a fetch at a time, with the position after it.
 
-    Ends early when the log itself ends before ``end`` (the fetch high watermark,
-    which the embedded broker reports correctly, e.g. trailing transaction
-    markers on a real Kafka); gives up when no record comes for STALL_TIMEOUT_S.
+    Done when the consumer's position reaches ``end`` (``kafka.reached``: a
+    transaction's commit marker is an offset no record comes from). Ends early
+    when the log itself ends before ``end`` (the fetch's last stable offset or
+    high watermark, which the embedded broker reports correctly); gives up when
+    the position does not move for STALL_TIMEOUT_S.
     """
     if end <= start:
         return
     consumer.seek(tp, start)
     position = start
     last = time.monotonic()
-    while position < end:
+    while not await reached(consumer, tp, end):
         got = await consumer.getmany(tp, timeout_ms=500, max_records=FETCH_RECORDS)
-        msgs = got.get(tp)
-        if not msgs:
-            hw = consumer.highwater(tp)
-            if hw is not None and await consumer.position(tp) >= hw:
+        msgs = got.get(tp, [])
+        moved = await consumer.position(tp)
+        if moved > position:
+            last = time.monotonic()
+        elif not msgs:
+            log_end = consumer.last_stable_offset(tp)
+            if log_end is None:
+                log_end = consumer.highwater(tp)
+            if log_end is not None and moved >= log_end:
                 return
             if time.monotonic() - last > STALL_TIMEOUT_S:
                 raise ReplayError(
@@ -495,11 +508,11 @@ async def _batches(
                     f"{STALL_TIMEOUT_S:.0f} s, expected up to {end}"
                 )
             continue
-        last = time.monotonic()
-        position = msgs[-1].offset + 1
-        if position > end:
+        position = moved
+        if msgs and msgs[-1].offset >= end:
             msgs = [m for m in msgs if m.offset < end]
-        yield msgs, position
+        if msgs:
+            yield msgs, min(position, end)
 
 
 async def _read_control(
@@ -516,7 +529,7 @@ async def _read_control(
     starts = await consumer.beginning_offsets(tps)
     ends = await true_end_offsets(consumer, tps, starts)
     for tp in tps:
-        async for msgs, _position in _batches(consumer, tp, starts[tp], ends[tp]):
+        async for msgs, _position in read_range(consumer, tp, starts[tp], ends[tp]):
             for m in msgs:
                 reader.apply(m.key, m.value)
     return control
@@ -574,7 +587,7 @@ async def replay(
     integrations = integration_topics(settings, output_prefix)
     t = settings.topics
     consumer = AIOKafkaConsumer(
-        **client_options(settings),
+        **reader_options(settings),
         group_id=None,  # no group, nothing committed: the live worker never notices
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -660,7 +673,7 @@ async def _feed_partition(
     skip_before = part.skip_before
     stop_at = part.stop_at
     end = part.end
-    batches = _batches(consumer, tp, part.start, end)
+    batches = read_range(consumer, tp, part.start, end)
     async with contextlib.aclosing(batches):
         async for msgs, position in batches:
             recs: list[SourceRecord] = []

@@ -352,9 +352,9 @@ class OutputReader:
     async def start(self) -> None:
         from aiokafka import AIOKafkaConsumer
 
-        from ..kafka.clients import client_options, topic_partitions
+        from ..kafka.clients import reader_options, topic_partitions
 
-        c = AIOKafkaConsumer(**client_options(self.settings), enable_auto_commit=False)
+        c = AIOKafkaConsumer(**reader_options(self.settings), enable_auto_commit=False)
         await c.start()
         self.consumer = c
         tps = []

@@ -17,7 +17,6 @@ import html
 import itertools
 import logging
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -34,7 +33,6 @@ __all__ = ["DURATION_BUCKETS_S", "Summary", "read_sessions", "render_html", "run
 DURATION_BUCKETS_S = (0, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 43200, 86400)
 TOP_APPS = 15
 TIME_BINS = 48
-STALL_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -294,11 +292,11 @@ async def read_sessions(
     """
     from aiokafka import AIOKafkaConsumer
 
-    from ..kafka.clients import client_options, topic_partitions
-    from ..run.replay import offsets_for_time, true_end_offsets
+    from ..kafka.clients import reader_options, topic_partitions
+    from ..run.replay import offsets_for_time, read_range, true_end_offsets
 
     topic = settings.topics.sessions
-    consumer = AIOKafkaConsumer(**client_options(settings), group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**reader_options(settings), group_id=None, enable_auto_commit=False)
     await consumer.start()
     out: list[tuple[int | None, bytes | None]] = []
     try:
@@ -313,23 +311,10 @@ async def read_sessions(
             found = await offsets_for_time(consumer, tps, since_ms, starts, ends)
             starts = {tp: starts[tp] if found[tp] is None else found[tp] for tp in tps}
         for tp in tps:
-            if ends[tp] <= starts[tp]:
-                continue
-            consumer.seek(tp, starts[tp])
-            position, last = starts[tp], time.monotonic()
-            while position < ends[tp]:
-                got = (await consumer.getmany(tp, timeout_ms=500, max_records=5000)).get(tp)
-                if not got:
-                    if time.monotonic() - last > STALL_TIMEOUT_S:
-                        raise TimeoutError(f"{topic}[{tp.partition}]: no records after {position}")
-                    continue
-                last = time.monotonic()
+            async for got, _position in read_range(consumer, tp, starts[tp], ends[tp]):
                 for m in got:
-                    if m.offset >= ends[tp]:
-                        break
                     if since_ms is None or (m.timestamp is not None and m.timestamp >= since_ms):
                         out.append((m.timestamp, m.value))
-                position = got[-1].offset + 1
     finally:
         await consumer.stop()
     return out
@@ -339,13 +324,15 @@ def run(settings: Settings, *, since_ms: int | None, out_path: str, now_ms: int)
     """The ``report`` command: writes the page, prints one line; returns the exit code."""
     from aiokafka.errors import KafkaError
 
+    from ..run.replay import ReplayError
+
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         records = asyncio.run(read_sessions(settings, since_ms))
     except LookupError as exc:
         print(f"sessionizer: {exc}", file=sys.stderr)
         return 1
-    except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+    except (KafkaError, OSError, asyncio.TimeoutError, ReplayError) as exc:
         print(
             f"sessionizer: cannot read {settings.topics.sessions} on {settings.broker_url}: "
             f"{exc or type(exc).__name__}",

@@ -322,7 +322,7 @@ async def tail(
     from aiokafka import AIOKafkaConsumer
     from aiokafka.errors import KafkaError
 
-    from ..kafka.clients import client_options, topic_partitions
+    from ..kafka.clients import reader_options, topic_partitions
 
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
@@ -333,7 +333,7 @@ async def tail(
     deadline = time.monotonic() + timeout_s if timeout_s is not None else None
 
     consumer = AIOKafkaConsumer(
-        **client_options(settings),
+        **reader_options(settings),
         enable_auto_commit=False,
         group_id=None,
         request_timeout_ms=15_000,

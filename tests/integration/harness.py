@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from sessionizer import codec, procs
 from sessionizer.core.engine import MIN_TS
-from sessionizer.kafka.clients import topic_partitions
+from sessionizer.kafka.clients import READ_COMMITTED, topic_partitions
 from sessionizer.procs import free_port
 from sessionizer.run.task import route_key
 from sessionizer.testing import MIN, T0, batch, custom, launch, opt_out, screen, set_attr
@@ -168,7 +168,10 @@ async def read_all(
 ) -> dict[str, list[Any]]:
     """Reads topics from the beginning until ``until(result)`` holds or timeout."""
     c = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level=READ_COMMITTED,  # what the outputs' consumers are told to use
     )
     await c.start()
     out: dict[str, list[Any]] = {t: [] for t in topics}
