@@ -13,6 +13,7 @@ transaction per partition, with the group's input offset.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
@@ -92,6 +93,9 @@ class TransactionalWriter:
         self._producers: dict[int, tuple[AIOKafkaProducer, BatchSender]] = {}
         self.committed = 0  # transactions, for /metrics and the chaos report
         self.aborted = 0
+        # Integration tests only (SESSIONIZER_TEST_FAULT=txn:TEXT): a checkpoint
+        # whose outputs hold TEXT waits inside its transaction, to be SIGSTOPped there.
+        self.pause_on: bytes | None = None
 
     def transactional_id(self, partition: int) -> str:
         return f"{self.group}-{self.input_topic}-{partition}"
@@ -142,6 +146,13 @@ class TransactionalWriter:
         await producer.start()
         self._producers[partition] = producer, BatchSender(producer)
 
+    async def _pause(self, partition: int, checkpoint: Checkpoint) -> None:
+        text = self.pause_on or b""
+        if any(text in value for _t, _k, value, _p in checkpoint.outputs):
+            self.pause_on = None
+            print(f"test fault: partition {partition} waits inside its transaction", flush=True)
+            await asyncio.sleep(3.0)
+
     async def close(self, partition: int) -> None:
         """Stops the partition's producer (an open transaction is aborted by the next owner)."""
         entry = self._producers.pop(partition, None)
@@ -161,6 +172,8 @@ class TransactionalWriter:
         try:
             await producer.begin_transaction()
             await sender.send(checkpoint.outputs + state)
+            if self.pause_on is not None:
+                await self._pause(partition, checkpoint)
             acked = await sender.send(marker)  # its own batch: its offset for the store
             offsets = {TopicPartition(self.input_topic, partition): checkpoint.marker.offset + 1}
             await producer.send_offsets_to_transaction(offsets, self.group)

@@ -59,7 +59,8 @@ def _test_fault() -> tuple[str, bytes] | None:
 
     ``agent`` fails the worker's own loop (crash-only: the worker exits non-zero);
     ``record`` fails inside the engine, late in the record, after it changed the
-    key (the record must become an internal_error and change nothing).
+    key (the record must become an internal_error and change nothing); ``txn``
+    (exactly once) waits 3 s inside the transaction whose outputs hold TEXT.
     """
     raw = os.environ.get(FAULT_ENV)
     if not raw or ":" not in raw:
@@ -171,6 +172,8 @@ class Worker:
                 input_topic=self.input_topic,
             )
             self.reader.isolation_level = "read_committed"
+            if self.fault is not None and self.fault[0] == "txn":
+                self.txn.pause_on = self.fault[1]
 
     # ------------------------------------------------------------ state
 
@@ -409,7 +412,7 @@ class Worker:
                 # Crash-only: a worker never runs half-dead. Its state is in the
                 # changelog; the restarted worker (or another) resumes from it.
                 self.agent_failure = f"{type(exc).__name__}: {exc}"
-                log.critical("the input loop failed, stopping the worker: %r", exc)
+                log.critical("the engine loop failed, stopping the worker: %r", exc)
                 await self.runtime.crash(exc)
 
     async def stop(self) -> None:
