@@ -73,6 +73,7 @@ from common import (
 from sessionizer import procs
 
 TARGET_RATIO = 0.33  # issue 9: the worker at >= 0.33 of raw, ~3 events per record
+EOS_TARGET = 0.8  # exactly once / at least once, issue 21
 SPY = ROOT / ".venv" / "bin" / "py-spy"
 
 
@@ -239,8 +240,10 @@ async def start_py_spy(ctx: Ctx, worker: Worker) -> subprocess.Popen[bytes] | No
     return spawn(cmd, ctx.work / "py-spy.log", env_without_sessionizer())
 
 
-async def run_workers(ctx: Ctx, w: Workload, run: str, n: int) -> Result:
-    names = Names(f"{run}-ses{n}")
+async def run_workers(
+    ctx: Ctx, w: Workload, run: str, n: int, *, exactly_once: bool = False
+) -> Result:
+    names = Names(f"{run}-ses{n}{'-eos' if exactly_once else ''}")
     t = names.topics
     ends = await fill(ctx, t["raw_events"], w)
     workers = []
@@ -258,8 +261,12 @@ async def run_workers(ctx: Ctx, w: Workload, run: str, n: int) -> Result:
             wrapper=wrapper,
         )
         wp.env.update(dict(kv.split("=", 1) for kv in ctx.args.worker_env))
+        if exactly_once:
+            wp.env["SESSIONIZER_PROCESSING_GUARANTEE"] = "exactly_once"
         workers.append(wp)
-    res = Result("worker" if n == 1 else f"{n} workers")
+    res = Result(
+        ("worker" if n == 1 else f"{n} workers") + (", exactly once" if exactly_once else "")
+    )
     started = time.time()
     for wp in workers:
         wp.start()
@@ -393,7 +400,9 @@ def report(ctx: Ctx, results: dict[str, list[Result]], w: Workload) -> int:
     table.add_column("notes")
     for key, r in best.items():
         ratio = (
-            r.rps / raw.rps if raw and raw.ok and r.ok and key in ("worker", "workers") else None
+            r.rps / raw.rps
+            if raw and raw.ok and r.ok and key in ("worker", "workers", "eos")
+            else None
         )
         used = [v for k, v in r.cores.items() if k not in ("broker", "machine")]
         cpu = " + ".join(fmt(c, ".2f") for c in used)
@@ -426,6 +435,15 @@ def report(ctx: Ctx, results: dict[str, list[Result]], w: Workload) -> int:
     )
     if two:
         ctx.say(f"{a.workers} workers / 1 worker: {fmt(scale, '.2f')} x")
+    eos = best.get("eos")
+    eos_ratio = eos.rps / one.rps if eos and one and eos.ok and one.ok else None
+    if a.exactly_once:
+        eos_pass = eos_ratio is not None and eos_ratio >= EOS_TARGET
+        passed = passed and eos_pass
+        ctx.say(
+            f"exactly once / at least once: {fmt(eos_ratio, '.3f')} (target {EOS_TARGET}) → "
+            + ("[green]PASS[/]" if eos_pass else "[red]FAIL[/]")
+        )
     fields = {
         "records": w.records,
         "events": w.events,
@@ -439,6 +457,8 @@ def report(ctx: Ctx, results: dict[str, list[Result]], w: Workload) -> int:
         "workers": a.workers,
         "workers_rps": fmt(two.rps if two else None, ".0f"),
         "scale": fmt(scale, ".2f"),
+        "eos_rps": fmt(eos.rps if eos else None, ".0f"),
+        "eos_ratio": fmt(eos_ratio, ".3f"),
         "target": a.target,
         "pass": str(passed).lower(),
     }
@@ -482,6 +502,8 @@ async def bench(ctx: Ctx, w: Workload) -> dict[str, list[Result]]:
         if a.naive and rep == 0:
             done("naive", await run_naive(ctx, w, run))
         done("worker", await run_workers(ctx, w, run, 1))
+        if a.exactly_once:
+            done("eos", await run_workers(ctx, w, run, 1, exactly_once=True))
         if a.workers > 1:
             done("workers", await run_workers(ctx, w, run, a.workers))
     return results
@@ -495,6 +517,11 @@ def main(argv: list[str] | None = None) -> int:
         "--events-per-record", type=float, default=3.0, help="~3: mobile uploads; 8: the old shape"
     )
     ap.add_argument("--workers", type=int, default=1, help="also run N workers in one group")
+    ap.add_argument(
+        "--exactly-once",
+        action="store_true",
+        help="also run the worker with processing_guarantee=exactly_once (Kafka only)",
+    )
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--devices", type=int, default=5000)
     ap.add_argument("--apps", type=int, default=3)

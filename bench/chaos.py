@@ -262,6 +262,9 @@ def expected(recs: list[bytes]) -> Expected:
     return Expected(view, view.finals(), final_ends, dict(origin), session_origin, dead_origin)
 
 
+MARKER = b":\x00marker"  # the partition markers' key suffix (stream/store.py)
+
+
 @dataclass
 class Verdict:
     ok: bool
@@ -512,6 +515,8 @@ class Slot:
             "SESSIONIZER_REPLICATION_FACTOR": str(r.replication),
             "SESSIONIZER_DATA_DIR": str(r.log_dir / f"{r.names.prefix}-w{self.idx}-data"),
         }
+        if r.args.exactly_once:
+            env["SESSIONIZER_PROCESSING_GUARANTEE"] = "exactly_once"
         self.worker = WorkerProc(
             r.bootstrap,
             r.names,
@@ -570,6 +575,7 @@ class Run:
         self.slots = [Slot(self, i) for i in range(args.workers)]
         self.kills: list[Kill] = []
         self.anomalies: list[str] = []
+        self.txns: tuple[int, int] | None = None  # (committed, aborted), exactly once
         self.t0 = time.monotonic()  # traffic start, reset later
         self.tasks: set[asyncio.Task[None]] = set()
         self.traffic_done = False
@@ -926,6 +932,36 @@ class Run:
         at = self.sent_at[idx] if idx < len(self.sent_at) else float("nan")
         return f"p{part} @{off} (sent t={at:.1f}s)"
 
+    async def transactions(self) -> tuple[int, int]:
+        """(committed, aborted) transactions of the run: each one writes one marker
+        to the state changelog, so the markers read committed are the committed
+        transactions, and the rest of all markers the aborted ones."""
+        changelog = f"{self.names.app_id}-state-changelog"
+        counts = []
+        for level in ("read_committed", "read_uncommitted"):
+            c = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                isolation_level=level,
+            )
+            await c.start()
+            try:
+                tps = await topic_partitions(c, changelog)
+                c.assign(tps)
+                ends = await c.end_offsets(tps)
+                await c.seek_to_beginning(*tps)
+                n = 0
+                while any([await c.position(tp) < ends[tp] for tp in tps]):
+                    got = await c.getmany(timeout_ms=500, max_records=50_000)
+                    n += sum(
+                        1 for msgs in got.values() for m in msgs if m.key and m.key.endswith(MARKER)
+                    )
+                counts.append(n)
+            finally:
+                await c.stop()
+        return counts[0], counts[1] - counts[0]
+
     async def committed(self) -> dict[int, int]:
         c = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=self.names.app_id, enable_auto_commit=False
@@ -959,6 +995,7 @@ class Run:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 << 20,
+            isolation_level="read_committed",  # what a downstream consumer should read
         )
         await c.start()
         view = View()
@@ -1045,6 +1082,13 @@ class Run:
         finally:
             mon.cancel()
             await self.stop_all()
+        if self.args.exactly_once:
+            self.txns = await self.transactions()
+            d = verdict.duplicates
+            dups = d["events"] + d["session records"] + d["dead letters"]
+            if dups:
+                verdict.ok = False
+                verdict.lines.append(f"exactly once: {dups} records written more than once")
         self.report(exp, view, verdict, took, ok, n_events)
         return verdict.ok and not [x for x in self.anomalies if "on its own" in x]
 
@@ -1083,6 +1127,8 @@ class Run:
         )
         for line in duplicate_examples(exp, view, self.where):
             log(line)
+        if self.txns is not None:
+            log(f"  transactions: {self.txns[0]} committed, {self.txns[1]} aborted")
         settle = f"{took:.1f}s" if ok else f"not settled (gave up after {took:.1f}s)"
         log(f"  time to settle after the clock records: {settle}")
         counts = self.log_counts()
@@ -1232,6 +1278,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="give up early when no output came for this long and all input is committed",
     )
     ap.add_argument("--no-chaos", action="store_true", help="same run without kills (baseline)")
+    ap.add_argument(
+        "--exactly-once",
+        action="store_true",
+        help="workers with processing_guarantee=exactly_once: any duplicate fails the seed",
+    )
     ap.add_argument("--broker", help="host:port of a running Kafka instead of a fresh one")
     ap.add_argument(
         "--embedded", action="store_true", help="the embedded development broker (Tansu)"

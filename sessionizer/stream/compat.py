@@ -371,8 +371,20 @@ class FaustRuntime:
                 pass
 
         exclude_from_fetch(app, self._input)
+        self._nudge: asyncio.Task[None] | None = None
         if read_committed:
-            self.task(self._end_recovery_at_markers)
+            # From the first assignment on: app tasks start only once the worker
+            # is ready, and its first recovery is what would never end.
+            async def start_nudge(app: faust.App, assigned: Any, **kwargs: Any) -> None:
+                if self._nudge is None:
+                    self._nudge = asyncio.ensure_future(self._end_recovery_at_markers())
+
+            async def stop_nudge(app: faust.App, **kwargs: Any) -> None:
+                if self._nudge is not None:
+                    self._nudge.cancel()
+
+            _connect(app.on_partitions_assigned, start_nudge)
+            _connect(app.on_before_shutdown, stop_nudge)
 
     async def _end_recovery_at_markers(self) -> None:
         """Ends the recovery of changelogs whose last offset is a transaction marker.
