@@ -55,9 +55,13 @@ bench-core: $(READY)
 # broker; STREAM_ARGS="--broker kafka" on one Apache Kafka node, "--broker both" side by side.
 # STREAM_ARGS="--workers 2" (also --events-per-record 8, --reps 3, --probe, --py-spy FILE).
 STREAM_ARGS ?=
-.PHONY: bench-stream
+.PHONY: bench-stream bench-stream-eos
 bench-stream: $(READY)
 	$(PY) bench/bench_stream.py $(STREAM_ARGS)
+
+# exactly_once against at_least_once on the same Kafka, in one run (target: 0.8).
+bench-stream-eos: $(READY)
+	$(PY) bench/bench_stream.py --broker kafka --exactly-once $(STREAM_ARGS)
 
 # Worker RSS per device and restart-to-ready, store=memory vs rocksdb, 1M devices (~45 min here).
 STATE_ARGS ?=
@@ -90,7 +94,7 @@ fuzz: $(READY)
 # Kafka per seed; the live output must equal process-file's. CHAOS_ARGS="--seed 7 --seeds 1
 # --keep-logs" to vary (--embedded: on the development broker).
 CHAOS_ARGS ?= --seeds 5
-.PHONY: chaos chaos-brokers chaos-ci
+.PHONY: chaos chaos-brokers chaos-eos chaos-ci
 chaos: $(READY)
 	$(PY) bench/chaos.py $(CHAOS_ARGS)
 
@@ -99,6 +103,10 @@ chaos: $(READY)
 # controller SIGKILLed, each restarted.
 chaos-brokers: $(READY)
 	$(PY) bench/chaos.py --kafka-nodes 3 --broker-faults $(CHAOS_ARGS)
+
+# The broker-fault chaos with processing_guarantee=exactly_once: any duplicate fails a seed.
+chaos-eos: $(READY)
+	$(PY) bench/chaos.py --kafka-nodes 3 --broker-faults --exactly-once $(CHAOS_ARGS)
 
 # One short seed of each, run by `make test`: worker kills, then broker faults.
 chaos-ci: $(READY)

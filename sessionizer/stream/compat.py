@@ -400,9 +400,12 @@ class FaustRuntime:
         """
         tables: Any = self.app.tables
         rec = tables.recovery
+        queue = tables.changelog_queue
+        quiet: dict[Any, tuple[int, int]] = {}  # tp -> (offset read, polls seen unchanged)
         while True:
             await asyncio.sleep(0.5)
             if not rec.in_recovery:
+                quiet.clear()
                 continue
             for tps, highwaters, offsets in (
                 (rec.active_tps, rec.active_highwaters, rec.active_offsets),
@@ -411,12 +414,22 @@ class FaustRuntime:
                 for tp in list(tps):
                     hw, off = highwaters.get(tp), offsets.get(tp)
                     if hw is None or hw < 0 or off is None or off >= hw:
+                        quiet.pop(tp, None)
+                        continue
+                    # Records fetched may still be on their way to the table: only
+                    # once nothing arrived for three polls in a row with the queue
+                    # empty is what lies between the last record and the highwater
+                    # known to be markers (or aborted records).
+                    last, polls = quiet.get(tp, (off, 0))
+                    polls = polls + 1 if last == off and queue.empty() else 0
+                    quiet[tp] = (off, polls)
+                    if polls < 3:
                         continue
                     try:
                         pos = await self.app.consumer.position(tp)
                     except Exception:  # reassigned meanwhile
                         continue
-                    if pos is not None and pos > hw:
+                    if pos is not None and pos > hw and queue.empty():
                         offsets[tp] = hw
 
     def _route(
