@@ -143,7 +143,11 @@ class TransactionalWriter:
             max_batch_size=1 << 20,
             linger_ms=0,
         )
-        await producer.start()
+        try:
+            await producer.start()
+        except BaseException:  # a rebalance cancelled the assignment, a broker fault
+            await producer.stop()
+            raise
         self._producers[partition] = producer, BatchSender(producer)
 
     async def _pause(self, partition: int, checkpoint: Checkpoint) -> None:
@@ -171,10 +175,13 @@ class TransactionalWriter:
         marker = [store.marker_record(partition, checkpoint.marker)]
         try:
             await producer.begin_transaction()
+            # The marker first: in one transaction the order does not matter, and
+            # a transaction that wrote anything then holds one (chaos counts the
+            # aborted ones by their markers). Its own batch: its offset for the store.
+            acked = await sender.send(marker)
             await sender.send(checkpoint.outputs + state)
             if self.pause_on is not None:
                 await self._pause(partition, checkpoint)
-            acked = await sender.send(marker)  # its own batch: its offset for the store
             offsets = {TopicPartition(self.input_topic, partition): checkpoint.marker.offset + 1}
             await producer.send_offsets_to_transaction(offsets, self.group)
             await producer.commit_transaction()
