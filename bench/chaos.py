@@ -73,21 +73,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-for _p in (ROOT, ROOT / "tests" / "integration"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
-from harness import (  # noqa: E402
-    CLOCK_APP,
-    CLOCKS_PER_PARTITION,
-    Names,
-    WorkerProc,
-    clock_records,
-    max_event_ts,
-    optout_device,
-)
 
 from sessionizer import codec, procs  # noqa: E402
 from sessionizer.core.config import EngineConfig  # noqa: E402
@@ -97,6 +87,15 @@ from sessionizer.kafka.clients import topic_partitions  # noqa: E402
 from sessionizer.stream.logs import limit_repeats  # noqa: E402
 from sessionizer.stream.worker import device_key  # noqa: E402
 from sessionizer.testing import NOW  # noqa: E402
+from sessionizer.testing.harness import (  # noqa: E402
+    CLOCK_APP,
+    CLOCKS_PER_PARTITION,
+    Names,
+    WorkerProc,
+    clock_records,
+    max_event_ts,
+    optout_device,
+)
 from sessionizer.tools.apache_kafka import (  # noqa: E402
     KafkaCluster,
     KafkaUnavailable,

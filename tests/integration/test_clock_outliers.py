@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Names, WorkerProc, http_get, produce, read_all, until
 from prometheus_client.parser import text_string_to_metric_families
 
 from sessionizer import codec
 from sessionizer.testing import batch, custom, screen
+from sessionizer.testing.harness import Names, WorkerProc, http_get, produce, read_all, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

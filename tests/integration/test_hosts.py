@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Names, WorkerProc
 
 from sessionizer import codec, procs
 from sessionizer.stream.web import device_partition
 from sessionizer.testing import T0, batch, launch, screen, set_attr
+from sessionizer.testing.harness import Names, WorkerProc
 from sessionizer.tools.broker import BrokerUnavailable, resolve_binary
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
@@ -41,15 +41,13 @@ APP = "com.example.shop"
 TOKEN = "hosts-web-token-Qm3Zr8Lw2Kp6Vx9T"
 ADDRESSES = ("198.18.0.1", "198.18.0.2")
 PORT = 6066  # each namespace has its own ports: both workers use the default
-HERE = Path(__file__).parent
 
 # Runs in the second namespace: waits until both workers share the partitions,
 # produces, then asks both workers for every device. Prints what it saw as JSON.
 CLIENT = r"""
 import asyncio, json, sys, time
 import aiohttp
-sys.path.insert(0, sys.argv[1])
-from harness import produce
+from sessionizer.testing.harness import produce
 
 args = json.loads(sys.stdin.read())
 urls, bearer = args["urls"], {"Authorization": "Bearer " + args["token"]}
@@ -190,7 +188,7 @@ async def test_sessions_is_forwarded_between_workers_on_two_hosts(
             "n": PARTITIONS,
         }
         client = subprocess.run(
-            _in(two_hosts[1], [sys.executable, "-c", CLIENT, str(HERE)]),
+            _in(two_hosts[1], [sys.executable, "-c", CLIENT]),
             input=json.dumps(args),
             capture_output=True,
             text=True,

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Names, WorkerProc, clock_records, max_event_ts, produce, read_all
 from schema_check import validate_output
 
 from sessionizer import codec
@@ -38,6 +37,14 @@ from sessionizer.run.files import process_files
 from sessionizer.run.replay import integration_topics, output_topics, replay
 from sessionizer.settings import Settings, load_settings
 from sessionizer.testing import MIN, batch, custom, launch, screen
+from sessionizer.testing.harness import (
+    Names,
+    WorkerProc,
+    clock_records,
+    max_event_ts,
+    produce,
+    read_all,
+)
 from sessionizer.tools.workload import generate
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from conftest import running_kafka, unavailable
-from harness import Names, WorkerProc, http_get, produce, read_all, until
 
 from sessionizer import codec
 from sessionizer.stream.compat import KAFKA, TANSU, detect_broker
 from sessionizer.testing import T0, batch, custom, launch, screen
+from sessionizer.testing.harness import Names, WorkerProc, http_get, produce, read_all, until
 from sessionizer.tools.apache_kafka import KafkaCluster, sweep_stale
 from sessionizer.tools.broker import EmbeddedBroker
 

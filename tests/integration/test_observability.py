@@ -10,13 +10,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from harness import Names, WorkerProc, device_key, http_get, produce, until
 from jsonschema import Draft202012Validator
 from prometheus_client.parser import text_string_to_metric_families
 
 from sessionizer import codec
 from sessionizer.stream.web import device_partition
 from sessionizer.testing import MIN, T0, batch, custom, launch, opt_out, run, screen, set_attr
+from sessionizer.testing.harness import Names, WorkerProc, device_key, http_get, produce, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 

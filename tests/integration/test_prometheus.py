@@ -28,12 +28,12 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from harness import Names, WorkerProc, device_key, produce
 
 from sessionizer import codec, procs
 from sessionizer.procs import free_port
 from sessionizer.stream.web import device_partition
 from sessionizer.testing import batch, custom, launch, opt_out, screen, session_end
+from sessionizer.testing.harness import Names, WorkerProc, device_key, produce
 
 pytestmark = [
     pytest.mark.integration,

@@ -57,13 +57,13 @@ from aiokafka.protocol.admin import (
     SaslHandShakeRequest_v1,
     SaslHandShakeResponse_v1,
 )
-from harness import Names, WorkerProc
 
 from sessionizer import codec, procs
 from sessionizer.kafka.clients import TopicSpec, client_options, ensure_topics
 from sessionizer.procs import free_port
 from sessionizer.settings import Secret, Security, Settings
 from sessionizer.testing import T0, batch, launch, screen
+from sessionizer.testing.harness import Names, WorkerProc
 from sessionizer.tools.broker import BrokerUnavailable, _api_versions_ok, resolve_binary
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

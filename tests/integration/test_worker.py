@@ -10,7 +10,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from harness import (
+from schema_check import validate_output
+
+from sessionizer import codec
+from sessionizer.core.engine import identity
+from sessionizer.testing import MIN, T0, batch, custom, launch, run, screen, set_attr
+from sessionizer.testing.harness import (
     CLOCK_APP,
     CLOCKS_PER_PARTITION,
     Names,
@@ -24,11 +29,6 @@ from harness import (
     read_all,
     until,
 )
-from schema_check import validate_output
-
-from sessionizer import codec
-from sessionizer.core.engine import identity
-from sessionizer.testing import MIN, T0, batch, custom, launch, run, screen, set_attr
 from sessionizer.tools.workload import generate
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
