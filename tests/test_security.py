@@ -25,6 +25,7 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types.auth import AuthProtocol, SASLMechanism
 
 from sessionizer.core.config import ConfigError
+from sessionizer.kafka import security as security_module
 from sessionizer.kafka.clients import client_options
 from sessionizer.kafka.security import (
     MaskedStr,
@@ -37,7 +38,6 @@ from sessionizer.kafka.security import (
     web_auth,
 )
 from sessionizer.settings import Secret, Security, Settings, load_settings
-from sessionizer.kafka import security as security_module
 
 PASSWORD = "s3cr3t-Pässwörd-€42"
 USER = "svc-sessionizer"
