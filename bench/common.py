@@ -26,9 +26,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from sessionizer.procs import free_port  # noqa: E402
-from sessionizer.testing.harness import Names, WorkerProc, produce  # noqa: E402
+from sessionizer.testing.harness import Names, WorkerProc, produce, running  # noqa: E402
 
-__all__ = ["ROOT", "Names", "Worker", "free_port", "produce"]
+__all__ = ["ROOT", "Names", "Worker", "free_port", "produce", "running"]
 
 
 class Worker(WorkerProc):

@@ -136,7 +136,10 @@ class WorkerProc:
 
 @contextlib.asynccontextmanager
 async def running(
-    *workers: WorkerProc, timeout: float = 120.0, clean: bool | Collection[WorkerProc] = True
+    *workers: WorkerProc,
+    timeout: float = 120.0,
+    clean: bool | Collection[WorkerProc] = True,
+    stop_timeout: float = 30.0,
 ) -> AsyncIterator[list[float]]:
     """Starts ``workers`` and waits until each is ready (yields the seconds each took);
     on the way out, stops those still running. ``clean``: the workers (True: all) that
@@ -146,7 +149,7 @@ async def running(
     try:
         yield list(await asyncio.gather(*(w.wait_ready(timeout) for w in workers)))
     finally:
-        codes = [w.terminate() for w in workers]
+        codes = [w.terminate(stop_timeout) for w in workers]
     checked = workers if clean is True else () if clean is False else clean
     for w, code in zip(workers, codes, strict=True):
         assert w not in checked or code == 0, w.log()[-3000:]

@@ -31,7 +31,7 @@ import pytest
 from sessionizer import codec, procs
 from sessionizer.stream.web import device_partition
 from sessionizer.testing import T0, batch, launch, screen, set_attr
-from sessionizer.testing.harness import Names, WorkerProc
+from sessionizer.testing.harness import Names, WorkerProc, running
 from sessionizer.tools.broker import BrokerUnavailable, resolve_binary
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
@@ -174,31 +174,26 @@ async def test_sessions_is_forwarded_between_workers_on_two_hosts(
     ]
     paths = {p: f"/sessions/{APP}/{d}" for p, d in devices.items()}
     try:
-        for w in workers:
-            w.start()
-        for w in workers:
-            await w.wait_ready(180)
-        args = {
-            "urls": urls,
-            "token": TOKEN,
-            "bootstrap": bootstrap,
-            "topic": names.topics["raw_events"],
-            "records": [r.hex() for r in records],
-            "paths": list(paths.values()),
-            "n": PARTITIONS,
-        }
-        client = subprocess.run(
-            _in(two_hosts[1], [sys.executable, "-c", CLIENT]),
-            input=json.dumps(args),
-            capture_output=True,
-            text=True,
-            timeout=330,
-            check=False,
-        )
-        logs = [w.log() for w in workers]
+        async with running(*workers, timeout=180, clean=False):
+            args = {
+                "urls": urls,
+                "token": TOKEN,
+                "bootstrap": bootstrap,
+                "topic": names.topics["raw_events"],
+                "records": [r.hex() for r in records],
+                "paths": list(paths.values()),
+                "n": PARTITIONS,
+            }
+            client = subprocess.run(
+                _in(two_hosts[1], [sys.executable, "-c", CLIENT]),
+                input=json.dumps(args),
+                capture_output=True,
+                text=True,
+                timeout=330,
+                check=False,
+            )
+            logs = [w.log() for w in workers]
     finally:
-        for w in workers:
-            w.terminate()
         procs.stop(broker)
     assert client.returncode == 0, client.stderr[-3000:] + "\n".join(log[-2000:] for log in logs)
     seen = json.loads(client.stdout)
@@ -223,9 +218,7 @@ async def test_web_port_0_takes_a_free_port_and_says_which(broker: Any, tmp_path
 
     names = Names(f"hosts-{uuid.uuid4().hex[:8]}")
     w = WorkerProc(broker.bootstrap, names, tmp_path, env={"SESSIONIZER_WEB_PORT": "0"})
-    w.start()
-    try:
-        await w.wait_ready()
+    async with running(w, clean=False):
         deadline = time.monotonic() + 120  # Faust's "Ready" can come before the assignment
         while not (urls := _ready_urls(w.log())) and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
@@ -237,5 +230,3 @@ async def test_web_port_0_takes_a_free_port_and_says_which(broker: Any, tmp_path
             s.get(f"{url}/health", timeout=aiohttp.ClientTimeout(total=15)) as r,
         ):
             assert (await r.json())["url"] == url
-    finally:
-        w.terminate()

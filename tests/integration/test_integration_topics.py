@@ -44,6 +44,7 @@ from sessionizer.testing.harness import (
     max_event_ts,
     produce,
     read_all,
+    running,
 )
 from sessionizer.tools.workload import generate
 
@@ -134,9 +135,7 @@ async def test_worker_replay_and_process_file_write_the_same_integration_records
     recs, clocks = _workload()
 
     w = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, env=env)
-    w.start()
-    try:
-        await w.wait_ready()
+    async with running(w):
         raw_topic = names.topics["raw_events"]
         await produce(broker.bootstrap, raw_topic, recs)
         for i, clock in enumerate(clocks):
@@ -219,5 +218,3 @@ async def test_worker_replay_and_process_file_write_the_same_integration_records
         assert set(live_dead) == set(replay_dead)
         for _k, v in live[dead_topic]:
             validate_output("dead-letters", v)
-    finally:
-        assert w.terminate() == 0, w.log()[-3000:]

@@ -16,7 +16,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from sessionizer import codec
 from sessionizer.stream.web import device_partition
 from sessionizer.testing import MIN, T0, batch, custom, launch, opt_out, run, screen, set_attr
-from sessionizer.testing.harness import Names, WorkerProc, device_key, http_get, produce, until
+from sessionizer.testing.harness import (
+    Names,
+    WorkerProc,
+    device_key,
+    http_get,
+    produce,
+    running,
+    until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 
@@ -69,9 +77,7 @@ def _records() -> tuple[list[bytes], str, str]:
 async def test_health_metrics_and_session_lookup(broker: Any, tmp_path: Path) -> None:
     names = _names()
     w = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS)
-    w.start()
-    try:
-        await w.wait_ready()
+    async with running(w):
         health = await _healthy(w.web_port)
         assert health["partitions"] == list(range(PARTITIONS))
         assert isinstance(health["lag"], int)
@@ -159,8 +165,6 @@ async def test_health_metrics_and_session_lookup(broker: Any, tmp_path: Path) ->
 
         status, health = await _get(w.web_port, "/health")
         assert status == 200 and health["ready"] is True
-    finally:
-        assert w.terminate() == 0, w.log()[-3000:]
 
 
 async def test_session_lookup_is_routed_to_the_owning_worker(broker: Any, tmp_path: Path) -> None:
@@ -174,10 +178,7 @@ async def test_session_lookup_is_routed_to_the_owning_worker(broker: Any, tmp_pa
         i += 1
     a = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, tag="a")
     b = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, tag="b")
-    a.start()
-    b.start()
-    try:
-        await asyncio.gather(a.wait_ready(), b.wait_ready())
+    async with running(a, b, clean=False):
 
         async def split() -> Any:
             # Both ready and the partitions shared out: the group has settled.
@@ -226,19 +227,14 @@ async def test_session_lookup_is_routed_to_the_owning_worker(broker: Any, tmp_pa
             _, text = await _get(w.web_port, "/metrics")
             totals.append(_scrape(text)[("sessionizer_sessions_started_total", ())])
         assert sum(totals) == PARTITIONS and all(t >= 1 for t in totals)
-    finally:
-        a.terminate()
-        b.terminate()
 
 
 async def test_counters_survive_a_rebalance(broker: Any, tmp_path: Path) -> None:
     """An engine is rebuilt when its partition moves; the worker's counters never go down."""
     names = _names()
     a = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, tag="a")
-    a.start()
     b = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, tag="b")
-    try:
-        await a.wait_ready()
+    async with running(a, clean=False):
         await _healthy(a.web_port)
         recs = [codec.dumps(batch(f"keep-{i}", launch(T0), screen(T0 + MIN))) for i in range(16)]
         await produce(broker.bootstrap, names.topics["raw_events"], recs)
@@ -249,23 +245,19 @@ async def test_counters_survive_a_rebalance(broker: Any, tmp_path: Path) -> None
             return m if m.get(("sessionizer_events_in_total", ())) == 2 * len(recs) else None
 
         before = await _until(counted, "worker a counted every event")
-        b.start()  # a loses some partitions: their engines are dropped
-        await b.wait_ready()
+        async with running(b, clean=False):  # a loses some partitions: their engines are dropped
 
-        async def shared() -> Any:
-            status, h = await _get(a.web_port, "/health")
-            return h if status == 200 and len(h["partitions"]) < PARTITIONS else None
+            async def shared() -> Any:
+                status, h = await _get(a.web_port, "/health")
+                return h if status == 200 and len(h["partitions"]) < PARTITIONS else None
 
-        await _until(shared, "worker a gives partitions to b", 150)
-        _, text = await _get(a.web_port, "/metrics")
-        after = _scrape(text)
-        for key, value in before.items():
-            if key[0].endswith("_total"):
-                assert after[key] >= value, key
-        assert after[("sessionizer_sessions_started_total", ())] == len(recs)
-    finally:
-        a.terminate()
-        b.terminate()
+            await _until(shared, "worker a gives partitions to b", 150)
+            _, text = await _get(a.web_port, "/metrics")
+            after = _scrape(text)
+            for key, value in before.items():
+                if key[0].endswith("_total"):
+                    assert after[key] >= value, key
+            assert after[("sessionizer_sessions_started_total", ())] == len(recs)
 
 
 # --------------------------------------------------------------------------- /sessions needs a key
@@ -299,10 +291,7 @@ async def test_sessions_needs_the_web_token_and_forwards_it(broker: Any, tmp_pat
     env = {"SESSIONIZER_WEB_TOKEN": TOKEN}
     a = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, env=env, tag="a")
     b = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, env=env, tag="b")
-    a.start()
-    b.start()
-    try:
-        await asyncio.gather(a.wait_ready(), b.wait_ready())
+    async with running(a, b, clean=False):
 
         async def split() -> Any:
             # /health needs no token.
@@ -359,9 +348,6 @@ async def test_sessions_needs_the_web_token_and_forwards_it(broker: Any, tmp_pat
         assert (await _get_with(b.web_port, f"/sessions/{APP}/nobody", None))[0] == 401
         status, text = await _get(a.web_port, "/metrics")
         assert status == 200 and "sessionizer_sessions_started_total" in text
-    finally:
-        a.terminate()
-        b.terminate()
     for w in (a, b):
         log = w.log()
         assert "Ready" in log
@@ -379,9 +365,7 @@ async def test_sessions_is_refused_without_a_token_off_loopback(
         partitions=PARTITIONS,
         env={"SESSIONIZER_WEB_HOST": "0.0.0.0"},
     )
-    w.start()
-    try:
-        await w.wait_ready()
+    async with running(w):
         health = await _healthy(w.web_port)  # /health and /metrics stay open
         assert health["ready"] is True
         status, text = await _get(w.web_port, "/metrics")
@@ -402,7 +386,5 @@ async def test_sessions_is_refused_without_a_token_off_loopback(
             assert "no web_token is set and web_host 0.0.0.0 is not loopback" in body["error"]
             assert "open_session" not in body and dev not in str(body)
             assert challenge == 'Bearer realm="sessionizer"'
-    finally:
-        assert w.terminate() == 0, w.log()[-3000:]
     # Said once at start-up, where the operator looks.
     assert "/sessions answers 401 to every request (set SESSIONIZER_WEB_TOKEN)" in w.log()
