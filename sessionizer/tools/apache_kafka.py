@@ -44,7 +44,7 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 POM = REPO / "deploy" / "kafka" / "pom.xml"
 LOG4J = POM.with_name("log4j2.properties")
 LOG4J_TOOLS = POM.with_name("log4j2-tools.properties")
