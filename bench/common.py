@@ -21,12 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from sessionizer.procs import free_port
+from sessionizer.testing.harness import Names, WorkerProc, produce, running
 
-from sessionizer.procs import free_port  # noqa: E402
-from sessionizer.testing.harness import Names, WorkerProc, produce, running  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 __all__ = ["ROOT", "Names", "Worker", "free_port", "produce", "running"]
 

@@ -28,21 +28,16 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from sessionizer import codec  # noqa: E402
-from sessionizer.core.config import EngineConfig  # noqa: E402
-from sessionizer.core.engine import MAX_DEPTH, Engine  # noqa: E402
-from sessionizer.core.model import INTERNAL_ERROR  # noqa: E402
-from sessionizer.run import files  # noqa: E402
-from sessionizer.testing.fuzz import (  # noqa: E402
+from sessionizer import codec
+from sessionizer.core.config import EngineConfig
+from sessionizer.core.engine import MAX_DEPTH, Engine
+from sessionizer.core.model import INTERNAL_ERROR
+from sessionizer.run import files
+from sessionizer.testing.fuzz import (
     BATCH_KEYS,
     DATA_KEYS,
     EVENT_KEYS,
@@ -50,7 +45,7 @@ from sessionizer.testing.fuzz import (  # noqa: E402
     mutate_bytes,
     nested,
 )
-from sessionizer.tools import workload  # noqa: E402
+from sessionizer.tools import workload
 
 START_MS = workload.DEFAULT_START_MS
 NOW_MS = START_MS + 400 * 24 * 3600 * 1000  # fixed "wall clock": runs do not depend on today
