@@ -37,6 +37,7 @@ __all__ = [
     "max_event_ts",
     "optout_device",
     "produce",
+    "produce_clocks",
     "read_all",
     "running",
     "until",
@@ -190,6 +191,14 @@ async def produce(
     finally:
         await p.stop()
     return ends
+
+
+async def produce_clocks(
+    bootstrap: str, topic: str, clocks: Iterable[bytes], partitions: int
+) -> None:
+    """``clock_records`` each to its own partition: record ``i`` to ``i % partitions``."""
+    for i, clock in enumerate(clocks):
+        await produce(bootstrap, topic, [clock], partition=i % partitions)
 
 
 async def read_all(

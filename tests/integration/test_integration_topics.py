@@ -43,6 +43,7 @@ from sessionizer.testing.harness import (
     clock_records,
     max_event_ts,
     produce,
+    produce_clocks,
     read_all,
     running,
 )
@@ -138,8 +139,7 @@ async def test_worker_replay_and_process_file_write_the_same_integration_records
     async with running(w):
         raw_topic = names.topics["raw_events"]
         await produce(broker.bootstrap, raw_topic, recs)
-        for i, clock in enumerate(clocks):
-            await produce(broker.bootstrap, raw_topic, [clock], partition=i % PARTITIONS)
+        await produce_clocks(broker.bootstrap, raw_topic, clocks, PARTITIONS)
         n_raw = len(recs) + len(clocks)
 
         # process-file on each partition's records, in offset order.

@@ -53,6 +53,22 @@ async def _healthy(port: int, timeout: float = 120.0) -> dict[str, Any]:
     return await _until(probe, f"/health on :{port} ready", timeout)  # type: ignore[no-any-return]
 
 
+async def _owners(a: WorkerProc, b: WorkerProc) -> dict[int, str]:
+    """The URL of each partition's owner, once both workers are ready and the partitions are
+    shared out between them (the group has settled); /health needs no token."""
+
+    async def split() -> Any:
+        ha, hb = await asyncio.gather(_get(a.web_port, "/health"), _get(b.web_port, "/health"))
+        if ha[0] != 200 or hb[0] != 200:
+            return None
+        pa, pb = set(ha[1]["partitions"]), set(hb[1]["partitions"])
+        ok = pa and pb and not pa & pb and pa | pb == set(range(PARTITIONS))
+        return (ha[1], hb[1]) if ok else None
+
+    ha, hb = await _until(split, "partitions shared by both workers", 150)
+    return {p: ha["url"] for p in ha["partitions"]} | {p: hb["url"] for p in hb["partitions"]}
+
+
 def _scrape(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     out = {}
     for fam in text_string_to_metric_families(text):
@@ -179,18 +195,7 @@ async def test_session_lookup_is_routed_to_the_owning_worker(broker: Any, tmp_pa
     a = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, tag="a")
     b = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, tag="b")
     async with running(a, b, clean=False):
-
-        async def split() -> Any:
-            # Both ready and the partitions shared out: the group has settled.
-            ha, hb = await asyncio.gather(_get(a.web_port, "/health"), _get(b.web_port, "/health"))
-            if ha[0] != 200 or hb[0] != 200:
-                return None
-            pa, pb = set(ha[1]["partitions"]), set(hb[1]["partitions"])
-            ok = pa and pb and not pa & pb and pa | pb == set(range(PARTITIONS))
-            return (ha[1], hb[1]) if ok else None
-
-        ha, hb = await _until(split, "partitions shared by both workers", 150)
-        owner = {p: ha["url"] for p in ha["partitions"]} | {p: hb["url"] for p in hb["partitions"]}
+        owner = await _owners(a, b)
         recs = [
             codec.dumps(batch(d, launch(T0), screen(T0 + 1000), set_attr(T0 + 2000, "n", p)))
             for p, d in devices.items()
@@ -292,18 +297,7 @@ async def test_sessions_needs_the_web_token_and_forwards_it(broker: Any, tmp_pat
     a = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, env=env, tag="a")
     b = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, env=env, tag="b")
     async with running(a, b, clean=False):
-
-        async def split() -> Any:
-            # /health needs no token.
-            ha, hb = await asyncio.gather(_get(a.web_port, "/health"), _get(b.web_port, "/health"))
-            if ha[0] != 200 or hb[0] != 200:
-                return None
-            pa, pb = set(ha[1]["partitions"]), set(hb[1]["partitions"])
-            ok = pa and pb and not pa & pb and pa | pb == set(range(PARTITIONS))
-            return (ha[1], hb[1]) if ok else None
-
-        ha, hb = await _until(split, "partitions shared by both workers", 150)
-        owner = {p: ha["url"] for p in ha["partitions"]} | {p: hb["url"] for p in hb["partitions"]}
+        owner = await _owners(a, b)
         devices = _split_devices()
         recs = [
             codec.dumps(batch(d, launch(T0), screen(T0 + 1000), set_attr(T0 + 2000, "n", p)))

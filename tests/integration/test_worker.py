@@ -26,6 +26,7 @@ from sessionizer.testing.harness import (
     max_event_ts,
     optout_device,
     produce,
+    produce_clocks,
     read_all,
     running,
     until,
@@ -137,9 +138,9 @@ async def test_r0_live_output_equals_process_file(broker: Any, tmp_path: Path, r
         print(f"worker ready after {ready:.1f}s")
         n_clocks = PARTITIONS * CLOCKS_PER_PARTITION
         await produce(broker.bootstrap, names.topics["raw_events"], recs[:-n_clocks])
-        for i, clock in enumerate(recs[-n_clocks:]):
-            raw = names.topics["raw_events"]
-            await produce(broker.bootstrap, raw, [clock], partition=i % PARTITIONS)
+        await produce_clocks(
+            broker.bootstrap, names.topics["raw_events"], recs[-n_clocks:], PARTITIONS
+        )
         out = await _run_and_compare(broker.bootstrap, names, recs)
         reasons = {d["reason"] for _, d in out[names.topics["dead_letters"]]}
         assert {"invalid_json", "missing_identity"} <= reasons
@@ -221,9 +222,7 @@ async def test_restart_recovery_after_sigkill_at_several_points(
             )
             worker.start()
             await worker.wait_ready()
-        for i, clock in enumerate(clocks):
-            raw = names.topics["raw_events"]
-            await produce(broker.bootstrap, raw, [clock], partition=i % PARTITIONS)
+        await produce_clocks(broker.bootstrap, names.topics["raw_events"], clocks, PARTITIONS)
         await _run_and_compare(broker.bootstrap, names, recs + clocks, timeout=240)
         assert "restored" in worker.log()
     finally:
@@ -283,9 +282,7 @@ async def test_rocksdb_remembers_what_it_holds_so_a_clean_restart_reads_no_chang
     w2 = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, env=env)
     async with running(w2):
         await produce(broker.bootstrap, names.topics["raw_events"], recs[half:])
-        for i, clock in enumerate(clocks):
-            raw = names.topics["raw_events"]
-            await produce(broker.bootstrap, raw, [clock], partition=i % PARTITIONS)
+        await produce_clocks(broker.bootstrap, names.topics["raw_events"], clocks, PARTITIONS)
         await _run_and_compare(broker.bootstrap, names, recs + clocks, timeout=240)
 
 
@@ -306,9 +303,7 @@ async def test_two_workers_share_partitions_and_one_takes_over(broker: Any, tmp_
         a.terminate()  # stopped mid-stream: b takes its partitions over
         clocks = _clocks(recs)
         await produce(broker.bootstrap, names.topics["raw_events"], recs[half:])
-        for i, clock in enumerate(clocks):
-            raw = names.topics["raw_events"]
-            await produce(broker.bootstrap, raw, [clock], partition=i % PARTITIONS)
+        await produce_clocks(broker.bootstrap, names.topics["raw_events"], clocks, PARTITIONS)
         await _run_and_compare(broker.bootstrap, names, recs + clocks, timeout=240)
 
 
@@ -328,9 +323,7 @@ async def test_a_partition_taken_over_with_nothing_applied_is_read_from_offset_0
         await produce(broker.bootstrap, names.topics["raw_events"], recs[: len(recs) // 2])
         a.terminate()
         await produce(broker.bootstrap, names.topics["raw_events"], recs[len(recs) // 2 :])
-        for i, clock in enumerate(clocks):
-            raw = names.topics["raw_events"]
-            await produce(broker.bootstrap, raw, [clock], partition=i % PARTITIONS)
+        await produce_clocks(broker.bootstrap, names.topics["raw_events"], clocks, PARTITIONS)
         await _run_and_compare(broker.bootstrap, names, recs + clocks, timeout=120)
 
 
@@ -460,9 +453,7 @@ async def test_workers_join_and_leave_a_live_group(broker: Any, tmp_path: Path) 
             await feed(chunk)
             await caught_up(f"{tag} left")
         clocks = _clocks(recs)
-        for i, clock in enumerate(clocks):
-            raw = names.topics["raw_events"]
-            await produce(broker.bootstrap, raw, [clock], partition=i % PARTITIONS)
+        await produce_clocks(broker.bootstrap, names.topics["raw_events"], clocks, PARTITIONS)
         await _run_and_compare(broker.bootstrap, names, recs + clocks, timeout=240)
         assert workers["a"].proc is not None and workers["a"].proc.poll() is None
     finally:
@@ -498,9 +489,7 @@ async def test_a_failing_worker_exits_non_zero_and_a_restart_resumes(
         assert "the engine loop failed" in w.log()
     healthy = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, tag="ok")
     async with running(healthy):
-        for i, clock in enumerate(clocks):
-            raw = names.topics["raw_events"]
-            await produce(broker.bootstrap, raw, [clock], partition=i % PARTITIONS)
+        await produce_clocks(broker.bootstrap, names.topics["raw_events"], clocks, PARTITIONS)
         await _run_and_compare(broker.bootstrap, names, recs + clocks, timeout=240)
 
 
@@ -571,9 +560,7 @@ async def test_a_poisoned_record_is_an_internal_error_and_its_partition_flows_on
     async with running(w):
         # One produce call: the poisoned record sits in the middle of one batch.
         await produce(broker.bootstrap, names.topics["raw_events"], [*before, poison, *after])
-        for i, clock in enumerate(clocks):
-            raw = names.topics["raw_events"]
-            await produce(broker.bootstrap, raw, [clock], partition=i % PARTITIONS)
+        await produce_clocks(broker.bootstrap, names.topics["raw_events"], clocks, PARTITIONS)
         exp = run(clean + clocks)
         want = _drop_clock(final_sessions(exp.sessions))
         topics = [names.topics[t] for t in ("sessions", "sessionized_events", "dead_letters")]
