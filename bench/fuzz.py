@@ -4,10 +4,11 @@
 
 Realistic records come from the workload generator (every event kind, sessions,
 attributes, opt-outs, late batches); a share of them is mutated: bits flipped,
-cut off, two records spliced, bytes inserted, padded past 1 MiB, or the record
-or one of its fields (batch, event or data level) replaced by a hostile JSON
-value (huge and negative integers, 64-bit edges, floats, lone surrogates, deep
-nesting, wrong types, long strings). They run through the loop of
+cut off, two records spliced, bytes inserted, dropped or repeated, digit runs,
+padded past 1 MiB, or the record or one of its fields (batch, event or data
+level) replaced by a hostile JSON value (huge and negative integers, 64-bit
+edges, floats, lone surrogates, deep nesting, wrong types, long strings): the
+corpus of ``sessionizer.testing.fuzz``, which tests/test_fuzz.py draws from too. They run through the loop of
 ``sessionizer.run.files.run`` (engine, expiry, the orjson encoder of
 ``FileSink``), with the output written to /dev/null.
 
