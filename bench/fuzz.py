@@ -8,9 +8,9 @@ cut off, two records spliced, bytes inserted, dropped or repeated, digit runs,
 padded past 1 MiB, or the record or one of its fields (batch, event or data
 level) replaced by a hostile JSON value (huge and negative integers, 64-bit
 edges, floats, lone surrogates, deep nesting, wrong types, long strings): the
-corpus of ``sessionizer.testing.fuzz``, which tests/test_fuzz.py draws from too. They run through the loop of
-``sessionizer.run.files.run`` (engine, expiry, the orjson encoder of
-``FileSink``), with the output written to /dev/null.
+corpus of ``sessionizer.testing.fuzz``, which tests/test_fuzz.py draws from too.
+They run through the loop of ``sessionizer.run.files.run`` (engine, expiry, the
+orjson encoder of ``FileSink``), with the output written to /dev/null.
 
 Prints records/s, dead letters by reason and the exceptions: any exception that
 escapes the engine or the encoder, and any ``internal_error`` dead letter (a
