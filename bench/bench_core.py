@@ -34,8 +34,6 @@ DATA = ROOT / "bench" / "data"
 TARGET_RATIO = 0.4
 
 # The bench runs from a checkout; the engine and generator come from it.
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 # ------------------------------------------------------------------ workload

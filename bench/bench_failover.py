@@ -56,6 +56,7 @@ from common import (
     produce,
     rss_bytes,
     run_rounds,
+    running,
     scrape,
     wait_committed,
 )
@@ -269,81 +270,80 @@ async def bench_one(args: argparse.Namespace, standby: int, work: Path, say: Any
         sampler = CpuSampler({"broker": broker.pid, **{t: None for t in tags}})
         sampling = asyncio.create_task(sampler.run(0.5))
         try:
-            for wp in wps:
-                wp.start()
-            for t, wp in zip(tags, wps, strict=True):
-                assert wp.proc is not None
-                sampler.pids[t] = wp.proc.pid
-            await asyncio.gather(*(wp.wait_ready(300) for wp in wps))
-            parts = await settled_assignment(wps, args.partitions, 300)
-            say(f"standby={standby}: workers ready, partitions {parts}; producing")
-            t0 = time.monotonic()
-            w0 = time.time()
-            ends = await produce(bootstrap, topic, uploads(args.devices))
+            async with running(*wps, timeout=300, clean=False, stop_timeout=120):
+                for t, wp in zip(tags, wps, strict=True):
+                    assert wp.proc is not None
+                    sampler.pids[t] = wp.proc.pid
+                parts = await settled_assignment(wps, args.partitions, 300)
+                say(f"standby={standby}: workers ready, partitions {parts}; producing")
+                t0 = time.monotonic()
+                w0 = time.time()
+                ends = await produce(bootstrap, topic, uploads(args.devices))
 
-            def alive() -> str | None:
-                for wp in wps:
-                    code = wp.proc.poll() if wp.proc else None
-                    if code is not None:
-                        return f"{wp.log_path.name}: exited ({code})"
-                return None
+                def alive() -> str | None:
+                    for wp in wps:
+                        code = wp.proc.poll() if wp.proc else None
+                        if code is not None:
+                            return f"{wp.log_path.name}: exited ({code})"
+                    return None
 
-            await wait_committed(bootstrap, names.app_id, topic, ends, alive=alive, timeout=7200)
-            res.load_s = time.monotonic() - t0
-            res.machine_cores_load = sampler.cores(None, w0, time.time())
-            res.idle_s = await until_idle(wps, 1800)
-            say(
-                f"standby={standby}: {args.devices:,} records applied and committed in "
-                f"{res.load_s:.0f} s; workers idle {res.idle_s:.0f} s later"
-            )
-            now_parts = [partitions_of(wp.log()) for wp in wps]
-            if now_parts != parts:
-                res.note = f"reassigned while loading: {parts} -> {now_parts}; "
-                parts = [p or [] for p in now_parts]
-            for t, wp, p in zip(tags, wps, parts, strict=True):
-                assert wp.proc is not None
-                text, _ = await asyncio.to_thread(scrape, wp.web_port, 120)
-                data = Path(wp.env["SESSIONIZER_DATA_DIR"])
-                res.workers.append(
-                    Held(
-                        t,
-                        p,
-                        mib(rss_bytes(wp.proc.pid)),
-                        cpu_seconds(wp.proc.pid),
-                        metric_sum(text, "sessionizer_state_keys"),
-                        metric_sum(text, "sessionizer_records_in_total"),
-                        mib(dir_bytes(data)) if args.store == "rocksdb" and data.exists() else None,
-                    )
+                await wait_committed(
+                    bootstrap, names.app_id, topic, ends, alive=alive, timeout=7200
                 )
-            # Kill the one with partitions (both have 4 when the group is balanced).
-            victim = 1 if parts[1] else 0
-            dead, survivor = wps[victim], wps[1 - victim]
-            res.killed = tags[victim]
-            res.dead_partitions = sorted(parts[victim])
-            res.probe_partition = res.dead_partitions[0]
-            key = probe_key(res.probe_partition, args.partitions, f"s{standby}")
-            value = upload(random.Random(standby), 0, key.decode(), START_MS + SPREAD_MS)
-            baseline = res.workers[1 - victim].records_in
-            log_from = survivor.log_path.stat().st_size
-            res.loadavg_before = os.getloadavg()
-            w_kill = time.time()
-            t_kill = time.monotonic()
-            dead.kill()
-            await produce(bootstrap, topic, [(key, value)])
-            await watch_failover(res, survivor, log_from, t_kill, baseline, args.partitions)
-            res.loadavg_after = os.getloadavg()
-            res.machine_cores_failover = sampler.cores(None, w_kill, time.time())
-            say(
-                f"standby={standby}: killed {res.killed} {res.dead_partitions}; from the kill: "
-                f"rebalance {fmt(res.rebalance)} s, assigned {fmt(res.assigned)} s, "
-                f"ready {fmt(res.ready)} s, restored {fmt(res.restored)} s "
-                f"({res.keys_restored:,} keys), processing {fmt(res.processing)} s {res.note}"
-            )
+                res.load_s = time.monotonic() - t0
+                res.machine_cores_load = sampler.cores(None, w0, time.time())
+                res.idle_s = await until_idle(wps, 1800)
+                say(
+                    f"standby={standby}: {args.devices:,} records applied and committed in "
+                    f"{res.load_s:.0f} s; workers idle {res.idle_s:.0f} s later"
+                )
+                now_parts = [partitions_of(wp.log()) for wp in wps]
+                if now_parts != parts:
+                    res.note = f"reassigned while loading: {parts} -> {now_parts}; "
+                    parts = [p or [] for p in now_parts]
+                for t, wp, p in zip(tags, wps, parts, strict=True):
+                    assert wp.proc is not None
+                    text, _ = await asyncio.to_thread(scrape, wp.web_port, 120)
+                    data = Path(wp.env["SESSIONIZER_DATA_DIR"])
+                    res.workers.append(
+                        Held(
+                            t,
+                            p,
+                            mib(rss_bytes(wp.proc.pid)),
+                            cpu_seconds(wp.proc.pid),
+                            metric_sum(text, "sessionizer_state_keys"),
+                            metric_sum(text, "sessionizer_records_in_total"),
+                            mib(dir_bytes(data))
+                            if args.store == "rocksdb" and data.exists()
+                            else None,
+                        )
+                    )
+                # Kill the one with partitions (both have 4 when the group is balanced).
+                victim = 1 if parts[1] else 0
+                dead, survivor = wps[victim], wps[1 - victim]
+                res.killed = tags[victim]
+                res.dead_partitions = sorted(parts[victim])
+                res.probe_partition = res.dead_partitions[0]
+                key = probe_key(res.probe_partition, args.partitions, f"s{standby}")
+                value = upload(random.Random(standby), 0, key.decode(), START_MS + SPREAD_MS)
+                baseline = res.workers[1 - victim].records_in
+                log_from = survivor.log_path.stat().st_size
+                res.loadavg_before = os.getloadavg()
+                w_kill = time.time()
+                t_kill = time.monotonic()
+                dead.kill()
+                await produce(bootstrap, topic, [(key, value)])
+                await watch_failover(res, survivor, log_from, t_kill, baseline, args.partitions)
+                res.loadavg_after = os.getloadavg()
+                res.machine_cores_failover = sampler.cores(None, w_kill, time.time())
+                say(
+                    f"standby={standby}: killed {res.killed} {res.dead_partitions}; from the kill: "
+                    f"rebalance {fmt(res.rebalance)} s, assigned {fmt(res.assigned)} s, "
+                    f"ready {fmt(res.ready)} s, restored {fmt(res.restored)} s "
+                    f"({res.keys_restored:,} keys), processing {fmt(res.processing)} s {res.note}"
+                )
         finally:
             sampling.cancel()
-            for wp in wps:
-                if wp.proc is not None and wp.proc.poll() is None:
-                    wp.terminate(120)
     return res
 
 

@@ -25,20 +25,15 @@ import argparse
 import json
 import random
 import sys
-from pathlib import Path
 from typing import Any
 
 import orjson
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.append(str(ROOT))  # PYTHONPATH (another checkout) comes first
-
-from sessionizer import codec  # noqa: E402
-from sessionizer.core.config import EngineConfig  # noqa: E402
-from sessionizer.core.engine import Engine  # noqa: E402
-from sessionizer.core.model import SESSIONS  # noqa: E402
-from sessionizer.tools import workload  # noqa: E402
+from sessionizer import codec
+from sessionizer.core.config import EngineConfig
+from sessionizer.core.engine import Engine
+from sessionizer.core.model import SESSIONS
+from sessionizer.tools import workload
 
 HOUR = 3_600_000
 DAY = 24 * HOUR

@@ -72,14 +72,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-for _p in (ROOT, ROOT / "tests" / "integration"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
-from harness import (  # noqa: E402
+from sessionizer import codec, procs
+from sessionizer.core.config import EngineConfig
+from sessionizer.core.engine import Engine
+from sessionizer.core.model import DEAD_LETTERS, EVENTS, SESSIONS
+from sessionizer.kafka.clients import topic_partitions
+from sessionizer.run.task import route_key
+from sessionizer.stream.logs import limit_repeats
+from sessionizer.testing import NOW
+from sessionizer.testing.harness import (
     CLOCK_APP,
     CLOCKS_PER_PARTITION,
     Names,
@@ -88,23 +92,16 @@ from harness import (  # noqa: E402
     max_event_ts,
     optout_device,
 )
-
-from sessionizer import codec, procs  # noqa: E402
-from sessionizer.core.config import EngineConfig  # noqa: E402
-from sessionizer.core.engine import Engine  # noqa: E402
-from sessionizer.core.model import DEAD_LETTERS, EVENTS, SESSIONS  # noqa: E402
-from sessionizer.kafka.clients import topic_partitions  # noqa: E402
-from sessionizer.run.task import route_key  # noqa: E402
-from sessionizer.stream.logs import limit_repeats  # noqa: E402
-from sessionizer.testing import NOW  # noqa: E402
-from sessionizer.tools.apache_kafka import (  # noqa: E402
+from sessionizer.tools.apache_kafka import (
     KafkaCluster,
     KafkaUnavailable,
     java_available,
     lib_dir,
 )
-from sessionizer.tools.broker import EmbeddedBroker  # noqa: E402
-from sessionizer.tools.workload import generate  # noqa: E402
+from sessionizer.tools.broker import EmbeddedBroker
+from sessionizer.tools.workload import generate
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # Lines of a worker's log (Faust's and ours) that tell what it is doing; the
 # phase at a moment is the label of the latest of them.

@@ -1,8 +1,8 @@
 """Helpers shared by bench_stream.py and bench_state.py.
 
 The workload (with its record keys), an embedded broker, topics, producing and
-reading back, committed offsets, worker processes (``tests/integration/harness.py``'s
-``Names`` and ``WorkerProc``), CPU and memory of processes from Linux ``/proc``,
+reading back, committed offsets, worker processes (``sessionizer.testing.harness``'s
+``Names``, ``WorkerProc`` and ``produce``), CPU and memory of processes from Linux ``/proc``,
 ``/metrics`` scrapes and a py-spy profile summary.
 """
 
@@ -21,16 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sessionizer.procs import free_port
+from sessionizer.testing.harness import Names, WorkerProc, produce, running
+
 ROOT = Path(__file__).resolve().parent.parent
-for _p in (ROOT, ROOT / "tests" / "integration"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
 
-from harness import Names, WorkerProc  # noqa: E402  (tests/integration/harness.py)
-
-from sessionizer.procs import free_port  # noqa: E402
-
-__all__ = ["ROOT", "Names", "Worker", "free_port"]
+__all__ = ["ROOT", "Names", "Worker", "free_port", "produce", "running"]
 
 
 class Worker(WorkerProc):
@@ -145,40 +141,6 @@ async def create_topics(bootstrap: str, names: Iterable[str], partitions: int) -
             await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
     finally:
         await admin.close()
-
-
-async def produce(
-    bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, bytes]]
-) -> dict[int, int]:
-    """Sends (key, value) pairs; returns each partition's end offset (last offset + 1).
-
-    The ends come from the acknowledgements, not from ListOffsets, which Tansu
-    under-reports (docs/broker.md).
-    """
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=1 << 20, acks=1
-    )
-    await asyncio.wait_for(producer.start(), 30)
-    ends: dict[int, int] = {}
-
-    def done(metas: list[Any]) -> None:
-        for m in metas:
-            if m.offset + 1 > ends.get(m.partition, 0):
-                ends[m.partition] = m.offset + 1
-
-    try:
-        futs = []
-        for key, value in items:
-            futs.append(await producer.send(topic, value, key=key))
-            if len(futs) >= 5000:
-                done(await asyncio.gather(*futs))
-                futs.clear()
-        done(await asyncio.gather(*futs))
-    finally:
-        await producer.stop()
-    return ends
 
 
 async def read_timestamps(

@@ -4,12 +4,13 @@
 
 Realistic records come from the workload generator (every event kind, sessions,
 attributes, opt-outs, late batches); a share of them is mutated: bits flipped,
-cut off, two records spliced, bytes inserted, padded past 1 MiB, or the record
-or one of its fields (batch, event or data level) replaced by a hostile JSON
-value (huge and negative integers, 64-bit edges, floats, lone surrogates, deep
-nesting, wrong types, long strings). They run through the loop of
-``sessionizer.run.files.run`` (engine, expiry, the orjson encoder of
-``FileSink``), with the output written to /dev/null.
+cut off, two records spliced, bytes inserted, dropped or repeated, digit runs,
+padded past 1 MiB, or the record or one of its fields (batch, event or data
+level) replaced by a hostile JSON value (huge and negative integers, 64-bit
+edges, floats, lone surrogates, deep nesting, wrong types, long strings): the
+corpus of ``sessionizer.testing.fuzz``, which tests/test_fuzz.py draws from too.
+They run through the loop of ``sessionizer.run.files.run`` (engine, expiry, the
+orjson encoder of ``FileSink``), with the output written to /dev/null.
 
 Prints records/s, dead letters by reason and the exceptions: any exception that
 escapes the engine or the encoder, and any ``internal_error`` dead letter (a
@@ -28,70 +29,42 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from sessionizer import codec  # noqa: E402
-from sessionizer.core.config import EngineConfig  # noqa: E402
-from sessionizer.core.engine import MAX_DEPTH, Engine  # noqa: E402
-from sessionizer.core.model import INTERNAL_ERROR  # noqa: E402
-from sessionizer.run import files  # noqa: E402
-from sessionizer.tools import workload  # noqa: E402
+from sessionizer import codec
+from sessionizer.core.config import EngineConfig
+from sessionizer.core.engine import MAX_DEPTH, Engine
+from sessionizer.core.model import INTERNAL_ERROR
+from sessionizer.run import files
+from sessionizer.testing.fuzz import (
+    BATCH_KEYS,
+    DATA_KEYS,
+    EVENT_KEYS,
+    SPECIAL,
+    mutate_bytes,
+    nested,
+)
+from sessionizer.tools import workload
 
 START_MS = workload.DEFAULT_START_MS
 NOW_MS = START_MS + 400 * 24 * 3600 * 1000  # fixed "wall clock": runs do not depend on today
 
 
-def _deep(depth: int, kind: str) -> str:
-    if kind == "[":
-        return "[" * depth + "1" + "]" * depth
-    if kind == "{":
-        return '{"k":' * depth + "1" + "}" * depth
-    half = depth // 2
-    return '[{"k":' * half + "1" + "}]" * half
-
-
-# JSON texts of hostile values, spliced in place of a field's value.
+# JSON texts of hostile values, spliced in place of a field's value: the corpus' values
+# (ASCII-escaped, so lone surrogates stay escaped), then what only JSON text can say.
 HOSTILE: list[str] = [
+    *(json.dumps(v) for v in SPECIAL),
     "null",
     "true",
     "false",
-    "0",
-    "-1",
-    "1.5",
-    "-0.0",
-    "1e308",
-    "-1e308",
-    "5e-324",
     "1e400",  # not a double: orjson refuses the record
     "NaN",
     "Infinity",
-    str(2**31),
-    str(2**53 + 1),
-    str(2**63 - 1),
-    str(2**63),
-    str(2**64 - 1),
-    str(2**64),  # read as a float
-    str(-(2**63)),
-    str(-(2**63) - 1),
     "9" * 40,
     "-" + "9" * 40,
-    str(START_MS),
-    str(START_MS) + ".0",
-    str(START_MS) + ".5",
-    '""',
-    '"\\u0000"',
-    '"\\ud800"',  # lone surrogates, escaped: orjson refuses them
-    '"a\\udfffb"',
-    '"\\ud83d\\ude00"',  # a valid pair
-    '"é€😀"',
-    json.dumps("x" * 5000),
+    '"é€😀"',  # raw UTF-8
     json.dumps("y" * 300),
     "[]",
     "{}",
@@ -99,53 +72,12 @@ HOSTILE: list[str] = [
     '{"a":1}',
     '[{"a":[{"b":null}]}]',
     *(
-        json.dumps(s)
-        for s in (
-            "application_initialized",
-            "application_foreground",
-            "application_background",
-            "application_exit",
-            "session_start",
-            "session_end",
-            "session_attribute_change",
-            "opt_out",
-            "screen_view",
-            "custom_event",
-            "application_state_transition",
-        )
+        nested(d, k)
+        for d in (MAX_DEPTH - 4, MAX_DEPTH, 254, 300, 1020)
+        for k in ("[", "{", "mixed")
     ),
-    *(_deep(d, k) for d in (MAX_DEPTH - 4, MAX_DEPTH, 254, 300, 1020) for k in "[{m"),
 ]
 RAW_HOSTILE = [b"\xff\xfe", b"\xed\xa0\x80", b"\x00", b"\n", b"\r", b'"', b"\\", b"{", b"]"]
-
-BATCH_KEYS = (
-    "mpid",
-    "mp_deviceid",
-    "application_info",
-    "api_key",
-    "environment",
-    "device_info",
-    "user_identities",
-    "timestamp_unixtime_ms",
-    "events",
-    "event_type",
-    "source_request_id",
-    "x",
-)
-EVENT_KEYS = ("event_type", "data", "x")
-DATA_KEYS = (
-    "timestamp_unixtime_ms",
-    "application_transition_type",
-    "session_attribute_name",
-    "new",
-    "increment",
-    "deleted",
-    "is_opted_out",
-    "custom_attributes",
-    "session_uuid",
-    "event_num",
-    "x",
-)
 MARK = "\x00hostile\x00"
 MARK_JSON = orjson.dumps(MARK)
 
@@ -172,26 +104,13 @@ class Mutator:
             kind, out = "huge", value + b" " * (1 << 20)
         elif how < 4:
             kind, out = "value", self._value(value)
-        elif how == 4:
-            kind, out = "bitflip", self._bitflip(value)
-        elif how == 5:
-            kind, out = "truncate", value[: rnd.randrange(len(value) + 1)]
-        elif how == 6:
-            other = rnd.choice(self.recent)
-            cut = rnd.randrange(len(value) + 1)
-            kind, out = "splice", value[:cut] + other[rnd.randrange(len(other) + 1) :]
+        elif how < 7:
+            kind, out = mutate_bytes(rnd, value, self.recent)
         else:
             j = rnd.randrange(len(value) + 1)
             kind, out = "insert", value[:j] + rnd.choice(RAW_HOSTILE) + value[j:]
         self.kinds[kind] += 1
         return out
-
-    def _bitflip(self, value: bytes) -> bytes:
-        b = bytearray(value)
-        for _ in range(self.rnd.randint(1, 4)):
-            if b:
-                b[self.rnd.randrange(len(b))] ^= 1 << self.rnd.randrange(8)
-        return bytes(b)
 
     def _value(self, value: bytes) -> bytes:
         """A field at one of the three levels set to a hostile value, as text."""

@@ -27,10 +27,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
 STATS: dict[str, list[float]] = {}
 _last_end = [0.0]
 

@@ -124,3 +124,10 @@ def test_metrics_and_web_do_not_know_the_worker() -> None:
     g = _graph()
     for name in ("sessionizer.stream.metrics", "sessionizer.stream.web"):
         assert "sessionizer.stream.worker" not in g[name], name
+
+
+def test_only_tests_and_bench_import_the_testing_package() -> None:
+    """``sessionizer.testing`` drives workers for tests: the running code never loads it."""
+    for name, deps in _graph().items():
+        if not name.startswith("sessionizer.testing"):
+            assert not {d for d in deps if d.startswith("sessionizer.testing")}, name

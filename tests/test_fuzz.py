@@ -39,6 +39,15 @@ from sessionizer.core.engine import MAX_DEPTH, Engine
 from sessionizer.core.model import DEAD_LETTERS, EVENTS, INTERNAL_ERROR, SESSIONS, Counts
 from sessionizer.run.files import process_files
 from sessionizer.testing import NOW, T0, source_modules
+from sessionizer.testing.fuzz import (
+    APP_KEYS,
+    BATCH_KEYS,
+    DATA_KEYS,
+    EVENT_KEYS,
+    SPECIAL,
+    mutate_bytes,
+    nested,
+)
 from sessionizer.tools import workload
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "1000"))
@@ -138,45 +147,7 @@ def check(lines: Sequence[bytes]) -> None:
 # ------------------------------------------------------------------ (1) values
 
 
-_SPECIAL = [
-    0,
-    -1,
-    T0,
-    2**31,
-    2**53 + 1,
-    2**63 - 1,
-    2**63,
-    2**64 - 1,
-    2**64,
-    -(2**63),
-    -(2**63) - 1,
-    10**30,
-    -(10**30),
-    1.5,
-    -0.0,
-    1e308,
-    -1e308,
-    5e-324,
-    float(T0),
-    T0 + 0.5,
-    "",
-    "\x00",
-    "\ud800",  # lone surrogates: orjson reads neither escaped nor raw ones
-    "a\udfffb",
-    "é€😀",
-    "application_initialized",
-    "application_foreground",
-    "application_background",
-    "application_exit",
-    "session_start",
-    "session_end",
-    "session_attribute_change",
-    "opt_out",
-    "screen_view",
-    "custom_event",
-    "x" * 5000,
-]
-_NUMBERS = [x for x in _SPECIAL if type(x) in (int, float)] + [True, None]
+_NUMBERS = [x for x in SPECIAL if type(x) in (int, float)] + [True, None]
 
 
 def _attr_times(evs: list[Any]) -> list[Any]:
@@ -194,7 +165,7 @@ scalars = st.one_of(
     st.floats(),  # inf and nan included: JSON text "Infinity"/"NaN", which orjson refuses
     st.text(max_size=12),
     st.text(st.characters(categories=["Cs", "Lo", "So", "Cc"]), max_size=6),
-    st.sampled_from(_SPECIAL),
+    st.sampled_from(SPECIAL),
 )
 values = st.recursive(
     scalars,
@@ -218,53 +189,7 @@ def deep_text(draw: st.DrawFn) -> str:
         )
     )
     shape = draw(st.sampled_from(["[", "{", "mixed"]))
-    opens: list[str] = []
-    closes: list[str] = []
-    for i in range(depth):
-        if shape == "[" or (shape == "mixed" and i % 2):
-            opens.append("[")
-            closes.append("]")
-        else:
-            opens.append('{"k":')
-            closes.append("}")
-    leaf = draw(st.sampled_from(["1", '"x"', "null", "[]", "{}"]))
-    return "".join(opens) + leaf + "".join(reversed(closes))
-
-
-BATCH_KEYS = [
-    "mpid",
-    "mp_deviceid",
-    "application_info",
-    "api_key",
-    "environment",
-    "device_info",
-    "user_identities",
-    "user_attributes",
-    "timestamp_unixtime_ms",
-    "events",
-    "source_request_id",
-    "schema_version",
-    "event_type",  # makes a batch look like a single event too
-    "x-unknown",
-]
-APP_KEYS = ["package", "application_name", "application_version"]
-EVENT_KEYS = ["event_type", "data", "x-unknown"]
-DATA_KEYS = [
-    "timestamp_unixtime_ms",
-    "application_transition_type",
-    "session_attribute_name",
-    "new",
-    "increment",
-    "deleted",
-    "is_opted_out",
-    "custom_attributes",
-    "event_name",
-    "screen_name",
-    "session_uuid",
-    "event_num",
-    "late",
-    "x-unknown",
-]
+    return nested(depth, shape, draw(st.sampled_from(["1", '"x"', "null", "[]", "{}"])))
 
 
 def _encode(obj: Any, ascii_only: bool, deep: str | None) -> bytes:
@@ -349,34 +274,12 @@ def test_a_any_json_value_in_any_field_never_raises_and_counts_hold(lines: list[
 # ------------------------------------------------------------------ (2) bytes
 
 
-def mutate_bytes(rnd: random.Random, lines: list[bytes]) -> list[bytes]:
-    """Bit flips, truncation, splicing of two records, dropped or repeated bytes."""
+def mutate_lines(rnd: random.Random, lines: list[bytes]) -> list[bytes]:
+    """One to three byte-level changes (``mutate_bytes``) of the records."""
     out = list(lines)
     for _ in range(rnd.randint(1, 3)):
         i = rnd.randrange(len(out))
-        b = bytearray(out[i])
-        if not b:
-            continue
-        how = rnd.randrange(6)
-        if how == 0:  # bit flips
-            for _ in range(rnd.randint(1, 4)):
-                b[rnd.randrange(len(b))] ^= 1 << rnd.randrange(8)
-        elif how == 1:  # truncation
-            del b[rnd.randrange(len(b)) :]
-        elif how == 2:  # splice: the head of this record, the tail of another
-            other = rnd.choice(corpus())
-            b = b[: rnd.randrange(len(b) + 1)] + other[rnd.randrange(len(other) + 1) :]
-        elif how == 3:  # a byte dropped or repeated
-            j = rnd.randrange(len(b))
-            b[j:j] = b[j : j + 1] * rnd.randint(0, 3) if rnd.random() < 0.5 else b""
-            if rnd.random() < 0.5:
-                del b[j]
-        elif how == 4:  # a random byte written anywhere (quotes, brackets, digits, UTF-8)
-            b[rnd.randrange(len(b))] = rnd.choice(b'"{}[],:0123456789-.eE\\ \xc3\xa9\xff\x00')
-        else:  # a digit run changed: timestamps, ids and counts out of range
-            j = rnd.randrange(len(b))
-            b[j:j] = rnd.choice([b"9999999999", b"-", b"0", b".5", b"e9", b"00"])
-        out[i] = bytes(b)
+        out[i] = mutate_bytes(rnd, out[i], corpus())[1]
     return out
 
 
@@ -385,7 +288,7 @@ def mutated_bytes(draw: st.DrawFn) -> list[bytes]:
     recs = corpus()
     start = draw(st.integers(0, len(recs) - 8))
     lines = list(recs[start : start + draw(st.integers(1, 8))])
-    return mutate_bytes(random.Random(draw(st.integers(0, 2**32))), lines)
+    return mutate_lines(random.Random(draw(st.integers(0, 2**32))), lines)
 
 
 @FUZZ

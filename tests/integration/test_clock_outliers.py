@@ -9,11 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Names, WorkerProc, http_get, produce, read_all, until
 from prometheus_client.parser import text_string_to_metric_families
 
 from sessionizer import codec
 from sessionizer.testing import batch, custom, screen
+from sessionizer.testing.harness import (
+    Names,
+    WorkerProc,
+    http_get,
+    produce,
+    read_all,
+    running,
+    until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -49,9 +57,7 @@ async def test_r26_a_phone_a_day_ahead_closes_no_other_session_on_a_live_partiti
         },
     )
     raw = names.topics["raw_events"]
-    w.start()
-    try:
-        await w.wait_ready()
+    async with running(w):
 
         async def healthy() -> Any:
             status, body = await _get(w.web_port, "/health")
@@ -98,5 +104,3 @@ async def test_r26_a_phone_a_day_ahead_closes_no_other_session_on_a_live_partiti
         status, text = await _get(w.web_port, "/metrics")
         samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
         assert samples["sessionizer_events_ahead_total"] == 1
-    finally:
-        assert w.terminate() == 0, w.log()[-3000:]

@@ -12,7 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import (
+
+from sessionizer import codec
+from sessionizer.core.engine import identity
+from sessionizer.testing import run
+from sessionizer.testing.harness import (
     CLOCK_APP,
     Names,
     WorkerProc,
@@ -24,10 +28,6 @@ from harness import (
     read_all,
     until,
 )
-
-from sessionizer import codec
-from sessionizer.core.engine import identity
-from sessionizer.testing import run
 from sessionizer.tools.workload import generate
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from harness import Names
 
 from sessionizer.kafka.clients import prepare_broker
 from sessionizer.settings import load_settings
+from sessionizer.testing.harness import Names
 
 pytestmark = pytest.mark.integration
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from harness import produce
 
 from sessionizer import codec
 from sessionizer.integrations import translate
 from sessionizer.testing import run
+from sessionizer.testing.harness import produce
 from sessionizer.tools import workload
 
 pytestmark = pytest.mark.integration

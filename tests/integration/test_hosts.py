@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Names, WorkerProc
 
 from sessionizer import codec, procs
 from sessionizer.stream.web import device_partition
 from sessionizer.testing import T0, batch, launch, screen, set_attr
+from sessionizer.testing.harness import Names, WorkerProc, running
 from sessionizer.tools.broker import BrokerUnavailable, resolve_binary
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
@@ -41,15 +41,13 @@ APP = "com.example.shop"
 TOKEN = "hosts-web-token-Qm3Zr8Lw2Kp6Vx9T"
 ADDRESSES = ("198.18.0.1", "198.18.0.2")
 PORT = 6066  # each namespace has its own ports: both workers use the default
-HERE = Path(__file__).parent
 
 # Runs in the second namespace: waits until both workers share the partitions,
 # produces, then asks both workers for every device. Prints what it saw as JSON.
 CLIENT = r"""
 import asyncio, json, sys, time
 import aiohttp
-sys.path.insert(0, sys.argv[1])
-from harness import produce
+from sessionizer.testing.harness import produce
 
 args = json.loads(sys.stdin.read())
 urls, bearer = args["urls"], {"Authorization": "Bearer " + args["token"]}
@@ -176,31 +174,26 @@ async def test_sessions_is_forwarded_between_workers_on_two_hosts(
     ]
     paths = {p: f"/sessions/{APP}/{d}" for p, d in devices.items()}
     try:
-        for w in workers:
-            w.start()
-        for w in workers:
-            await w.wait_ready(180)
-        args = {
-            "urls": urls,
-            "token": TOKEN,
-            "bootstrap": bootstrap,
-            "topic": names.topics["raw_events"],
-            "records": [r.hex() for r in records],
-            "paths": list(paths.values()),
-            "n": PARTITIONS,
-        }
-        client = subprocess.run(
-            _in(two_hosts[1], [sys.executable, "-c", CLIENT, str(HERE)]),
-            input=json.dumps(args),
-            capture_output=True,
-            text=True,
-            timeout=330,
-            check=False,
-        )
-        logs = [w.log() for w in workers]
+        async with running(*workers, timeout=180, clean=False):
+            args = {
+                "urls": urls,
+                "token": TOKEN,
+                "bootstrap": bootstrap,
+                "topic": names.topics["raw_events"],
+                "records": [r.hex() for r in records],
+                "paths": list(paths.values()),
+                "n": PARTITIONS,
+            }
+            client = subprocess.run(
+                _in(two_hosts[1], [sys.executable, "-c", CLIENT]),
+                input=json.dumps(args),
+                capture_output=True,
+                text=True,
+                timeout=330,
+                check=False,
+            )
+            logs = [w.log() for w in workers]
     finally:
-        for w in workers:
-            w.terminate()
         procs.stop(broker)
     assert client.returncode == 0, client.stderr[-3000:] + "\n".join(log[-2000:] for log in logs)
     seen = json.loads(client.stdout)
@@ -225,9 +218,7 @@ async def test_web_port_0_takes_a_free_port_and_says_which(broker: Any, tmp_path
 
     names = Names(f"hosts-{uuid.uuid4().hex[:8]}")
     w = WorkerProc(broker.bootstrap, names, tmp_path, env={"SESSIONIZER_WEB_PORT": "0"})
-    w.start()
-    try:
-        await w.wait_ready()
+    async with running(w, clean=False):
         deadline = time.monotonic() + 120  # Faust's "Ready" can come before the assignment
         while not (urls := _ready_urls(w.log())) and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
@@ -239,5 +230,3 @@ async def test_web_port_0_takes_a_free_port_and_says_which(broker: Any, tmp_path
             s.get(f"{url}/health", timeout=aiohttp.ClientTimeout(total=15)) as r,
         ):
             assert (await r.json())["url"] == url
-    finally:
-        w.terminate()

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Names, WorkerProc, clock_records, max_event_ts, produce, read_all
 from schema_check import validate_output
 
 from sessionizer import codec
@@ -38,6 +37,16 @@ from sessionizer.run.files import process_files
 from sessionizer.run.replay import integration_topics, output_topics, replay
 from sessionizer.settings import Settings, load_settings
 from sessionizer.testing import MIN, batch, custom, launch, screen
+from sessionizer.testing.harness import (
+    Names,
+    WorkerProc,
+    clock_records,
+    max_event_ts,
+    produce,
+    produce_clocks,
+    read_all,
+    running,
+)
 from sessionizer.tools.workload import generate
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -127,13 +136,10 @@ async def test_worker_replay_and_process_file_write_the_same_integration_records
     recs, clocks = _workload()
 
     w = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, env=env)
-    w.start()
-    try:
-        await w.wait_ready()
+    async with running(w):
         raw_topic = names.topics["raw_events"]
         await produce(broker.bootstrap, raw_topic, recs)
-        for i, clock in enumerate(clocks):
-            await produce(broker.bootstrap, raw_topic, [clock], partition=i % PARTITIONS)
+        await produce_clocks(broker.bootstrap, raw_topic, clocks, PARTITIONS)
         n_raw = len(recs) + len(clocks)
 
         # process-file on each partition's records, in offset order.
@@ -212,5 +218,3 @@ async def test_worker_replay_and_process_file_write_the_same_integration_records
         assert set(live_dead) == set(replay_dead)
         for _k, v in live[dead_topic]:
             validate_output("dead-letters", v)
-    finally:
-        assert w.terminate() == 0, w.log()[-3000:]

@@ -16,11 +16,19 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from conftest import running_kafka, unavailable
-from harness import Names, WorkerProc, http_get, produce, read_all, until
 
 from sessionizer import codec
 from sessionizer.stream.compat import KAFKA, TANSU, detect_broker
 from sessionizer.testing import T0, batch, custom, launch, screen
+from sessionizer.testing.harness import (
+    Names,
+    WorkerProc,
+    http_get,
+    produce,
+    read_all,
+    running,
+    until,
+)
 from sessionizer.tools.apache_kafka import KafkaCluster, sweep_stale
 from sessionizer.tools.broker import EmbeddedBroker
 
@@ -51,9 +59,7 @@ async def test_kafkas_group_tool_shows_the_worker_and_its_lag_going_to_zero(
 ) -> None:
     names = Names(f"grp-{uuid.uuid4().hex[:8]}")
     w = WorkerProc(kafka.bootstrap, names, tmp_path, partitions=PARTITIONS)
-    w.start()
-    try:
-        await w.wait_ready()
+    async with running(w):
         recs = _records(200, "grp")
         await produce(kafka.bootstrap, names.topics["raw_events"], recs)
         topic = names.topics["raw_events"]
@@ -74,8 +80,6 @@ async def test_kafkas_group_tool_shows_the_worker_and_its_lag_going_to_zero(
         rows = [ln for ln in members.splitlines() if ln.startswith(names.app_id)]
         assert len(rows) == 1, members
         assert re.search(rf"{re.escape(topic)}:0,1,2,3\b", members), members
-    finally:
-        assert w.terminate() == 0, w.log()[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -107,45 +111,43 @@ async def test_health_names_a_partition_without_leader_and_the_worker_recovers_a
     )
     env = {"SESSIONIZER_REPLICATION_FACTOR": "3"}
     w = WorkerProc(kafka3.bootstrap, names, tmp_path, partitions=PARTITIONS, env=env)
-    w.start()
-    try:
-        await w.wait_ready()
-        first = _records(40, "before")
-        await produce(kafka3.bootstrap, raw, first)
-        out = names.topics["sessionized_events"]
-        await read_all(kafka3.bootstrap, [out], until=lambda r: len(r[out]) >= 2 * len(first))
+    async with running(w):
+        try:
+            first = _records(40, "before")
+            await produce(kafka3.bootstrap, raw, first)
+            out = names.topics["sessionized_events"]
+            await read_all(kafka3.bootstrap, [out], until=lambda r: len(r[out]) >= 2 * len(first))
 
-        kafka3.kill(3)
+            kafka3.kill(3)
 
-        async def leaderless() -> Any:
-            status, body = await http_get(w.web_port, "/health")
-            named = [p for p in body["problems"] if "no leader" in p]
-            return body if status == 503 and len(named) == PARTITIONS else None
+            async def leaderless() -> Any:
+                status, body = await http_get(w.web_port, "/health")
+                named = [p for p in body["problems"] if "no leader" in p]
+                return body if status == 503 and len(named) == PARTITIONS else None
 
-        health = await until(leaderless, "/health naming every leaderless partition", 90)
-        assert health["ready"] is False
-        assert w.proc is not None and w.proc.poll() is None  # alive, waiting
+            health = await until(leaderless, "/health naming every leaderless partition", 90)
+            assert health["ready"] is False
+            assert w.proc is not None and w.proc.poll() is None  # alive, waiting
 
-        kafka3.restart(3)
-
-        async def healthy() -> Any:
-            status, body = await http_get(w.web_port, "/health")
-            return body if status == 200 and body["ready"] else None
-
-        await until(healthy, "/health ready again after the broker came back", 120)
-        later = _records(40, "after")
-        await produce(kafka3.bootstrap, raw, later)
-
-        def both(r: dict[str, list[Any]]) -> bool:
-            devices = {k for k, _ in r[out] if k is not None}
-            return {f"after-{i}".encode() for i in range(40)} <= devices
-
-        await read_all(kafka3.bootstrap, [out], until=both, timeout=120)
-        assert "Traceback" not in w.log(), w.log()[-3000:]
-    finally:
-        if kafka3.node(3).proc is None:
             kafka3.restart(3)
-        assert w.terminate() == 0, w.log()[-3000:]
+
+            async def healthy() -> Any:
+                status, body = await http_get(w.web_port, "/health")
+                return body if status == 200 and body["ready"] else None
+
+            await until(healthy, "/health ready again after the broker came back", 120)
+            later = _records(40, "after")
+            await produce(kafka3.bootstrap, raw, later)
+
+            def both(r: dict[str, list[Any]]) -> bool:
+                devices = {k for k, _ in r[out] if k is not None}
+                return {f"after-{i}".encode() for i in range(40)} <= devices
+
+            await read_all(kafka3.bootstrap, [out], until=both, timeout=120)
+            assert "Traceback" not in w.log(), w.log()[-3000:]
+        finally:  # the broker back before the worker stops
+            if kafka3.node(3).proc is None:
+                kafka3.restart(3)
 
 
 def test_a_sigkilled_owner_leaves_no_jvm_and_its_directory_is_swept(tmp_path: Path) -> None:

@@ -10,13 +10,21 @@ from typing import Any
 
 import aiohttp
 import pytest
-from harness import Names, WorkerProc, device_key, http_get, produce, until
 from jsonschema import Draft202012Validator
 from prometheus_client.parser import text_string_to_metric_families
 
 from sessionizer import codec
 from sessionizer.stream.web import device_partition
 from sessionizer.testing import MIN, T0, batch, custom, launch, opt_out, run, screen, set_attr
+from sessionizer.testing.harness import (
+    Names,
+    WorkerProc,
+    device_key,
+    http_get,
+    produce,
+    running,
+    until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 
@@ -45,6 +53,22 @@ async def _healthy(port: int, timeout: float = 120.0) -> dict[str, Any]:
     return await _until(probe, f"/health on :{port} ready", timeout)  # type: ignore[no-any-return]
 
 
+async def _owners(a: WorkerProc, b: WorkerProc) -> dict[int, str]:
+    """The URL of each partition's owner, once both workers are ready and the partitions are
+    shared out between them (the group has settled); /health needs no token."""
+
+    async def split() -> Any:
+        ha, hb = await asyncio.gather(_get(a.web_port, "/health"), _get(b.web_port, "/health"))
+        if ha[0] != 200 or hb[0] != 200:
+            return None
+        pa, pb = set(ha[1]["partitions"]), set(hb[1]["partitions"])
+        ok = pa and pb and not pa & pb and pa | pb == set(range(PARTITIONS))
+        return (ha[1], hb[1]) if ok else None
+
+    ha, hb = await _until(split, "partitions shared by both workers", 150)
+    return {p: ha["url"] for p in ha["partitions"]} | {p: hb["url"] for p in hb["partitions"]}
+
+
 def _scrape(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     out = {}
     for fam in text_string_to_metric_families(text):
@@ -69,9 +93,7 @@ def _records() -> tuple[list[bytes], str, str]:
 async def test_health_metrics_and_session_lookup(broker: Any, tmp_path: Path) -> None:
     names = _names()
     w = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS)
-    w.start()
-    try:
-        await w.wait_ready()
+    async with running(w):
         health = await _healthy(w.web_port)
         assert health["partitions"] == list(range(PARTITIONS))
         assert isinstance(health["lag"], int)
@@ -159,8 +181,6 @@ async def test_health_metrics_and_session_lookup(broker: Any, tmp_path: Path) ->
 
         status, health = await _get(w.web_port, "/health")
         assert status == 200 and health["ready"] is True
-    finally:
-        assert w.terminate() == 0, w.log()[-3000:]
 
 
 async def test_session_lookup_is_routed_to_the_owning_worker(broker: Any, tmp_path: Path) -> None:
@@ -174,22 +194,8 @@ async def test_session_lookup_is_routed_to_the_owning_worker(broker: Any, tmp_pa
         i += 1
     a = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, tag="a")
     b = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, tag="b")
-    a.start()
-    b.start()
-    try:
-        await asyncio.gather(a.wait_ready(), b.wait_ready())
-
-        async def split() -> Any:
-            # Both ready and the partitions shared out: the group has settled.
-            ha, hb = await asyncio.gather(_get(a.web_port, "/health"), _get(b.web_port, "/health"))
-            if ha[0] != 200 or hb[0] != 200:
-                return None
-            pa, pb = set(ha[1]["partitions"]), set(hb[1]["partitions"])
-            ok = pa and pb and not pa & pb and pa | pb == set(range(PARTITIONS))
-            return (ha[1], hb[1]) if ok else None
-
-        ha, hb = await _until(split, "partitions shared by both workers", 150)
-        owner = {p: ha["url"] for p in ha["partitions"]} | {p: hb["url"] for p in hb["partitions"]}
+    async with running(a, b, clean=False):
+        owner = await _owners(a, b)
         recs = [
             codec.dumps(batch(d, launch(T0), screen(T0 + 1000), set_attr(T0 + 2000, "n", p)))
             for p, d in devices.items()
@@ -226,19 +232,14 @@ async def test_session_lookup_is_routed_to_the_owning_worker(broker: Any, tmp_pa
             _, text = await _get(w.web_port, "/metrics")
             totals.append(_scrape(text)[("sessionizer_sessions_started_total", ())])
         assert sum(totals) == PARTITIONS and all(t >= 1 for t in totals)
-    finally:
-        a.terminate()
-        b.terminate()
 
 
 async def test_counters_survive_a_rebalance(broker: Any, tmp_path: Path) -> None:
     """An engine is rebuilt when its partition moves; the worker's counters never go down."""
     names = _names()
     a = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, tag="a")
-    a.start()
     b = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, tag="b")
-    try:
-        await a.wait_ready()
+    async with running(a, clean=False):
         await _healthy(a.web_port)
         recs = [codec.dumps(batch(f"keep-{i}", launch(T0), screen(T0 + MIN))) for i in range(16)]
         await produce(broker.bootstrap, names.topics["raw_events"], recs)
@@ -249,23 +250,19 @@ async def test_counters_survive_a_rebalance(broker: Any, tmp_path: Path) -> None
             return m if m.get(("sessionizer_events_in_total", ())) == 2 * len(recs) else None
 
         before = await _until(counted, "worker a counted every event")
-        b.start()  # a loses some partitions: their engines are dropped
-        await b.wait_ready()
+        async with running(b, clean=False):  # a loses some partitions: their engines are dropped
 
-        async def shared() -> Any:
-            status, h = await _get(a.web_port, "/health")
-            return h if status == 200 and len(h["partitions"]) < PARTITIONS else None
+            async def shared() -> Any:
+                status, h = await _get(a.web_port, "/health")
+                return h if status == 200 and len(h["partitions"]) < PARTITIONS else None
 
-        await _until(shared, "worker a gives partitions to b", 150)
-        _, text = await _get(a.web_port, "/metrics")
-        after = _scrape(text)
-        for key, value in before.items():
-            if key[0].endswith("_total"):
-                assert after[key] >= value, key
-        assert after[("sessionizer_sessions_started_total", ())] == len(recs)
-    finally:
-        a.terminate()
-        b.terminate()
+            await _until(shared, "worker a gives partitions to b", 150)
+            _, text = await _get(a.web_port, "/metrics")
+            after = _scrape(text)
+            for key, value in before.items():
+                if key[0].endswith("_total"):
+                    assert after[key] >= value, key
+            assert after[("sessionizer_sessions_started_total", ())] == len(recs)
 
 
 # --------------------------------------------------------------------------- /sessions needs a key
@@ -299,22 +296,8 @@ async def test_sessions_needs_the_web_token_and_forwards_it(broker: Any, tmp_pat
     env = {"SESSIONIZER_WEB_TOKEN": TOKEN}
     a = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, env=env, tag="a")
     b = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, env=env, tag="b")
-    a.start()
-    b.start()
-    try:
-        await asyncio.gather(a.wait_ready(), b.wait_ready())
-
-        async def split() -> Any:
-            # /health needs no token.
-            ha, hb = await asyncio.gather(_get(a.web_port, "/health"), _get(b.web_port, "/health"))
-            if ha[0] != 200 or hb[0] != 200:
-                return None
-            pa, pb = set(ha[1]["partitions"]), set(hb[1]["partitions"])
-            ok = pa and pb and not pa & pb and pa | pb == set(range(PARTITIONS))
-            return (ha[1], hb[1]) if ok else None
-
-        ha, hb = await _until(split, "partitions shared by both workers", 150)
-        owner = {p: ha["url"] for p in ha["partitions"]} | {p: hb["url"] for p in hb["partitions"]}
+    async with running(a, b, clean=False):
+        owner = await _owners(a, b)
         devices = _split_devices()
         recs = [
             codec.dumps(batch(d, launch(T0), screen(T0 + 1000), set_attr(T0 + 2000, "n", p)))
@@ -359,9 +342,6 @@ async def test_sessions_needs_the_web_token_and_forwards_it(broker: Any, tmp_pat
         assert (await _get_with(b.web_port, f"/sessions/{APP}/nobody", None))[0] == 401
         status, text = await _get(a.web_port, "/metrics")
         assert status == 200 and "sessionizer_sessions_started_total" in text
-    finally:
-        a.terminate()
-        b.terminate()
     for w in (a, b):
         log = w.log()
         assert "Ready" in log
@@ -379,9 +359,7 @@ async def test_sessions_is_refused_without_a_token_off_loopback(
         partitions=PARTITIONS,
         env={"SESSIONIZER_WEB_HOST": "0.0.0.0"},
     )
-    w.start()
-    try:
-        await w.wait_ready()
+    async with running(w):
         health = await _healthy(w.web_port)  # /health and /metrics stay open
         assert health["ready"] is True
         status, text = await _get(w.web_port, "/metrics")
@@ -402,7 +380,5 @@ async def test_sessions_is_refused_without_a_token_off_loopback(
             assert "no web_token is set and web_host 0.0.0.0 is not loopback" in body["error"]
             assert "open_session" not in body and dev not in str(body)
             assert challenge == 'Bearer realm="sessionizer"'
-    finally:
-        assert w.terminate() == 0, w.log()[-3000:]
     # Said once at start-up, where the operator looks.
     assert "/sessions answers 401 to every request (set SESSIONIZER_WEB_TOKEN)" in w.log()

@@ -28,12 +28,12 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from harness import Names, WorkerProc, device_key, produce
 
 from sessionizer import codec, procs
 from sessionizer.procs import free_port
 from sessionizer.stream.web import device_partition
 from sessionizer.testing import batch, custom, launch, opt_out, screen, session_end
+from sessionizer.testing.harness import Names, WorkerProc, device_key, produce, running
 
 pytestmark = [
     pytest.mark.integration,
@@ -182,48 +182,46 @@ async def test_every_dashboard_panel_returns_sane_data_from_real_prometheus(
     collector = Collector()
     forward_port, prom_port = free_port(), free_port()
     procs_started: list[Any] = []
-    try:
-        worker.start()
-        await worker.wait_ready()
-        async with serve(collector.handle) as collector_port:
-            cfg = {
-                "name": "snowplow",
-                "client": {"bootstrap_servers": broker.bootstrap},
-                "topic": f"{names.topics['integrations']}.snowplow",
-                "dead_letters_topic": names.topics["dead_letters"],
-                "group_id": f"{names.prefix}-forward",
-                "endpoint": f"http://127.0.0.1:{collector_port}",
-                "api_key": None,
-                "batch_size": 5,
-                "timeout_s": 5.0,
-                "max_backoff_s": 0.2,
-                "web_port": forward_port,
-                "progress_s": 1.0,
-            }
-            fwd_log = tmp_path / "forward.log"
-            procs_started.append(
-                procs.spawn([sys.executable, "-c", RUNNER, json.dumps(cfg)], fwd_log)
-            )
-            config = tmp_path / "prometheus.yml"
-            prometheus_config(config, worker.web_port, forward_port)
-            prom_log = tmp_path / "prometheus.log"
-            procs_started.append(
-                procs.spawn(
-                    [
-                        "prometheus",
-                        f"--config.file={config}",
-                        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                        f"--web.listen-address=127.0.0.1:{prom_port}",
-                    ],
-                    prom_log,
+    async with running(worker, clean=False):
+        try:
+            async with serve(collector.handle) as collector_port:
+                cfg = {
+                    "name": "snowplow",
+                    "client": {"bootstrap_servers": broker.bootstrap},
+                    "topic": f"{names.topics['integrations']}.snowplow",
+                    "dead_letters_topic": names.topics["dead_letters"],
+                    "group_id": f"{names.prefix}-forward",
+                    "endpoint": f"http://127.0.0.1:{collector_port}",
+                    "api_key": None,
+                    "batch_size": 5,
+                    "timeout_s": 5.0,
+                    "max_backoff_s": 0.2,
+                    "web_port": forward_port,
+                    "progress_s": 1.0,
+                }
+                fwd_log = tmp_path / "forward.log"
+                procs_started.append(
+                    procs.spawn([sys.executable, "-c", RUNNER, json.dumps(cfg)], fwd_log)
                 )
-            )
-            await check_panels(broker, names, prom_port, worker, [fwd_log, prom_log])
-    finally:
-        for p in procs_started:
-            if p.poll() is None:
-                procs.stop(p, timeout=20)
-        worker.terminate()
+                config = tmp_path / "prometheus.yml"
+                prometheus_config(config, worker.web_port, forward_port)
+                prom_log = tmp_path / "prometheus.log"
+                procs_started.append(
+                    procs.spawn(
+                        [
+                            "prometheus",
+                            f"--config.file={config}",
+                            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                            f"--web.listen-address=127.0.0.1:{prom_port}",
+                        ],
+                        prom_log,
+                    )
+                )
+                await check_panels(broker, names, prom_port, worker, [fwd_log, prom_log])
+        finally:
+            for p in procs_started:
+                if p.poll() is None:
+                    procs.stop(p, timeout=20)
 
 
 async def check_panels(

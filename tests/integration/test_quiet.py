@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Names, WorkerProc, produce
 
 from sessionizer import codec
 from sessionizer.testing import MIN, T0, batch, launch, screen
+from sessionizer.testing.harness import Names, WorkerProc, produce
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 

@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from harness import Names, read_all
 
 from sessionizer import codec
 from sessionizer.integrations.forward import ForwardConfig, Forwarder
@@ -28,6 +27,7 @@ from sessionizer.kafka.clients import ControlReader, TopicSpec, ensure_topics
 from sessionizer.run.replay import output_topics, replay
 from sessionizer.settings import Settings, load_settings
 from sessionizer.testing import MIN, NOW, T0, batch, custom, launch, run, screen
+from sessionizer.testing.harness import Names, read_all
 from sessionizer.tools.report import read_sessions
 from sessionizer.tools.tail import TailOptions, tail
 

@@ -15,7 +15,6 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndTimestamp
-from harness import Names, produce
 
 from sessionizer import codec
 from sessionizer.core.config import EngineConfig
@@ -25,6 +24,7 @@ from sessionizer.kafka.clients import TopicSpec, ensure_topics
 from sessionizer.run.replay import offsets_for_time, output_topics, replay, true_end_offsets
 from sessionizer.settings import Settings, load_settings
 from sessionizer.testing import MIN, NOW, T0, batch, custom, launch, run, screen
+from sessionizer.testing.harness import Names, produce
 from sessionizer.tools.workload import generate
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

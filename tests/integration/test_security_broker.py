@@ -57,13 +57,13 @@ from aiokafka.protocol.admin import (
     SaslHandShakeRequest_v1,
     SaslHandShakeResponse_v1,
 )
-from harness import Names, WorkerProc
 
 from sessionizer import codec, procs
 from sessionizer.kafka.clients import TopicSpec, client_options, ensure_topics
 from sessionizer.procs import free_port
 from sessionizer.settings import Secret, Security, Settings
 from sessionizer.testing import T0, batch, launch, screen
+from sessionizer.testing.harness import Names, WorkerProc, running
 from sessionizer.tools.broker import BrokerUnavailable, _api_versions_ok, resolve_binary
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -701,9 +701,7 @@ async def test_worker_over_sasl_ssl_scram(front: FrontFactory, pki: Pki, tmp_pat
         topics=type(settings.topics)(**names.topics),
         partitions=2,
     )
-    worker.start()
-    try:
-        await worker.wait_ready(180)
+    async with running(worker, timeout=180, clean=False):
         producer = AIOKafkaProducer(**client_options(settings))
         await producer.start()
         try:
@@ -716,8 +714,6 @@ async def test_worker_over_sasl_ssl_scram(front: FrontFactory, pki: Pki, tmp_pat
         out = await _read_until(settings, names.topics["sessionized_events"], timeout=120)
         events = [e for r in out for e in r.get("events", [r])]
         assert any("session_uuid" in (e.get("data") or {}) for e in events), out
-    finally:
-        worker.terminate()
     log = worker.log()
     assert "Worker]: Ready" in log
     assert "SaslAuthenticateRequest_v1(***)" in log  # the DEBUG dump is there, redacted

@@ -10,7 +10,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from harness import (
+from schema_check import validate_output
+
+from sessionizer import codec
+from sessionizer.core.engine import identity
+from sessionizer.testing import MIN, T0, batch, custom, launch, run, screen, set_attr
+from sessionizer.testing.harness import (
     CLOCK_APP,
     CLOCKS_PER_PARTITION,
     Names,
@@ -21,14 +26,11 @@ from harness import (
     max_event_ts,
     optout_device,
     produce,
+    produce_clocks,
     read_all,
+    running,
     until,
 )
-from schema_check import validate_output
-
-from sessionizer import codec
-from sessionizer.core.engine import identity
-from sessionizer.testing import MIN, T0, batch, custom, launch, run, screen, set_attr
 from sessionizer.tools.workload import generate
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -126,28 +128,22 @@ async def test_r0_live_output_equals_process_file(broker: Any, tmp_path: Path) -
         tmp_path,
         partitions=PARTITIONS,
     )
-    w.start()
-    try:
-        ready = await w.wait_ready()
+    async with running(w) as (ready,):
         print(f"worker ready after {ready:.1f}s")
         n_clocks = PARTITIONS * CLOCKS_PER_PARTITION
         await produce(broker.bootstrap, names.topics["raw_events"], recs[:-n_clocks])
-        for i, clock in enumerate(recs[-n_clocks:]):
-            raw = names.topics["raw_events"]
-            await produce(broker.bootstrap, raw, [clock], partition=i % PARTITIONS)
+        await produce_clocks(
+            broker.bootstrap, names.topics["raw_events"], recs[-n_clocks:], PARTITIONS
+        )
         out = await _run_and_compare(broker.bootstrap, names, recs)
         reasons = {d["reason"] for _, d in out[names.topics["dead_letters"]]}
         assert {"invalid_json", "missing_identity"} <= reasons
-    finally:
-        assert w.terminate() == 0, w.log()[-3000:]
 
 
 async def test_r18_r19_control_topic_opts_out_a_device(broker: Any, tmp_path: Path) -> None:
     names = _names()
     w = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS)
-    w.start()
-    try:
-        await w.wait_ready()
+    async with running(w, clean=False):
         await produce(
             broker.bootstrap,
             names.topics["opt_out_control"],
@@ -177,8 +173,6 @@ async def test_r18_r19_control_topic_opts_out_a_device(broker: Any, tmp_path: Pa
         blob = b"".join(codec.dumps(v) for t in topics for _, v in out[t])
         assert b"open-device" in blob
         assert b"secret-device" not in blob and b"777" not in blob
-    finally:
-        w.terminate()
 
 
 @pytest.mark.parametrize("store", ["memory", "rocksdb"])
@@ -220,9 +214,7 @@ async def test_restart_recovery_after_sigkill_at_several_points(
             )
             worker.start()
             await worker.wait_ready()
-        for i, clock in enumerate(clocks):
-            raw = names.topics["raw_events"]
-            await produce(broker.bootstrap, raw, [clock], partition=i % PARTITIONS)
+        await produce_clocks(broker.bootstrap, names.topics["raw_events"], clocks, PARTITIONS)
         await _run_and_compare(broker.bootstrap, names, recs + clocks, timeout=240)
         assert "restored" in worker.log()
     finally:
@@ -251,13 +243,11 @@ async def test_rocksdb_remembers_what_it_holds_so_a_clean_restart_reads_no_chang
     clocks = _clocks(recs)
     half = len(recs) // 2
     w = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, env=env)
-    w.start()
-    await w.wait_ready()
-    await produce(broker.bootstrap, names.topics["raw_events"], recs[:half])
-    topic = names.topics["sessionized_events"]
-    await read_all(broker.bootstrap, [topic], until=lambda o: len(o[topic]) >= 100)
-    await asyncio.sleep(3)  # the last batches' state and markers are written
-    assert w.terminate() == 0, w.log()[-3000:]
+    async with running(w):
+        await produce(broker.bootstrap, names.topics["raw_events"], recs[:half])
+        topic = names.topics["sessionized_events"]
+        await read_all(broker.bootstrap, [topic], until=lambda o: len(o[topic]) >= 100)
+        await asyncio.sleep(3)  # the last batches' state and markers are written
 
     c = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)
     await c.start()
@@ -282,16 +272,10 @@ async def test_rocksdb_remembers_what_it_holds_so_a_clean_restart_reads_no_chang
     assert {p: persisted.get(p) for p in written} == written
 
     w2 = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, env=env)
-    w2.start()
-    try:
-        await w2.wait_ready()
+    async with running(w2):
         await produce(broker.bootstrap, names.topics["raw_events"], recs[half:])
-        for i, clock in enumerate(clocks):
-            raw = names.topics["raw_events"]
-            await produce(broker.bootstrap, raw, [clock], partition=i % PARTITIONS)
+        await produce_clocks(broker.bootstrap, names.topics["raw_events"], clocks, PARTITIONS)
         await _run_and_compare(broker.bootstrap, names, recs + clocks, timeout=240)
-    finally:
-        assert w2.terminate() == 0, w2.log()[-3000:]
 
 
 async def test_two_workers_share_partitions_and_one_takes_over(broker: Any, tmp_path: Path) -> None:
@@ -300,10 +284,7 @@ async def test_two_workers_share_partitions_and_one_takes_over(broker: Any, tmp_
     half = len(recs) // 2
     a = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, tag="a")
     b = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, tag="b")
-    a.start()
-    b.start()
-    try:
-        await asyncio.gather(a.wait_ready(), b.wait_ready())
+    async with running(a, b, clean=False):
         await produce(broker.bootstrap, names.topics["raw_events"], recs[:half])
         await read_all(
             broker.bootstrap,
@@ -314,13 +295,8 @@ async def test_two_workers_share_partitions_and_one_takes_over(broker: Any, tmp_
         a.terminate()  # stopped mid-stream: b takes its partitions over
         clocks = _clocks(recs)
         await produce(broker.bootstrap, names.topics["raw_events"], recs[half:])
-        for i, clock in enumerate(clocks):
-            raw = names.topics["raw_events"]
-            await produce(broker.bootstrap, raw, [clock], partition=i % PARTITIONS)
+        await produce_clocks(broker.bootstrap, names.topics["raw_events"], clocks, PARTITIONS)
         await _run_and_compare(broker.bootstrap, names, recs + clocks, timeout=240)
-    finally:
-        a.kill()
-        b.terminate()
 
 
 async def test_a_partition_taken_over_with_nothing_applied_is_read_from_offset_0(
@@ -334,21 +310,13 @@ async def test_a_partition_taken_over_with_nothing_applied_is_read_from_offset_0
     recs = _workload(seed=13)
     a = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, tag="a")
     b = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, tag="b")
-    a.start()
-    b.start()
-    try:
-        await asyncio.gather(a.wait_ready(), b.wait_ready())
+    async with running(a, b, clean=[b]):
         clocks = _clocks(recs)
         await produce(broker.bootstrap, names.topics["raw_events"], recs[: len(recs) // 2])
         a.terminate()
         await produce(broker.bootstrap, names.topics["raw_events"], recs[len(recs) // 2 :])
-        for i, clock in enumerate(clocks):
-            raw = names.topics["raw_events"]
-            await produce(broker.bootstrap, raw, [clock], partition=i % PARTITIONS)
+        await produce_clocks(broker.bootstrap, names.topics["raw_events"], clocks, PARTITIONS)
         await _run_and_compare(broker.bootstrap, names, recs + clocks, timeout=120)
-    finally:
-        a.terminate()
-        assert b.terminate() == 0, b.log()[-3000:]
 
 
 async def test_repartition_when_records_are_not_keyed_by_device(
@@ -365,9 +333,7 @@ async def test_repartition_when_records_are_not_keyed_by_device(
         partitions=PARTITIONS,
         env={"SESSIONIZER_REPARTITION": "true"},
     )
-    w.start()
-    try:
-        await w.wait_ready()
+    async with running(w):
         # Keys that say nothing about the device: a device's records scatter
         # over the raw partitions, and the worker must bring them together.
         counter = iter(range(10**9))
@@ -420,8 +386,6 @@ async def test_repartition_when_records_are_not_keyed_by_device(
         # The engines saw each device's records in the internal topic's order.
         order = [v for p in sorted(by_partition) for v in by_partition[p]]
         await _run_and_compare(broker.bootstrap, names, order)
-    finally:
-        assert w.terminate() == 0, w.log()[-3000:]
 
 
 async def test_workers_join_and_leave_a_live_group(broker: Any, tmp_path: Path) -> None:
@@ -481,9 +445,7 @@ async def test_workers_join_and_leave_a_live_group(broker: Any, tmp_path: Path) 
             await feed(chunk)
             await caught_up(f"{tag} left")
         clocks = _clocks(recs)
-        for i, clock in enumerate(clocks):
-            raw = names.topics["raw_events"]
-            await produce(broker.bootstrap, raw, [clock], partition=i % PARTITIONS)
+        await produce_clocks(broker.bootstrap, names.topics["raw_events"], clocks, PARTITIONS)
         await _run_and_compare(broker.bootstrap, names, recs + clocks, timeout=240)
         assert workers["a"].proc is not None and workers["a"].proc.poll() is None
     finally:
@@ -509,9 +471,7 @@ async def test_a_failing_worker_exits_non_zero_and_a_restart_resumes(
         env={"SESSIONIZER_TEST_FAULT": "agent:BOOM-1"},
         tag="faulty",
     )
-    w.start()
-    try:
-        await w.wait_ready()
+    async with running(w, clean=False):
         await produce(broker.bootstrap, names.topics["raw_events"], recs)
         assert w.proc is not None
         deadline = asyncio.get_running_loop().time() + 180
@@ -519,18 +479,10 @@ async def test_a_failing_worker_exits_non_zero_and_a_restart_resumes(
             await asyncio.sleep(0.1)
         assert w.proc.poll() not in (None, 0), w.log()[-3000:]
         assert "the engine loop failed" in w.log()
-    finally:
-        w.kill()
     healthy = WorkerProc(broker.bootstrap, names, tmp_path, partitions=PARTITIONS, tag="ok")
-    healthy.start()
-    try:
-        await healthy.wait_ready()
-        for i, clock in enumerate(clocks):
-            raw = names.topics["raw_events"]
-            await produce(broker.bootstrap, raw, [clock], partition=i % PARTITIONS)
+    async with running(healthy):
+        await produce_clocks(broker.bootstrap, names.topics["raw_events"], clocks, PARTITIONS)
         await _run_and_compare(broker.bootstrap, names, recs + clocks, timeout=240)
-    finally:
-        assert healthy.terminate() == 0, healthy.log()[-3000:]
 
 
 async def test_r22_an_idle_worker_writes_nothing_to_its_changelog(
@@ -550,27 +502,27 @@ async def test_r22_an_idle_worker_writes_nothing_to_its_changelog(
         partitions=PARTITIONS,
         env={"SESSIONIZER_IDLE_TIMEOUT": "1s"},
     )
-    w.start()
-    c = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)
-    await c.start()
-    try:
-        await w.wait_ready()
-        recs = [codec.dumps(batch(f"idle-{i}", launch(T0), screen(T0 + 1000))) for i in range(8)]
-        await produce(broker.bootstrap, names.topics["raw_events"], recs)
-        topic = names.topics["sessionized_events"]
-        await read_all(broker.bootstrap, [topic], until=lambda o: len(o[topic]) >= 16)
-        changelog = f"{names.app_id}-state-changelog"
-        tps = await topic_partitions(c, changelog)
-        c.assign(tps)
-        await asyncio.sleep(3)  # the last batch's state and marker are written
-        before = await true_end_offsets(c, tps)
-        await asyncio.sleep(6)  # idle: the watermark moves every second
-        after = await true_end_offsets(c, tps)
-        assert sum(before.values()) > 0
-        assert after == before
-    finally:
-        await c.stop()
-        assert w.terminate() == 0, w.log()[-3000:]
+    async with running(w):
+        c = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)
+        await c.start()
+        try:
+            recs = [
+                codec.dumps(batch(f"idle-{i}", launch(T0), screen(T0 + 1000))) for i in range(8)
+            ]
+            await produce(broker.bootstrap, names.topics["raw_events"], recs)
+            topic = names.topics["sessionized_events"]
+            await read_all(broker.bootstrap, [topic], until=lambda o: len(o[topic]) >= 16)
+            changelog = f"{names.app_id}-state-changelog"
+            tps = await topic_partitions(c, changelog)
+            c.assign(tps)
+            await asyncio.sleep(3)  # the last batch's state and marker are written
+            before = await true_end_offsets(c, tps)
+            await asyncio.sleep(6)  # idle: the watermark moves every second
+            after = await true_end_offsets(c, tps)
+            assert sum(before.values()) > 0
+            assert after == before
+        finally:
+            await c.stop()
 
 
 async def test_a_poisoned_record_is_an_internal_error_and_its_partition_flows_on(
@@ -597,14 +549,10 @@ async def test_a_poisoned_record_is_an_internal_error_and_its_partition_flows_on
         # The fault patches the engine: its interpreted source (sessionizer/_native.py).
         env={"SESSIONIZER_TEST_FAULT": "record:POISON-7", "SESSIONIZER_PURE_PYTHON": "1"},
     )
-    w.start()
-    try:
-        await w.wait_ready()
+    async with running(w):
         # One produce call: the poisoned record sits in the middle of one batch.
         await produce(broker.bootstrap, names.topics["raw_events"], [*before, poison, *after])
-        for i, clock in enumerate(clocks):
-            raw = names.topics["raw_events"]
-            await produce(broker.bootstrap, raw, [clock], partition=i % PARTITIONS)
+        await produce_clocks(broker.bootstrap, names.topics["raw_events"], clocks, PARTITIONS)
         exp = run(clean + clocks)
         want = _drop_clock(final_sessions(exp.sessions))
         topics = [names.topics[t] for t in ("sessions", "sessionized_events", "dead_letters")]
@@ -629,5 +577,3 @@ async def test_a_poisoned_record_is_an_internal_error_and_its_partition_flows_on
             async with http.get(url) as resp:
                 metrics = await resp.text()
         assert 'sessionizer_dead_letters_total{reason="internal_error"} 1.0' in metrics
-    finally:
-        assert w.terminate() == 0, w.log()[-3000:]

@@ -1,25 +1,29 @@
-"""Drives real worker processes against a real broker for the integration tests."""
+"""Drives real worker processes against a real broker: the integration tests and bench/.
+
+Test scaffolding, never imported by the worker itself.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from sessionizer import codec, procs
-from sessionizer.core.engine import MIN_TS
-from sessionizer.kafka.clients import READ_COMMITTED, topic_partitions
-from sessionizer.procs import free_port
-from sessionizer.run.task import route_key
-from sessionizer.testing import MIN, T0, batch, custom, launch, opt_out, screen, set_attr
+from .. import codec, procs
+from ..core.engine import MIN_TS
+from ..kafka.clients import READ_COMMITTED, topic_partitions
+from ..procs import free_port
+from ..run.task import route_key
+from . import MIN, T0, batch, custom, launch, opt_out, screen, set_attr
 
 __all__ = [
     "CLOCKS_PER_PARTITION",
@@ -33,7 +37,9 @@ __all__ = [
     "max_event_ts",
     "optout_device",
     "produce",
+    "produce_clocks",
     "read_all",
+    "running",
     "until",
 ]
 
@@ -88,12 +94,6 @@ class WorkerProc:
             "SESSIONIZER_WEB_PORT": str(free_port()),
             "SESSIONIZER_DATA_DIR": str(log_dir / f"{names.prefix}-{tag}-data"),
             "SESSIONIZER_BATCH_WITHIN": "50ms",
-            # The whole suite on the other input path: IT_INPUT_READER=direct pytest ...
-            **(
-                {"SESSIONIZER_INPUT_READER": os.environ["IT_INPUT_READER"]}
-                if os.environ.get("IT_INPUT_READER")
-                else {}
-            ),
             **(env or {}),
         }
         self.argv = [sys.executable, "-m", "sessionizer", "worker", "--loglevel", loglevel]
@@ -135,33 +135,77 @@ def device_key(value: bytes) -> bytes | None:
     return key
 
 
+@contextlib.asynccontextmanager
+async def running(
+    *workers: WorkerProc,
+    timeout: float = 120.0,
+    clean: bool | Collection[WorkerProc] = True,
+    stop_timeout: float = 30.0,
+) -> AsyncIterator[list[float]]:
+    """Starts ``workers`` and waits until each is ready (yields the seconds each took);
+    on the way out, stops those still running. ``clean``: the workers (True: all) that
+    must then have exited with 0, checked when the body went through."""
+    for w in workers:
+        w.start()
+    try:
+        yield list(await asyncio.gather(*(w.wait_ready(timeout) for w in workers)))
+    finally:
+        codes = [w.terminate(stop_timeout) for w in workers]
+    checked = workers if clean is True else () if clean is False else clean
+    for w, code in zip(workers, codes, strict=True):
+        assert w not in checked or code == 0, w.log()[-3000:]
+
+
 async def produce(
     bootstrap: str,
     topic: str,
-    values: Iterable[bytes],
+    records: Iterable[bytes | tuple[bytes | None, bytes]],
     *,
     partition: int | None = None,
-    key_fn: Any = device_key,
-) -> int:
-    p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    await p.start()
-    n = 0
+    key_fn: Callable[[bytes], bytes | None] = device_key,
+) -> dict[int, int]:
+    """Sends records, a value keyed by ``key_fn(value)`` or a (key, value) pair; returns
+    each partition's end offset (last offset + 1).
+
+    The ends come from the acknowledgements, not from ListOffsets, which Tansu
+    under-reports (docs/broker.md).
+    """
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=1 << 20, acks=1)
+    await asyncio.wait_for(p.start(), 30)
+    ends: dict[int, int] = {}
+
+    def done(metas: list[Any]) -> None:
+        for m in metas:
+            if m.offset + 1 > ends.get(m.partition, 0):
+                ends[m.partition] = m.offset + 1
+
     try:
         futs = []
-        for v in values:
-            futs.append(await p.send(topic, v, key=key_fn(v), partition=partition))
-            n += 1
-        await asyncio.gather(*futs)
+        for r in records:
+            key, value = r if isinstance(r, tuple) else (key_fn(r), r)
+            futs.append(await p.send(topic, value, key=key, partition=partition))
+            if len(futs) >= 5000:  # a bounded number in flight: bench/ sends millions
+                done(await asyncio.gather(*futs))
+                futs.clear()
+        done(await asyncio.gather(*futs))
     finally:
         await p.stop()
-    return n
+    return ends
+
+
+async def produce_clocks(
+    bootstrap: str, topic: str, clocks: Iterable[bytes], partitions: int
+) -> None:
+    """``clock_records`` each to its own partition: record ``i`` to ``i % partitions``."""
+    for i, clock in enumerate(clocks):
+        await produce(bootstrap, topic, [clock], partition=i % partitions)
 
 
 async def read_all(
     bootstrap: str,
     topics: list[str],
     *,
-    until: Any,
+    until: Callable[[dict[str, list[Any]]], bool],
     timeout: float = 120.0,
     raise_on_timeout: bool = True,
     raw: bool = False,
@@ -209,7 +253,7 @@ async def http_get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, 
         return r.status, codec.loads(body) if "json" in r.content_type else body
 
 
-async def until(probe: Any, what: str, timeout: float = 90.0) -> Any:
+async def until(probe: Callable[[], Awaitable[Any]], what: str, timeout: float = 90.0) -> Any:
     """Polls ``await probe()`` until it returns a truthy value, or fails after ``timeout``."""
     deadline = time.monotonic() + timeout
     last: Any = None

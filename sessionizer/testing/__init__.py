@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from . import _native, codec
-from .core.config import EngineConfig
-from .core.engine import Engine
-from .core.model import DEAD_LETTERS, EVENTS, SESSIONS, Counts
+from .. import _native, codec
+from ..core.config import EngineConfig
+from ..core.engine import Engine
+from ..core.model import DEAD_LETTERS, EVENTS, SESSIONS, Counts
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 SEC = 1000
