@@ -142,6 +142,10 @@ class TransactionalWriter:
             # pays its round trips once, not once per 16 KiB.
             max_batch_size=1 << 20,
             linger_ms=0,
+            # A transaction's first send to a partition right after the last
+            # commit is refused until its markers are written (CONCURRENT_
+            # TRANSACTIONS, a few ms): retry soon, as the Java client does.
+            retry_backoff_ms=20,
         )
         try:
             await producer.start()

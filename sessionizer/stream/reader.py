@@ -34,6 +34,9 @@ from .compat import has_leader
 
 log = logging.getLogger("sessionizer.worker")
 
+#: How long a stop waits for the last transaction (exactly once).
+STOP_FLUSH_S = 10.0
+
 
 class Target(Protocol):
     """What the reader needs of the worker's pipeline."""
@@ -146,8 +149,9 @@ class DirectReader:
         self.stopping = True
         async with self._busy:
             try:
-                await self.target.flush_due(now=True)
-            except Exception as exc:  # the next owner redoes it from the marker
+                # Bounded: a broker down must not hold the stop (the next owner redoes it).
+                await asyncio.wait_for(self.target.flush_due(now=True), STOP_FLUSH_S)
+            except Exception as exc:  # TimeoutError too: the next owner redoes it
                 log.warning("stop: the last transaction was not written: %r", exc)
         if self._consumer is not None:
             await self._consumer.stop()

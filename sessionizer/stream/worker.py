@@ -277,8 +277,8 @@ class Worker:
                 return  # nothing new
             r.last_rx_wall = r.progress_wall = now
             r.wm_at_rx = r.engine.watermark
-            if self.exactly_once and now - r.committed_wall < self.settings.transaction_interval_ms:
-                r.pending = True  # one transaction per interval (flush_due writes it)
+            if self.exactly_once:
+                r.pending = True  # one transaction per interval: flush_due writes it
                 return
             await self._checkpoint(r)
 
@@ -289,11 +289,18 @@ class Worker:
             return
         interval = 0 if now else self.settings.transaction_interval_ms
         now_ms = wall_ms()
-        for r in list(self.runners.values()):
-            if r.pending and now_ms - r.committed_wall >= interval:
-                async with r.lock:
-                    if r.pending and not r.closed:
-                        await self._checkpoint(r)
+        due = [
+            r
+            for r in list(self.runners.values())
+            if r.pending and now_ms - r.committed_wall >= interval
+        ]
+        # Each partition has its own producer: their commits' round trips overlap.
+        await asyncio.gather(*(self._flush(r) for r in due))
+
+    async def _flush(self, r: Slot) -> None:
+        async with r.lock:
+            if r.pending and not r.closed:
+                await self._checkpoint(r)
 
     def resume_offset(self, partition: int) -> int | None:
         """Where the partition resumes (marker + 1); None if it is not ours now."""
