@@ -25,6 +25,7 @@ from sessionizer.testing.harness import (
     http_get,
     max_event_ts,
     produce,
+    produce_clocks,
     read_all,
     until,
 )
@@ -111,9 +112,7 @@ async def test_sigkills_leave_no_duplicate_for_read_committed_readers(
                 worker.kill()
                 worker = None
         assert worker is not None
-        for i, clock in enumerate(clocks):
-            raw = names.topics["raw_events"]
-            await produce(kafka.bootstrap, raw, [clock], partition=i % PARTITIONS)
+        await produce_clocks(kafka.bootstrap, names.topics["raw_events"], clocks, PARTITIONS)
         await _exactly_once(kafka.bootstrap, names, recs + clocks)
         assert worker.terminate() == 0
     finally:
@@ -157,9 +156,7 @@ async def test_a_sigstopped_zombie_cannot_commit_after_it_resumes(
         await until(b_owns_all, "B owns every partition", timeout=120)
         os.kill(a.proc.pid, signal.SIGCONT)
         await until(lambda: in_log(a, "fenced by a newer owner"), "A fenced", timeout=60)
-        for i, clock in enumerate(clocks):
-            raw = names.topics["raw_events"]
-            await produce(kafka.bootstrap, raw, [clock], partition=i % PARTITIONS)
+        await produce_clocks(kafka.bootstrap, names.topics["raw_events"], clocks, PARTITIONS)
         await _exactly_once(kafka.bootstrap, names, recs + clocks)
     finally:
         if a.proc is not None and a.proc.poll() is None:
