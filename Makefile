@@ -63,6 +63,11 @@ bench-stream: $(READY)
 bench-stream-eos: $(READY)
 	$(PY) bench/bench_stream.py --broker kafka --exactly-once $(STREAM_ARGS)
 
+# Produce -> read_committed latency of one worker, at_least_once against exactly_once.
+.PHONY: bench-latency
+bench-latency: $(READY)
+	$(PY) bench/bench_latency.py $(LATENCY_ARGS)
+
 # Worker RSS per device and restart-to-ready, store=memory vs rocksdb, 1M devices (~45 min here).
 STATE_ARGS ?=
 .PHONY: bench-state
