@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -59,6 +59,9 @@ class WorkerView(Protocol):
 
     @property
     def control_reader(self) -> ControlView: ...
+
+    def transactions(self) -> tuple[int, int] | None:
+        """(committed, aborted) checkpoint transactions; None at least once."""
 
     @property
     def agent_failure(self) -> str | None:
@@ -133,11 +136,6 @@ class Metrics:
             "sessionizer_session_duration_seconds",
             "Duration of sessions at their first close (revision 0).",
             buckets=SESSION_BUCKETS,
-            registry=self.registry,
-        )
-        self.gap_records = Counter(
-            "sessionizer_gap_records",
-            "Source records the stream skipped and the worker read from the broker itself.",
             registry=self.registry,
         )
         self.retired: dict[str, Any] = {}
@@ -253,6 +251,16 @@ class _EngineCollector(Collector):
         yield GaugeMetricFamily(
             PREFIX + "ready", "1 when the worker is ready (see /health).", value=ready(self.pipe)
         )
+        txns = self.pipe.transactions()
+        if txns is not None:  # exactly once
+            fam = CounterMetricFamily(
+                PREFIX + "transactions",
+                "Checkpoint transactions by result (exactly once): committed, aborted.",
+                labels=["result"],
+            )
+            fam.add_metric(["committed"], txns[0])
+            fam.add_metric(["aborted"], txns[1])
+            yield fam
         yield GaugeMetricFamily(
             PREFIX + "agent_running",
             "0 once the engine agent stopped on an error (the process lives on; see /health).",

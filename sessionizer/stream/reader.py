@@ -27,7 +27,7 @@ from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from ..kafka.clients import client_options
+from ..kafka.clients import reader_options
 from ..run.task import SourceRecord
 from ..settings import Settings
 from .compat import has_leader
@@ -70,7 +70,6 @@ class DirectReader:
         self.target = target
         self._consumer: AIOKafkaConsumer | None = None
         self.stopping = False  # set by stop(): what run() raises from now on is expected
-        self.isolation_level = "read_uncommitted"  # exactly once: read_committed
         self._busy = asyncio.Lock()  # held while a fetch is applied
 
     def highwater(self, partition: int) -> int | None:
@@ -93,13 +92,14 @@ class DirectReader:
 
     async def run(self) -> None:
         s = self.settings
+        # Committed records only, whatever the guarantee: an aborted record of a
+        # transactional producer (ours under exactly once, or a user's) is not input.
         c = AIOKafkaConsumer(
-            **client_options(s),
+            **reader_options(s),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 << 20,
             fetch_max_wait_ms=s.batch_within_ms,
-            isolation_level=self.isolation_level,
         )
         self._consumer = c  # before start: a stop meanwhile closes it
         await c.start()

@@ -171,7 +171,6 @@ class Worker:
                 group=settings.app_id,
                 input_topic=self.input_topic,
             )
-            self.reader.isolation_level = "read_committed"
             if self.fault is not None and self.fault[0] == "txn":
                 self.txn.pause_on = self.fault[1]
 
@@ -427,6 +426,9 @@ class Worker:
         await self.control_reader.stop()
         if self.txn is not None:
             await self.txn.close_all()
+
+    def transactions(self) -> tuple[int, int] | None:
+        return None if self.txn is None else (self.txn.committed, self.txn.aborted)
 
     def problems(self, lag: Mapping[int, int | None]) -> list[str]:
         """Why this worker is not healthy (empty when it is): progress, not liveness."""
