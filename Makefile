@@ -113,10 +113,11 @@ chaos-brokers: $(READY)
 chaos-eos: $(READY)
 	$(PY) bench/chaos.py --kafka-nodes 3 --broker-faults --exactly-once $(CHAOS_ARGS)
 
-# One short seed of each, run by `make test`: worker kills, then broker faults.
+# One short seed of each, run by `make test`: worker kills, broker faults, exactly once.
 chaos-ci: $(READY)
 	$(PY) bench/chaos.py --seeds 1 --events 20000 --duration 45
 	$(PY) bench/chaos.py --seeds 1 --seed 2 --events 20000 --duration 60 --kafka-nodes 3 --broker-faults
+	$(PY) bench/chaos.py --seeds 1 --seed 3 --events 20000 --duration 45 --exactly-once
 
 # Apache Kafka from its Maven jars (sessionizer/tools/apache_kafka.py, deploy/kafka/pom.xml):
 # `make kafka` runs one KRaft node on 127.0.0.1:9092 until Ctrl-C (KAFKA_ARGS="--nodes 3").

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import uuid
 from collections import Counter
@@ -114,6 +115,9 @@ async def test_sigkills_leave_no_duplicate_for_read_committed_readers(
         assert worker is not None
         await produce_clocks(kafka.bootstrap, names.topics["raw_events"], clocks, PARTITIONS)
         await _exactly_once(kafka.bootstrap, names, recs + clocks)
+        status, text = await http_get(worker.web_port, "/metrics")
+        committed = re.search(r'sessionizer_transactions_total\{result="committed"\} (\S+)', text)
+        assert status == 200 and committed is not None and float(committed.group(1)) > 0
         assert worker.terminate() == 0
     finally:
         if worker is not None:
