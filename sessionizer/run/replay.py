@@ -36,15 +36,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from .. import codec
 from ..core.engine import Engine
 from ..core.model import Counts
 from ..integrations import Options
-from ..kafka.clients import ControlReader, TopicSpec, ensure_topics, reached, reader_options
+from ..kafka.clients import (
+    ControlReader,
+    TopicSpec,
+    client_options,
+    ensure_topics,
+    reached,
+    reader_options,
+)
 from ..kafka.sender import BatchSender
 from ..settings import Settings
-from ..stream.compat import cluster_metadata
 from ..tools.produce import producer_options
 from .encode import Message, OutputEncoder, Record
 from .task import PartitionTask, SourceRecord
@@ -152,23 +159,33 @@ def check_prefix(settings: Settings, prefix: str) -> None:
 
 
 async def _partitions(
-    consumer: AIOKafkaConsumer, topics: list[str], wait_s: float = 10.0
+    settings: Settings, topics: list[str], wait_s: float = 10.0
 ) -> dict[str, list[int]]:
     """Partition ids of each topic, [] for a topic that does not exist.
 
-    Asks for the metadata of all topics: once partitions are assigned, the
-    consumer's own metadata only covers the assigned topics.
+    From the metadata of all topics: asking for named ones could create them on
+    a broker that creates topics on first use.
     """
-    deadline = time.monotonic() + wait_s
-    while True:
-        cluster = await cluster_metadata(consumer)
-        found = {t: sorted(cluster.partitions_for_topic(t) or ()) for t in topics}
-        # A topic that exists without partitions yet is still being created.
-        if all(found[t] or t not in cluster.topics() for t in topics):
-            return found
-        if time.monotonic() >= deadline:
-            return found
-        await asyncio.sleep(0.1)
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            described = {d["topic"]: d for d in await admin.describe_topics()}
+            found = {
+                t: sorted(p["partition"] for p in described[t]["partitions"])
+                if t in described
+                else []
+                for t in topics
+            }
+            # A topic that exists without partitions yet is still being created.
+            if all(found[t] or t not in described for t in topics):
+                return found
+            if time.monotonic() >= deadline:
+                return found
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
 
 
 # --------------------------------------------------------------------------- offsets
@@ -596,7 +613,7 @@ async def replay(
     counts = Counts()
     try:
         await consumer.start()
-        found = await _partitions(consumer, [t.raw_events, t.opt_out_control])
+        found = await _partitions(settings, [t.raw_events, t.opt_out_control])
         if not found[t.raw_events]:
             raise ReplayError(f"topic {t.raw_events} does not exist on {settings.broker_url}")
         n = settings.partitions

@@ -630,8 +630,3 @@ def producer_fenced(producer: Any) -> bool:
 async def refresh_metadata(consumer: Any) -> None:
     """Asks the broker for the consumer's topics' metadata again."""
     await consumer._client.force_metadata_update()
-
-
-async def cluster_metadata(consumer: Any) -> Any:
-    """The metadata of every topic (a consumer's own covers its assigned topics only)."""
-    return await consumer._client.fetch_all_metadata()
