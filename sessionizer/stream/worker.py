@@ -152,7 +152,6 @@ class Worker:
         self.input_topic = runtime.input_topic
         self.reader = DirectReader(settings, self.input_topic, self)
         self._committed: dict[int, int] = {}  # offsets committed per partition
-        self.live = True  # R22 wall-clock advancement; replay turns it off
         self.origin_topic = t.raw_events if settings.repartition else None
         self.batches = 0
         self.last_batch_ms = 0.0
@@ -344,8 +343,6 @@ class Worker:
             await self.commit_progress()
         else:
             await self._retake_fenced()
-        if not self.live:
-            return
         now = wall_ms()
         idle = self.settings.idle_timeout_ms
         for p in sorted(self.assigned):
