@@ -413,3 +413,5 @@ def test_commit_point_is_each_partitions_first_unacknowledged_record() -> None:
     assert commit_point(batch, []) == {tp0: 8, tp1: 12}
     assert commit_point(batch, [item(0, 7), item(1, 10), item(1, 11)]) == {tp0: 7, tp1: 10}
     assert commit_point(batch, [item(0, 6), item(0, 7)]) == {tp0: 6, tp1: 12}
+    # A transaction's commit marker after the last record: the position is past it.
+    assert commit_point(batch, [], {tp0: 9, tp1: 12}) == {tp0: 9, tp1: 12}

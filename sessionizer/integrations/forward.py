@@ -499,16 +499,25 @@ class Sender:
             return dead
 
 
-def commit_point(batch: Mapping[Any, Sequence[Any]], rest: Sequence[Item]) -> dict[Any, int]:
+def commit_point(
+    batch: Mapping[Any, Sequence[Any]],
+    rest: Sequence[Item],
+    positions: Mapping[Any, int] | None = None,
+) -> dict[Any, int]:
     """The offsets to commit for a poll (``batch``: partition -> its records, in order)
     when ``rest`` is what is not yet acknowledged: each partition's first such record,
-    or past its last record when nothing of it is left."""
+    or, when nothing of it is left, the consumer's position after the poll (past a
+    transaction's commit marker too, which the last record's offset + 1 is not)."""
     first: dict[int, int] = {}
     for it in rest:
         part, off = it.source["partition"], it.source["offset"]
         if off < first.get(part, off + 1):
             first[part] = off
-    return {tp: first.get(tp.partition, msgs[-1].offset + 1) for tp, msgs in batch.items()}
+    ends = positions or {}
+    return {
+        tp: first.get(tp.partition, max(ends.get(tp, 0), msgs[-1].offset + 1))
+        for tp, msgs in batch.items()
+    }
 
 
 class Forwarder:
@@ -520,6 +529,7 @@ class Forwarder:
         self.stop = asyncio.Event()
         self.started = False
         self.committed = 0
+        self._positions: dict[Any, int] = {}  # committed offset per partition
         self.sender: Sender | None = None
         self.out = out if out is not None else sys.stderr
 
@@ -568,6 +578,7 @@ class Forwarder:
                     while not self.stop.is_set():
                         batch = await consumer.getmany(timeout_ms=500, max_records=cfg.poll_records)
                         if not batch:
+                            await self._commit_skipped(consumer)
                             continue
                         try:
                             await self._forward(batch, consumer, producer, sender)
@@ -598,15 +609,30 @@ class Forwarder:
                     items.append(item)
         polled = sum(sender.events(it.payload) for it in items) + len(dead)
         base = self.committed
+        positions = {tp: await consumer.position(tp) for tp in batch}
 
         async def after(rest: list[Item], more: list[Any]) -> None:
             await self._dead_letters(producer, more)
-            await consumer.commit(commit_point(batch, rest))
+            point = commit_point(batch, rest, positions)
+            await consumer.commit(point)
+            self._positions.update(point)
             self.committed = base + polled - sum(sender.events(it.payload) for it in rest)
 
         if dead:  # what the decode refused
             await after(items, dead)
         await after([], await sender.deliver(items, after))
+
+    async def _commit_skipped(self, consumer: Any) -> None:
+        """After an empty poll: positions that moved past offsets no record has (a
+        transaction's commit marker) are committed, so lag tools see no lag."""
+        moved = {}
+        for tp in consumer.assignment():
+            position = await consumer.position(tp)
+            if position != self._positions.get(tp):
+                moved[tp] = position
+        if moved:
+            await consumer.commit(moved)
+            self._positions.update(moved)
 
     async def _dead_letters(self, producer: Any, dead: list[Any]) -> None:
         if dead:
