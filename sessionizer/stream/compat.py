@@ -293,11 +293,13 @@ class FaustRuntime:
         route_key: Callable[[bytes | None, bytes | None], bytes | None],
         origin: Callable[[int, int, int | None], tuple[str, bytes]],
         web: bool = True,
-        read_committed: bool = False,
+        transactional: bool = False,
     ) -> None:
         if broker.generations_from_zero:
             install_leave_group_fix()
-        if read_committed:
+        if broker.transactions:
+            # Committed records only, on every broker that has transactions: the
+            # router's input and the table's recovery never see an aborted one.
             install_read_committed()
         from ..kafka.security import redact_logs
 
@@ -372,7 +374,7 @@ class FaustRuntime:
 
         exclude_from_fetch(app, self._input)
         self._nudge: asyncio.Task[None] | None = None
-        if read_committed:
+        if transactional:  # the worker writes its changelog in transactions
             # From the first assignment on: app tasks start only once the worker
             # is ready, and its first recovery is what would never end.
             async def start_nudge(app: faust.App, assigned: Any, **kwargs: Any) -> None:

@@ -463,7 +463,7 @@ def build_app(settings: Settings, *, web: bool = True, broker: Broker = KAFKA) -
         route_key=route_key,
         origin=origin_header,
         web=web,
-        read_committed=settings.processing_guarantee == "exactly_once",
+        transactional=settings.processing_guarantee == "exactly_once",
     )
     worker = Worker(settings, runtime)
     runtime.on_assign(worker.assign)
