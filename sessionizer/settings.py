@@ -1093,6 +1093,13 @@ def _label(key: str, sources: Mapping[str, Source]) -> str:
     return f"{_BY_KEY[key].name} ({sources[key]})"
 
 
+#: Settings an older version had: why each went, for the one-line error.
+REMOVED = {
+    "input_reader": "removed in v3: the worker has one input path (docs/decisions.md#worker); "
+    "delete the line",
+}
+
+
 def _check_env_names(env: Mapping[str, str]) -> None:
     for name in sorted(env):
         if (
@@ -1102,6 +1109,9 @@ def _check_env_names(env: Mapping[str, str]) -> None:
             or name in _KNOWN_ENV
         ):
             continue
+        removed = REMOVED.get(name[len(ENV_PREFIX) :].lower())
+        if removed is not None:
+            raise ConfigError(_quote(name), removed.replace("delete the line", "unset it"))
         raise ConfigError(
             _quote(name), "unknown environment variable" + _did_you_mean(name, _KNOWN_ENV)
         )
@@ -1157,6 +1167,8 @@ def _read_file(path: Path) -> tuple[dict[str, _Raw], dict[str, dict[str, _Raw]]]
             spec = _BY_PATH.get(spec_path)
             if spec is None:
                 name = _toml_name(*spec_path)
+                if name in REMOVED:
+                    raise ConfigError(f"{name} ({where})", REMOVED[name])
                 raise ConfigError(
                     f"{name} ({where})", "unknown setting" + _did_you_mean(name, known)
                 )

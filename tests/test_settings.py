@@ -1392,3 +1392,19 @@ def test_the_worker_app_advertises_the_url() -> None:
     assert str(app.conf.canonical_url) == "http://w1:7002"
     app = build_app(load_settings(env={"SESSIONIZER_WEB_HOST": "0.0.0.0"}))
     assert app.conf.canonical_url.host not in ("0.0.0.0", "", None)
+
+
+def test_a_removed_setting_says_why_in_one_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "old.toml"
+    cfg.write_text('input_reader = "direct"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg)
+    assert str(info.value).count("\n") == 0
+    assert "input_reader" in str(info.value) and "removed in v3" in str(info.value)
+
+
+def test_a_removed_environment_variable_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SESSIONIZER_INPUT_READER", "faust")
+    with pytest.raises(ConfigError) as info:
+        load_settings(None)
+    assert "SESSIONIZER_INPUT_READER" in str(info.value) and "unset it" in str(info.value)
