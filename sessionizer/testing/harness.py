@@ -41,6 +41,7 @@ __all__ = [
     "read_all",
     "running",
     "until",
+    "without_clocks",
 ]
 
 CLOCK_APP = "zz.clock"
@@ -267,6 +268,11 @@ async def until(probe: Callable[[], Awaitable[Any]], what: str, timeout: float =
                 return last
         await asyncio.sleep(0.3)
     raise AssertionError(f"{what} not reached in {timeout}s; last: {last!r}")
+
+
+def without_clocks(finals: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Final sessions less those of ``clock_records``' devices."""
+    return {u: r for u, r in finals.items() if r["app"] != CLOCK_APP}
 
 
 def final_sessions(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -18,7 +18,6 @@ from sessionizer import codec
 from sessionizer.core.engine import identity
 from sessionizer.testing import run
 from sessionizer.testing.harness import (
-    CLOCK_APP,
     Names,
     WorkerProc,
     clock_records,
@@ -29,6 +28,7 @@ from sessionizer.testing.harness import (
     produce_clocks,
     read_all,
     until,
+    without_clocks,
 )
 from sessionizer.tools.workload import generate
 
@@ -46,25 +46,21 @@ def _workload(seed: int, events: int) -> list[bytes]:
     return list(generate(events, devices=60, apps=2, seed=seed, bad_rate=0.02, late_rate=0.03))
 
 
-def _without_clock(finals: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {u: r for u, r in finals.items() if r["app"] != CLOCK_APP}
-
-
 async def _exactly_once(bootstrap: str, names: Names, recs: list[bytes]) -> None:
     """The committed outputs are process-file's, each record once (no copies at all)."""
     exp = run(recs)
-    want = _without_clock(
+    want = without_clocks(
         {u: {k: v for k, v in r.items() if k != "revision"} for u, r in exp.final().items()}
     )
     t = names.topics
     topics = [t["sessions"], t["sessionized_events"], t["dead_letters"]]
 
     def done(out: dict[str, list[tuple[bytes | None, Any]]]) -> bool:
-        got = _without_clock(final_sessions(v for _, v in out[t["sessions"]]))
+        got = without_clocks(final_sessions(v for _, v in out[t["sessions"]]))
         return got == want and len(out[t["dead_letters"]]) >= len(exp.dead)
 
     out = await read_all(bootstrap, topics, until=done, timeout=240, raise_on_timeout=False)
-    got = _without_clock(final_sessions(v for _, v in out[t["sessions"]]))
+    got = without_clocks(final_sessions(v for _, v in out[t["sessions"]]))
     assert set(got) == set(want), f"missing {len(set(want) - set(got))}"
     assert got == want
     # Each record as many times as process-file writes it (the input repeats some).

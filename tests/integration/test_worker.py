@@ -30,6 +30,7 @@ from sessionizer.testing.harness import (
     read_all,
     running,
     until,
+    without_clocks,
 )
 from sessionizer.tools.workload import generate
 
@@ -50,10 +51,6 @@ def _clocks(recs: list[bytes]) -> list[bytes]:
 
 def _expected(recs: list[bytes]) -> Any:
     return run(recs)
-
-
-def _drop_clock(finals: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {u: r for u, r in finals.items() if r["app"] != CLOCK_APP}
 
 
 def _forwarded_by_device(events: list[dict[str, Any]]) -> dict[str, list[Any]]:
@@ -85,7 +82,7 @@ async def _run_and_compare(
     bootstrap: str, names: Names, recs: list[bytes], *, timeout: float = 180.0
 ) -> dict[str, list[tuple[bytes | None, Any]]]:
     exp = _expected(recs)
-    want = _drop_clock(
+    want = without_clocks(
         {u: {k: v for k, v in r.items() if k != "revision"} for u, r in exp.final().items()}
     )
     topics = [
@@ -95,14 +92,14 @@ async def _run_and_compare(
     ]
 
     def done(out: dict[str, list[tuple[bytes | None, Any]]]) -> bool:
-        got = _drop_clock(final_sessions(v for _, v in out[names.topics["sessions"]]))
+        got = without_clocks(final_sessions(v for _, v in out[names.topics["sessions"]]))
         return got == want and len(out[names.topics["dead_letters"]]) >= len(exp.dead)
 
     out = await read_all(bootstrap, topics, until=done, timeout=timeout, raise_on_timeout=False)
     for topic in topics:  # every record the worker wrote matches its JSON Schema
         for _key, value in out[topic]:
             validate_output(topic, value)
-    got = _drop_clock(final_sessions(v for _, v in out[names.topics["sessions"]]))
+    got = without_clocks(final_sessions(v for _, v in out[names.topics["sessions"]]))
     assert set(got) == set(want), (
         f"missing {len(set(want) - set(got))}, extra {len(set(got) - set(want))}"
     )
@@ -554,11 +551,11 @@ async def test_a_poisoned_record_is_an_internal_error_and_its_partition_flows_on
         await produce(broker.bootstrap, names.topics["raw_events"], [*before, poison, *after])
         await produce_clocks(broker.bootstrap, names.topics["raw_events"], clocks, PARTITIONS)
         exp = run(clean + clocks)
-        want = _drop_clock(final_sessions(exp.sessions))
+        want = without_clocks(final_sessions(exp.sessions))
         topics = [names.topics[t] for t in ("sessions", "sessionized_events", "dead_letters")]
 
         def done(out: dict[str, list[Any]]) -> bool:
-            got = _drop_clock(final_sessions(v for _, v in out[topics[0]]))
+            got = without_clocks(final_sessions(v for _, v in out[topics[0]]))
             return got == want and len(out[topics[2]]) >= 1
 
         out = await read_all(broker.bootstrap, topics, until=done, timeout=120)
